@@ -1,0 +1,129 @@
+"""The protocol every language model is used through.
+
+Engines know nothing of thoughts: they sample continuations with log-probabilities, score
+continuations given contexts, and answer chat conversations. Prompts are text or token ids; the
+E-step works on token ids so that log q and log p are computed on exactly the sampled tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypedDict, runtime_checkable
+
+Prompt = str | Sequence[int]
+"""A prompt or continuation: text (tokenised by the engine) or token ids."""
+
+FinishReason = Literal["stop", "length", "error"]
+
+
+class ChatMessage(TypedDict):
+    """One chat turn, as in the OpenAI API: ``{"role": "user", "content": "..."}``."""
+
+    role: str
+    content: str
+
+
+@dataclass
+class Sample:
+    """One sampled continuation.
+
+    ``token_ids`` are the generated tokens (a stop token included when generation stopped on one);
+    ``token_logprobs[i]`` is log-probability of ``token_ids[i]`` under the distribution sampled from
+    (after temperature and top-p). ``text`` is the decoded continuation without the stop string.
+    """
+
+    token_ids: list[int]
+    text: str
+    token_logprobs: list[float]
+    finish_reason: FinishReason
+
+    @property
+    def logprob(self) -> float:
+        """Summed log-probability of the sample."""
+        return float(sum(self.token_logprobs))
+
+
+@dataclass
+class Score:
+    """Log-probabilities of a continuation given its context, one per continuation token."""
+
+    token_logprobs: list[float]
+
+    @property
+    def logprob(self) -> float:
+        """Summed log-probability of the continuation."""
+        return float(sum(self.token_logprobs))
+
+
+@dataclass
+class ChatReply:
+    """One answer to a chat conversation, with its token usage."""
+
+    text: str
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Usage:
+    """Running totals of what an engine has consumed, for cost accounting."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    retries: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Usage) -> None:
+        """Add ``other``'s counts to these."""
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.retries += other.retries
+        for reason, count in other.failures.items():
+            self.failures[reason] = self.failures.get(reason, 0) + count
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A language model that can sample, score and chat.
+
+    ``identity`` names the model and its settings stably (used in cache keys); ``usage`` accumulates
+    requests and tokens.
+    """
+
+    identity: str
+    usage: Usage
+
+    def sample(
+        self,
+        prompts: Sequence[Prompt],
+        n: int = 1,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        stop: Sequence[str | int] = (),
+        seed: int | None = None,
+    ) -> list[list[Sample]]:
+        """Draw ``n`` samples for each prompt; returns one list of ``n`` samples per prompt."""
+        ...
+
+    def score(self, contexts: Sequence[Prompt], continuations: Sequence[Prompt]) -> list[Score]:
+        """Log-probability of each continuation given its context (pairs matched by position)."""
+        ...
+
+    def chat(
+        self,
+        conversations: Sequence[Sequence[ChatMessage]],
+        n: int = 1,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 1024,
+        seed: int | None = None,
+    ) -> list[list[ChatReply]]:
+        """Answer each conversation ``n`` times; returns one list of ``n`` replies per conversation."""
+        ...

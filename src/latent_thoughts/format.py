@@ -1,0 +1,281 @@
+"""The thought-augmented training format (METHOD section 2).
+
+Four special tokens mark latent thoughts. A document is a list of chunks, each with an optional
+thought, and each chunk is written, by a seeded per-chunk draw, in one of two layouts:
+
+- prior (joint) layout ``SOL PRIOR z EOL x``: the thought before the text it explains;
+- posterior layout ``SOL EOL x SOL POST z EOL``: the text first, then the thought.
+
+A chunk without a thought is written as its raw text. BOS and EOS wrap each document and documents
+are packed back to back into fixed windows. Every built document records which token spans are
+thought, text or special tokens, so tests (and the viewer) can check and show them.
+
+This module knows nothing of engines; the E-step and evaluation build their prompts with the
+functions at the end of this module so that the layout lives in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from latent_thoughts.config import StageConfig
+from latent_thoughts.errors import LatentThoughtsError
+
+
+@dataclass(frozen=True)
+class LatentTokens:
+    """The text of the four special tokens."""
+
+    sol: str = "<|START_OF_LATENT|>"
+    eol: str = "<|END_OF_LATENT|>"
+    prior: str = "<|PRIOR_PREFIX|>"
+    post: str = "<|POSTERIOR_PREFIX|>"
+
+    def all(self) -> list[str]:
+        """The four tokens in a fixed order (SOL, EOL, PRIOR, POST)."""
+        return [self.sol, self.eol, self.prior, self.post]
+
+
+LATENT_TOKENS = LatentTokens()
+
+
+class Layout(str, Enum):
+    """How one chunk is written in a training document."""
+
+    PRIOR = "prior"
+    POSTERIOR = "posterior"
+    RAW = "raw"
+
+
+SpanKind = Literal["special", "thought", "text"]
+
+
+@dataclass(frozen=True)
+class Span:
+    """Tokens ``[start, end)`` of a built document are of ``kind``; ``chunk`` is the chunk index (-1 for BOS/EOS)."""
+
+    kind: SpanKind
+    start: int
+    end: int
+    chunk: int
+
+
+@dataclass
+class BuiltDocument:
+    """A training document as token ids, with its spans and the layout drawn for each chunk."""
+
+    input_ids: list[int]
+    spans: list[Span] = field(default_factory=list)
+    layouts: list[Layout] = field(default_factory=list)
+
+    def ids_of(self, kind: SpanKind) -> list[list[int]]:
+        """The token ids of every span of ``kind``, in document order."""
+        return [self.input_ids[span.start : span.end] for span in self.spans if span.kind == kind]
+
+
+class FormatConfig(StageConfig):
+    """Options of the training format (reference values from METHOD section 2)."""
+
+    posterior_probability: float = Field(0.5, ge=0.0, le=1.0, description="chance a chunk uses the posterior layout")
+    seed: int = Field(0, description="seed of the per-chunk layout draw")
+    seq_len: int = Field(2048, gt=0, description="packed window length in tokens")
+    reset_position_ids: bool = Field(False, description="restart position ids at each document in a window")
+    add_bos: bool = True
+    add_eos: bool = True
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids of the special tokens in one tokenizer."""
+
+    sol: int
+    eol: int
+    prior: int
+    post: int
+    bos: int | None
+    eos: int | None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> SpecialIds:
+        """Look the four latent tokens up in ``tokenizer``; a missing one is a one-line error."""
+        ids = []
+        for token in LATENT_TOKENS.all():
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if token_id is None or token_id == tokenizer.unk_token_id:
+                raise LatentThoughtsError(
+                    f"tokenizer lacks the special token {token}; add them with tokenizer.add_latent_tokens"
+                )
+            ids.append(int(token_id))
+        return cls(*ids, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id)
+
+
+def choose_layout(seed: int, doc_id: str, chunk_index: int, posterior_probability: float) -> Layout:
+    """The layout of one chunk: a pure function of (seed, document id, chunk index)."""
+    digest = hashlib.sha256(f"{seed}\x00{doc_id}\x00{chunk_index}".encode()).digest()
+    uniform = struct.unpack(">Q", digest[:8])[0] / 2**64
+    return Layout.POSTERIOR if uniform < posterior_probability else Layout.PRIOR
+
+
+class DocumentBuilder:
+    """Turns chunks (and thoughts) into token ids with spans, for one tokenizer and format config."""
+
+    def __init__(self, tokenizer: Any, config: FormatConfig | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.config = config or FormatConfig()
+        self.special = SpecialIds.from_tokenizer(tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without any special tokens added by the tokenizer."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+
+    def build(
+        self, doc_id: str, chunks: Sequence[str], thoughts: Sequence[str | None] | None = None
+    ) -> BuiltDocument:
+        """Build a document from its chunk texts and, optionally, one thought per chunk.
+
+        A chunk whose thought is ``None`` (or every chunk, when ``thoughts`` is None) is written raw.
+        """
+        if thoughts is not None and len(thoughts) != len(chunks):
+            raise LatentThoughtsError(
+                f"document {doc_id!r}: {len(chunks)} chunks but {len(thoughts)} thoughts"
+            )
+        doc = BuiltDocument(input_ids=[])
+        s = self.special
+        if self.config.add_bos and s.bos is not None:
+            self._append(doc, "special", [s.bos], -1)
+        for index, text in enumerate(chunks):
+            thought = thoughts[index] if thoughts is not None else None
+            if thought is None:
+                doc.layouts.append(Layout.RAW)
+                self._append(doc, "text", self.encode(text), index)
+                continue
+            layout = choose_layout(self.config.seed, doc_id, index, self.config.posterior_probability)
+            doc.layouts.append(layout)
+            if layout is Layout.PRIOR:
+                self._append(doc, "special", [s.sol, s.prior], index)
+                self._append(doc, "thought", self.encode(thought), index)
+                self._append(doc, "special", [s.eol], index)
+                self._append(doc, "text", self.encode(text), index)
+            else:
+                self._append(doc, "special", [s.sol, s.eol], index)
+                self._append(doc, "text", self.encode(text), index)
+                self._append(doc, "special", [s.sol, s.post], index)
+                self._append(doc, "thought", self.encode(thought), index)
+                self._append(doc, "special", [s.eol], index)
+        if self.config.add_eos and s.eos is not None:
+            self._append(doc, "special", [s.eos], -1)
+        return doc
+
+    def build_plain(self, text: str) -> BuiltDocument:
+        """A raw or rephrased baseline document: the whole text tokenised at once, wrapped in BOS/EOS."""
+        doc = BuiltDocument(input_ids=[])
+        if self.config.add_bos and self.special.bos is not None:
+            self._append(doc, "special", [self.special.bos], -1)
+        self._append(doc, "text", self.encode(text), 0)
+        doc.layouts.append(Layout.RAW)
+        if self.config.add_eos and self.special.eos is not None:
+            self._append(doc, "special", [self.special.eos], -1)
+        return doc
+
+    @staticmethod
+    def _append(doc: BuiltDocument, kind: SpanKind, ids: list[int], chunk: int) -> None:
+        if not ids:
+            return
+        start = len(doc.input_ids)
+        doc.input_ids.extend(ids)
+        doc.spans.append(Span(kind, start, start + len(ids), chunk))
+
+
+@dataclass
+class PackedWindow:
+    """One fixed-length training window.
+
+    ``labels`` equal ``input_ids`` except on padding (``-100``); ``position_ids`` count from 0 at the
+    window start, or at every document start when position resets are on.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+
+    @property
+    def num_real_tokens(self) -> int:
+        """Tokens that are not padding."""
+        return sum(label != -100 for label in self.labels)
+
+
+def pack_documents(
+    documents: Iterable[Sequence[int]],
+    seq_len: int,
+    pad_id: int,
+    reset_position_ids: bool = False,
+) -> Iterator[PackedWindow]:
+    """Pack documents back to back into windows of ``seq_len`` tokens; no token is lost.
+
+    A document longer than a window continues in the next one. The last window is padded with
+    ``pad_id`` (label ``-100``) rather than dropped.
+    """
+    if seq_len <= 0:
+        raise LatentThoughtsError(f"seq_len must be positive, got {seq_len}")
+    ids: list[int] = []
+    positions: list[int] = []
+    for document in documents:
+        for offset, token in enumerate(document):
+            ids.append(int(token))
+            positions.append(offset if reset_position_ids else len(positions))
+            if len(ids) == seq_len:
+                yield PackedWindow(ids, list(ids), _window_positions(positions, reset_position_ids))
+                ids, positions = [], []
+    if ids:
+        real = len(ids)
+        padding = seq_len - real
+        positions = _window_positions(positions, reset_position_ids)
+        yield PackedWindow(
+            ids + [pad_id] * padding,
+            ids + [-100] * padding,
+            positions + list(range(positions[-1] + 1, positions[-1] + 1 + padding)),
+        )
+
+
+def _window_positions(positions: list[int], reset: bool) -> list[int]:
+    """Positions within a window: absolute offsets restart at 0 in each window without resets;
+    with resets, a document continuing from the previous window keeps counting from 0 here."""
+    if not reset:
+        return list(range(len(positions)))
+    shift = positions[0]
+    out = []
+    for position in positions:
+        if position == 0:
+            shift = 0
+        out.append(position - shift)
+    return out
+
+
+# --- prompts in the latent layouts (used by the E-step and by evaluation) ---------------------
+
+
+def posterior_prompt(special: SpecialIds, prefix_ids: Sequence[int], chunk_ids: Sequence[int]) -> list[int]:
+    """``c SOL EOL x SOL POST``: the prompt from which the model samples a thought q(z | c, x)."""
+    return [*prefix_ids, special.sol, special.eol, *chunk_ids, special.sol, special.post]
+
+
+def joint_context(special: SpecialIds, prefix_ids: Sequence[int]) -> list[int]:
+    """``c SOL``: the context after which the joint continuation is scored."""
+    return [*prefix_ids, special.sol]
+
+
+def joint_continuation(special: SpecialIds, thought_ids: Sequence[int], chunk_ids: Sequence[int]) -> list[int]:
+    """``PRIOR z EOL x``: scored after :func:`joint_context` to give log p(z, x | c)."""
+    return [special.prior, *thought_ids, special.eol, *chunk_ids]
+
+
+def thinking_prompt(special: SpecialIds, question_ids: Sequence[int]) -> list[int]:
+    """``question SOL PRIOR``: asks a thought-trained model to think before it answers."""
+    return [*question_ids, special.sol, special.prior]

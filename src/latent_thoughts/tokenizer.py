@@ -1,0 +1,94 @@
+"""Tokenizers: load one, or train a small byte-level BPE; add the latent tokens; resize a model.
+
+New embedding and output rows are initialised as METHOD section 2 says: normal with standard
+deviation d^-1/2 (d the hidden size), clipped at 3 standard deviations, from a fixed seed, so the
+same tokenizer and seed give the same model on any machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.format import LATENT_TOKENS
+
+BPE_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Load any Hugging Face tokenizer from a local folder (or a SentencePiece ``tokenizer.model``)."""
+    path = Path(path)
+    if not path.exists():
+        raise LatentThoughtsError(f"{path}: tokenizer folder not found")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise LatentThoughtsError(f"{path}: cannot load a tokenizer ({str(exc).splitlines()[0]})") from None
+    return tokenizer
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer of at most ``vocab_size`` ids on ``texts`` (seconds).
+
+    Decoding is exact (byte-level, no added prefix space). The tokenizer has ``<s>``, ``</s>`` and
+    ``<pad>``; the latent tokens are added separately by :func:`add_latent_tokens`.
+    """
+    specials = list(BPE_SPECIAL_TOKENS.values())
+    if vocab_size < 256 + len(specials):
+        raise LatentThoughtsError(f"vocab_size must be at least {256 + len(specials)}, got {vocab_size}")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **BPE_SPECIAL_TOKENS)
+
+
+def add_latent_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Add the four latent special tokens (idempotent) and make sure a pad token exists.
+
+    Returns how many ids were added. A tokenizer without a pad token reuses EOS for padding, so
+    the vocabulary grows by exactly four (Llama-2: 32,000 -> 32,004).
+    """
+    added = tokenizer.add_special_tokens({"additional_special_tokens": LATENT_TOKENS.all()})
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return int(added)
+
+
+@torch.no_grad()
+def resize_model_embeddings(model: Any, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> int:
+    """Resize ``model``'s input and output embeddings to ``len(tokenizer)`` and initialise new rows.
+
+    Old rows are kept unchanged; new rows are drawn from N(0, d^-1/2) clipped at 3 standard
+    deviations with a generator seeded by ``seed``. Returns how many rows were added.
+    """
+    old_size = model.get_input_embeddings().weight.shape[0]
+    new_size = len(tokenizer)
+    if new_size <= old_size:
+        return 0
+    model.resize_token_embeddings(new_size, mean_resizing=False)
+    generator = torch.Generator().manual_seed(seed)
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not matrices[0]:
+        matrices.append(output.weight)
+    for weight in matrices:
+        hidden = weight.shape[1]
+        std = hidden**-0.5
+        rows = torch.randn(new_size - old_size, hidden, generator=generator) * std
+        weight[old_size:] = rows.clamp(-3 * std, 3 * std).to(weight.dtype)
+    model.config.vocab_size = new_size
+    return new_size - old_size
