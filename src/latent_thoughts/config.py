@@ -9,6 +9,7 @@ one-line :class:`ConfigError` that names the key and, for a misspelt key, sugges
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +46,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        value = _as_number(value)
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -54,6 +56,14 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return nested
+
+
+_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _as_number(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string; read such exponent literals as floats."""
+    return float(value) if isinstance(value, str) and _FLOAT.match(value.strip()) else value
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,9 +140,9 @@ def describe_validation_error(cls: type[BaseModel], exc: ValidationError) -> str
 
 def _valid_keys(cls: type[BaseModel], path: Sequence[str]) -> list[str]:
     """The field names valid at ``path`` inside the model ``cls`` (following nested models)."""
-    model: Any = cls
+    model = cls
     for part in path:
-        field = model.model_fields.get(part) if isinstance(model, type) else None
+        field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []

@@ -83,7 +83,9 @@ class BuiltDocument:
 class FormatConfig(StageConfig):
     """Options of the training format (reference values from METHOD section 2)."""
 
-    posterior_probability: float = Field(0.5, ge=0.0, le=1.0, description="chance a chunk uses the posterior layout")
+    posterior_probability: float = Field(
+        0.5, ge=0.0, le=1.0, description="chance a chunk uses the posterior layout"
+    )
     seed: int = Field(0, description="seed of the per-chunk layout draw")
     seq_len: int = Field(2048, gt=0, description="packed window length in tokens")
     reset_position_ids: bool = Field(False, description="restart position ids at each document in a window")
@@ -113,7 +115,8 @@ class SpecialIds:
                     f"tokenizer lacks the special token {token}; add them with tokenizer.add_latent_tokens"
                 )
             ids.append(int(token_id))
-        return cls(*ids, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id)
+        sol, eol, prior, post = ids
+        return cls(sol, eol, prior, post, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id)
 
 
 def choose_layout(seed: int, doc_id: str, chunk_index: int, posterior_probability: float) -> Layout:
@@ -271,7 +274,9 @@ def joint_context(special: SpecialIds, prefix_ids: Sequence[int]) -> list[int]:
     return [*prefix_ids, special.sol]
 
 
-def joint_continuation(special: SpecialIds, thought_ids: Sequence[int], chunk_ids: Sequence[int]) -> list[int]:
+def joint_continuation(
+    special: SpecialIds, thought_ids: Sequence[int], chunk_ids: Sequence[int]
+) -> list[int]:
     """``PRIOR z EOL x``: scored after :func:`joint_context` to give log p(z, x | c)."""
     return [special.prior, *thought_ids, special.eol, *chunk_ids]
 

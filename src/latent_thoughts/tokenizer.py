@@ -33,7 +33,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer of at most ``vocab_size`` ids on ``texts`` (seconds).
 
     Decoding is exact (byte-level, no added prefix space). The tokenizer has ``<s>``, ``</s>`` and
