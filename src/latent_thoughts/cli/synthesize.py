@@ -1,0 +1,187 @@
+"""``latent-thoughts synthesize | merge | thoughts``: teacher synthesis, joining shards, reading thoughts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``synthesize``, ``merge`` and ``thoughts`` verbs."""
+    parser = subparsers.add_parser(
+        "synthesize",
+        help="a teacher writes one latent thought per chunk (or rephrases documents)",
+        description=(
+            "Run a teacher (TEACHER.yaml: kind http, transformers or oracle) over a chunk file. Answers are "
+            "cached as they come, so a rerun or a killed run resumes without asking again; failures "
+            "(refusals, empty or truncated answers, errors) go to NAME.failures.parquet, never into the thoughts."
+        ),
+    )
+    parser.add_argument("--chunks", required=True, type=Path, help="chunk file from `latent-thoughts chunk`")
+    parser.add_argument("--teacher", required=True, type=Path, help="TEACHER.yaml (see configs/teachers/)")
+    parser.add_argument("--out", required=True, type=Path, help="output, e.g. RUN/thoughts/NAME.parquet")
+    parser.add_argument(
+        "--shard",
+        help="i/N: this job's share of the documents (0 <= i < N); join with `latent-thoughts merge`",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("thoughts", "rephrase"),
+        default="thoughts",
+        help="latent thoughts, or WRAP rephrasing",
+    )
+    parser.add_argument(
+        "--style",
+        default="wrap",
+        help="rephrase style: wrap (one of easy/hard/wiki/qa drawn per document), cot, or one of easy/hard/wiki/qa",
+    )
+    parser.add_argument(
+        "--retry-failures", action="store_true", help="send the recorded failures again, only them"
+    )
+    parser.add_argument(
+        "--batch-api", action="store_true", help="go through the OpenAI Batch API (kind http)"
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --batch-api: submit (or check) batches and return at once (exit status 3 while in flight)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="project tokens and cost from a sample; send nothing"
+    )
+    parser.add_argument("--sample", type=int, default=200, help="chunks the dry run tokenises (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the dry run's sample")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="teacher overrides, e.g. sampling.max_new_tokens=512",
+    )
+    parser.set_defaults(handler=run_synthesize)
+
+    merge = subparsers.add_parser(
+        "merge",
+        help="join the shard outputs of a synthesis run",
+        description="Join NAME.shard-i-of-N.parquet files into NAME.parquet, equal to an unsharded run's output.",
+    )
+    merge.add_argument(
+        "--out", required=True, type=Path, help="the merged output, e.g. RUN/thoughts/NAME.parquet"
+    )
+    merge.add_argument(
+        "shards", nargs="*", type=Path, help="shard outputs (default: all NAME.shard-*-of-N.parquet)"
+    )
+    merge.set_defaults(handler=run_merge)
+
+    view = subparsers.add_parser(
+        "thoughts",
+        help="print a document with its thoughts interleaved",
+        description="Print each chunk of a document followed by its thought (or the reason it has none).",
+    )
+    view.add_argument("--chunks", required=True, type=Path, help="chunk file")
+    view.add_argument("--thoughts", required=True, type=Path, help="thoughts file from synthesize or merge")
+    view.add_argument("--doc", help="document id (default: the first document)")
+    view.add_argument("--width", type=int, default=100, help="wrap thoughts at this width (0: no wrapping)")
+    view.set_defaults(handler=run_thoughts)
+
+
+def _request(args: argparse.Namespace) -> Any:
+    from latent_thoughts.synthesis.pipeline import parse_shard
+    from latent_thoughts.synthesis.stage import SynthesisRequest
+
+    return SynthesisRequest(
+        chunks=args.chunks,
+        teacher=args.teacher,
+        out=args.out,
+        overrides=list(args.set),
+        shard=parse_shard(args.shard) if args.shard else None,
+        mode=args.mode,
+        style=args.style,
+        retry_failures=args.retry_failures,
+        batch_api=args.batch_api,
+        wait=not args.no_wait,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+
+
+def run_synthesize(args: argparse.Namespace) -> int:
+    """Run, resume or project a synthesis job and print its summary."""
+    from latent_thoughts.errors import LatentThoughtsError
+    from latent_thoughts.synthesis.stage import project_run, run_synthesis
+
+    if args.no_wait and not args.batch_api:
+        raise LatentThoughtsError("--no-wait applies to --batch-api only")
+    request = _request(args)
+    if not getattr(args, "verbose", False):
+        # One log line per HTTP request drowns the progress bar; -v brings them back.
+        for name in ("httpx", "httpx2", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    if args.dry_run:
+        if args.sample < 1:
+            raise LatentThoughtsError(f"--sample {args.sample}: need at least 1")
+        for line in project_run(request, sample_size=args.sample, seed=args.seed).lines():
+            print(line)
+        return 0
+    summary = run_synthesis(request)
+    for line in summary_lines(summary):
+        print(line)
+    return 0 if not summary["output"]["missing"] else 3
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The closing lines of a synthesis run, from its summary."""
+    run, output = summary["run"], summary["output"]
+    reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(run["failure_reasons"].items()))
+    unit = "chunks" if summary["mode"] == "thoughts" else "documents"
+    lines = [
+        f"{run['items']:,} {unit}: {run['cached']:,} from the cache, {run['cached_failures']:,} recorded "
+        f"failures kept; {run['requests']:,} requests sent; {run['succeeded']:,} answered, "
+        f"{run['failed']:,} failed{' (' + reasons + ')' if reasons else ''}",
+        f"tokens this run: {run['prompt_tokens']:,} in, {run['completion_tokens']:,} out; "
+        f"cost {summary['cost']:.4f} {summary['currency']} ({'batch' if summary['batch_api'] else 'online'} prices); "
+        f"{run['elapsed_s']:.1f} s",
+    ]
+    if output["missing"]:
+        lines.append(
+            f"{output['missing']:,} still unanswered (batches in flight?): rerun to collect; nothing written"
+        )
+    else:
+        lines.append(f"wrote {output['rows']:,} rows -> {output['result']}")
+        if output["failures"]:
+            lines.append(
+                f"{output['failures']:,} failures recorded -> {Path(output['result']).with_suffix('')}.failures.parquet "
+                "(retry them with --retry-failures)"
+            )
+    return lines
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Join shard outputs and print what was written."""
+    from latent_thoughts.synthesis.stage import merge_shards
+
+    summary = merge_shards(args.out, args.shards)
+    print(
+        f"merged {len(summary['merged_from'])} shards: {summary['output']['rows']:,} rows, "
+        f"{summary['output']['failures']:,} failures -> {args.out}"
+    )
+    return 0
+
+
+def run_thoughts(args: argparse.Namespace) -> int:
+    """Print one document with each chunk followed by its thought, visibly marked."""
+    from latent_thoughts.synthesis.view import render_document
+
+    text = render_document(args.chunks, args.thoughts, args.doc, width=args.width)
+    try:
+        print(text)
+    except BrokenPipeError:  # piped into `head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+__all__ = ["register", "summary_lines"]

@@ -1,0 +1,80 @@
+"""The ``thoughts`` view: a document printed with each chunk followed by its thought."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from latent_thoughts.corpus import Chunk, iter_chunks
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.synthesis.stage import read_output_tables
+
+
+def document_chunks(chunks_path: Path, doc_id: str | None) -> tuple[str, list[Chunk]]:
+    """The id and chunks of document ``doc_id`` (default: the first document of the file)."""
+    found: list[Chunk] = []
+    for chunk in iter_chunks(chunks_path):
+        if doc_id is None:
+            doc_id = chunk.doc_id
+        if chunk.doc_id == doc_id:
+            found.append(chunk)
+        elif found:
+            break  # a document's chunks are contiguous in a chunk file
+    if not found or doc_id is None:
+        raise LatentThoughtsError(f"{chunks_path}: no document with id {doc_id!r}")
+    return doc_id, found
+
+
+def _rows(table: Any, doc_id: str) -> list[dict[str, Any]]:
+    return table.filter(pc.equal(table["doc_id"], doc_id)).to_pylist() if table is not None else []
+
+
+def _box(title: str, body: str, width: int) -> list[str]:
+    lines = [f"  ╭─ {title}"]
+    for paragraph in body.splitlines() or [""]:
+        wrapped = textwrap.wrap(paragraph, width - 4) if width > 0 and paragraph else [paragraph]
+        lines.extend(f"  │ {line}" for line in wrapped or [""])
+    lines.append("  ╰─")
+    return lines
+
+
+def render_document(
+    chunks_path: Path, thoughts_path: Path, doc_id: str | None = None, width: int = 100
+) -> str:
+    """The document's chunks in order, each followed by its thought in a marked box.
+
+    A chunk without a thought shows the recorded failure reason, or that it has not been answered.
+    A rephrasing output (``--mode rephrase``) shows the document followed by its rephrasing.
+    """
+    doc_id, chunks = document_chunks(chunks_path, doc_id)
+    results, failures = read_output_tables(thoughts_path)
+    rows, failed = _rows(results, doc_id), _rows(failures, doc_id)
+    teacher = next((row["teacher"] for row in [*rows, *failed]), "?")
+    version = next((row["prompt_version"] for row in [*rows, *failed]), "?")
+    header = f"document {doc_id}: {len(chunks)} chunks · teacher {teacher} · prompt {version}"
+    out = [header, "═" * min(max(len(header), 20), 120)]
+    if "thought" not in results.column_names:
+        out.append("".join(chunk.text for chunk in chunks))
+        for row in rows:
+            out.extend(
+                _box(f"rephrased ({row['style']}) · {row['completion_tokens']} tokens", row["text"], width)
+            )
+        for row in failed:
+            out.append(f"  ✗ no rephrasing: {row['reason']}")
+        return "\n".join(out)
+    thoughts = {row["chunk_index"]: row for row in rows}
+    reasons = {row["chunk_index"]: row["reason"] for row in failed}
+    for chunk in chunks:
+        out.append(f"── chunk {chunk.chunk_index} · characters {chunk.start}-{chunk.end} ──")
+        out.append(chunk.text.strip("\n"))
+        thought = thoughts.get(chunk.chunk_index)
+        if thought is not None:
+            out.extend(_box(f"thought · {thought['completion_tokens']} tokens", thought["thought"], width))
+        elif chunk.chunk_index in reasons:
+            out.append(f"  ✗ no thought: {reasons[chunk.chunk_index]}")
+        else:
+            out.append("  · no thought yet")
+    return "\n".join(out)

@@ -1,0 +1,165 @@
+"""The testbed's evaluation task: held-out statements with their result removed, graded by exact match.
+
+A problem is a statement of the evaluation split cut before its result, in the form documents use:
+question ``So 37 x 24 + 129 =``, answer ``1017``. The evaluation module generates greedily from
+
+- raw mode: the question itself (the model continues it: `` 1017. Thus ...``);
+- latent mode: the question followed by ``SOL PRIOR`` (:func:`latent_thoughts.format.thinking_prompt`);
+  the model writes a thought until EOL and then the text, which usually restates the statement
+  (``So 37 x 24 + 129 = 1017.``).
+
+:func:`grade` handles both: it reads the text after the last EOL, takes a leading number as the
+answer, else the value the text gives for the problem's own expression, else the first ``= N``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.format import LATENT_TOKENS, SpecialIds, thinking_prompt
+from latent_thoughts.testbed.world import (
+    DOCUMENT_SPLITS,
+    Statement,
+    StatementSampler,
+    TestbedConfig,
+    generate_documents,
+)
+
+QUESTION_OPENER = "So"
+"""The opener of every question; it is one of the openers documents use."""
+
+# A leading number is an answer only when no operator follows it: "37 x 4 = 148" opens a thought.
+_LEADING_ANSWER_RE = re.compile(r"\s*(-?\d+)(?!\d|\s*[-+x*×/=]\s*\d)")
+_FIRST_EQUALS_RE = re.compile(r"=\s*(-?\d+)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One held-out problem: question text, exact answer, the expression and its ground-truth thought."""
+
+    problem_id: str
+    question: str
+    answer: str
+    expression: str
+    thought: str
+
+    @classmethod
+    def from_statement(cls, problem_id: str, statement: Statement) -> Problem:
+        """The problem asking for ``statement``'s result."""
+        return cls(
+            problem_id=problem_id,
+            question=f"{QUESTION_OPENER} {statement.expression} =",
+            answer=str(statement.result),
+            expression=statement.expression,
+            thought=" ".join(statement.derivation()),
+        )
+
+
+def make_eval_problems(config: TestbedConfig, split: str = "eval") -> list[Problem]:
+    """The problems of ``split``: ``eval`` gives ``config.eval_problems`` held-out statements (never
+    in any document); a document split gives the statements of its documents (to measure fit)."""
+    if split == "eval":
+        sampler = StatementSampler(config, "eval")
+        return [
+            Problem.from_statement(f"testbed-{config.seed}-eval-{index:06d}", sampler.draw())
+            for index in range(config.eval_problems)
+        ]
+    if split not in DOCUMENT_SPLITS:
+        raise LatentThoughtsError(
+            f"unknown testbed split {split!r} (valid: eval, {', '.join(DOCUMENT_SPLITS)})"
+        )
+    problems = []
+    for document in generate_documents(config, split):
+        for position, sentence in enumerate(document.sentences):
+            if sentence.statement is not None:
+                problems.append(Problem.from_statement(f"{document.doc_id}-{position}", sentence.statement))
+    return problems
+
+
+def _after_thought(text: str) -> str:
+    """The text after the last EOL token: the part of a latent-mode generation that answers."""
+    return text.rpartition(LATENT_TOKENS.eol)[2]
+
+
+def extract_answer(generated_text: str) -> str | None:
+    """The answer in a generation: after the last EOL (if any), a leading number not followed by an
+    operator, else the first number after ``=``; None when there is none."""
+    text = _after_thought(generated_text)
+    match = _LEADING_ANSWER_RE.match(text) or _FIRST_EQUALS_RE.search(text)
+    return str(int(match.group(1))) if match else None
+
+
+def grade(problem: Problem, generated_text: str) -> bool:
+    """Exact match of the generation's answer to ``problem.answer``.
+
+    After the last EOL, a leading number is the answer (raw continuation); otherwise the value the
+    text states for the problem's own expression (``... 37 x 24 + 129 = N``), which also works when
+    the thought was decoded without its special tokens; otherwise :func:`extract_answer`.
+    """
+    text = _after_thought(generated_text)
+    leading = _LEADING_ANSWER_RE.match(text)
+    if leading is None:
+        pattern = r"\s*".join(re.escape(part) for part in problem.expression.split())
+        stated = re.search(rf"(?<!\d){pattern}\s*=\s*(-?\d+)", text)
+        if stated is not None:
+            return str(int(stated.group(1))) == problem.answer
+    return extract_answer(text) == problem.answer
+
+
+def accuracy(problems: Sequence[Problem], generations: Sequence[str]) -> float:
+    """Exact-match accuracy of ``generations`` (one per problem, in order)."""
+    if len(problems) != len(generations):
+        raise LatentThoughtsError(f"{len(problems)} problems but {len(generations)} generations")
+    if not problems:
+        raise LatentThoughtsError("no problems to grade")
+    return sum(grade(p, g) for p, g in zip(problems, generations, strict=True)) / len(problems)
+
+
+def prompt_ids(problem: Problem, tokenizer: Any, thinking: bool, add_bos: bool = True) -> list[int]:
+    """Token ids to generate from: BOS (if the tokenizer has one and ``add_bos``), the question, and
+    with ``thinking`` the ``SOL PRIOR`` that asks a thought-trained model to think first."""
+    ids = list(tokenizer.encode(problem.question, add_special_tokens=False))
+    if add_bos and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id, *ids]
+    return thinking_prompt(SpecialIds.from_tokenizer(tokenizer), ids) if thinking else ids
+
+
+def write_problems(problems: Sequence[Problem], path: str | Path) -> int:
+    """Write problems as JSONL (``id``, ``question``, ``answer``, ``expression``, ``thought``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for problem in problems:
+            row = asdict(problem)
+            row = {"id": row.pop("problem_id"), **row}
+            handle.write(json.dumps(row) + "\n")
+    return len(problems)
+
+
+def read_problems(path: str | Path) -> list[Problem]:
+    """Read problems written by :func:`write_problems`; a bad row is an error naming file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise LatentThoughtsError(f"{path}: problems file not found") from None
+    problems = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            problems.append(
+                Problem(
+                    str(row["id"]), row["question"], str(row["answer"]), row["expression"], row["thought"]
+                )
+            )
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise LatentThoughtsError(f"{path}:{number}: not a testbed problem row ({exc})") from None
+    return problems

@@ -1,0 +1,298 @@
+"""The testbed world: deterministic disjoint splits, an oracle whose thoughts check, exact-match grading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+from latent_thoughts.cli import main
+from latent_thoughts.config import ConfigError, validate_config
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.format import LATENT_TOKENS
+from latent_thoughts.prompts import LatentThoughtPrompt, RephrasePrompt
+from latent_thoughts.testbed import (
+    TestbedConfig,
+    TestbedOracle,
+    check_thought,
+    extract_answer,
+    generate_documents,
+    generate_world,
+    grade,
+    make_eval_problems,
+    prompt_ids,
+    validity_rate,
+)
+from latent_thoughts.testbed.checker import evaluate, find_claims
+from latent_thoughts.testbed.world import Statement, derive_statement, parse_sentence, split_of
+
+SMALL = TestbedConfig(
+    warm_start_documents=20, bootstrap_documents=60, validation_documents=10, eval_problems=50
+)
+
+
+def chunks_of(sentences: list[str], sizes: list[int]) -> list[tuple[str, str]]:
+    """(prefix, chunk) pairs cutting ``sentences`` into chunks of ``sizes``; the prefix is the previous chunk."""
+    pairs, start, previous = [], 0, ""
+    for size in sizes:
+        chunk = " ".join(sentences[start : start + size])
+        if chunk:
+            pairs.append((previous, chunk))
+            previous = chunk
+        start += size
+    return pairs
+
+
+def all_chunks(config: TestbedConfig, sizes: list[int]) -> list[tuple[str, str]]:
+    return [
+        pair
+        for document in generate_documents(config, "bootstrap")
+        for pair in chunks_of([s.text for s in document.sentences], sizes)
+    ]
+
+
+# --- the world -----------------------------------------------------------------------------------
+
+
+def test_ground_truth_derivation_is_partial_products_then_sums():
+    assert derive_statement(37, 24, [("+", 129)]) == [
+        "37 x 4 = 148.",
+        "37 x 20 = 740.",
+        "148 + 740 = 888.",
+        "888 + 129 = 1017.",
+    ]
+    # A zero place is skipped; a single-place factor needs no sum.
+    assert derive_statement(37, 40, [("-", 500)]) == ["37 x 40 = 1480.", "1480 - 500 = 980."]
+    assert Statement(37, 24, (("+", 129),)).result == 1017
+
+
+def test_generation_is_deterministic_in_the_seed():
+    first = generate_world(SMALL)
+    again = generate_world(SMALL)
+    assert {s: [d.to_record() for d in docs] for s, docs in first.items()} == {
+        s: [d.to_record() for d in docs] for s, docs in again.items()
+    }
+    other = generate_world(SMALL.model_copy(update={"seed": 1}))
+    assert first["bootstrap"][0].text != other["bootstrap"][0].text
+    assert make_eval_problems(SMALL) == make_eval_problems(SMALL)
+
+
+def test_splits_are_disjoint_and_stable_when_another_split_grows():
+    world = generate_world(SMALL)
+    keys = {
+        split: {s.statement.key() for d in docs for s in d.sentences if s.statement is not None}
+        for split, docs in world.items()
+    }
+    eval_keys = set()
+    for problem in make_eval_problems(SMALL):
+        reading = parse_sentence(f"{problem.question} {problem.answer}.")
+        assert reading is not None and reading.statement is not None
+        assert split_of(SMALL.seed, reading.statement) == "eval"
+        eval_keys.add(reading.statement.key())
+    keys["eval"] = eval_keys
+    names = list(keys)
+    for i, left in enumerate(names):
+        for right in names[i + 1 :]:
+            assert not keys[left] & keys[right], (left, right)
+    assert len(eval_keys) == SMALL.eval_problems
+    ids = [d.doc_id for docs in world.values() for d in docs]
+    assert len(ids) == len(set(ids))
+    # Growing the bootstrap split changes neither the warm-start split nor the evaluation problems.
+    bigger = SMALL.model_copy(update={"bootstrap_documents": 80})
+    assert [d.text for d in generate_documents(bigger, "warm_start")] == [d.text for d in world["warm_start"]]
+    assert make_eval_problems(bigger) == make_eval_problems(SMALL)
+    assert [d.text for d in generate_documents(bigger, "bootstrap")[:60]] == [
+        d.text for d in world["bootstrap"]
+    ]
+
+
+def test_sentences_split_cleanly_with_punkt():
+    splitter = PunktSentenceTokenizer()
+    for document in generate_documents(SMALL, "bootstrap"):
+        assert splitter.tokenize(document.text) == [s.text for s in document.sentences]
+        assert len(document.sentences) == SMALL.sentences_per_document
+
+
+def test_ground_truth_thoughts_are_valid_and_cover_their_sentences():
+    for document in generate_documents(SMALL, "warm_start"):
+        for sentence in document.sentences:
+            result = check_thought(sentence.thought, sentence.text)
+            assert result.valid and result.covered, (sentence.text, sentence.thought)
+
+
+def test_difficulty_knobs_and_impossible_sizes():
+    hard = TestbedConfig(digits=3, steps=3, addend_digits=4, operations=["+", "-"], eval_problems=5)
+    statement = make_eval_problems(hard)[0]
+    a, b = statement.expression.split(" ")[0], statement.expression.split(" ")[2]
+    assert len(a) == len(b) == 3 and statement.expression.count(" ") == 6
+    with pytest.raises(ConfigError, match="raise digits or steps"):
+        validate_config(TestbedConfig, {"digits": 1, "steps": 1})
+    with pytest.raises(ConfigError, match="did you mean 'digits'"):
+        validate_config(TestbedConfig, {"digit": 3})
+
+
+# --- the checker ---------------------------------------------------------------------------------
+
+
+def test_checker_parses_every_operation_with_precedence():
+    claims = find_claims("First 12 + 30 = 42. Then 42 x 2 = 84, and 84 / 4 = 21, 7 * 3 - 1 = 20, 5 - 9 = -4.")
+    assert [(c.stated, c.true) for c in claims] == [
+        (42, True),
+        (84, True),
+        (21, True),
+        (20, True),
+        (-4, True),
+    ]
+    assert evaluate("2 + 3 x 4") == 14
+    assert evaluate("7 / 2") is None
+    assert not find_claims("1.5 + 2 = 3.5 and x = 3 and 2x + 1 = 7")
+    result = check_thought("37 x 4 = 148. 37 x 20 = 750.")
+    assert (result.claims, result.valid_claims, result.valid) == (2, 1, False)
+    assert result.false_claims == ("37 x 20 = 750",)
+    assert not check_thought("No arithmetic here.").valid
+
+
+def test_checker_coverage_needs_every_result_of_the_chunk():
+    chunk = "So 37 x 24 + 129 = 1017. Adding 129 gives 1146."
+    full = "37 x 4 = 148. 37 x 20 = 740. 148 + 740 = 888. 888 + 129 = 1017. 1017 + 129 = 1146."
+    assert check_thought(full, chunk).valid
+    partial = check_thought("37 x 4 = 148. 37 x 20 = 740. 148 + 740 = 888. 888 + 129 = 1017.", chunk)
+    assert partial.covered is False and not partial.valid
+    assert check_thought("3 x 4 = 12.", chunk).covered is False
+    assert validity_rate([full, "nothing"], [chunk, chunk]) == 0.5
+    with pytest.raises(LatentThoughtsError, match="not a testbed sentence"):
+        check_thought(full, "The cat sat on the mat.")
+
+
+# --- the oracle ----------------------------------------------------------------------------------
+
+
+def test_noiseless_oracle_thoughts_check_100_percent_on_any_chunking():
+    oracle = TestbedOracle()
+    prompt = LatentThoughtPrompt()
+    for sizes in ([1] * 8, [3, 2, 3], [8], [5, 3]):
+        pairs = all_chunks(SMALL, sizes)
+        replies = oracle.chat([prompt.messages(p, c) for p, c in pairs])
+        thoughts = [group[0].text for group in replies]
+        assert validity_rate(thoughts, [c for _, c in pairs]) == 1.0
+    # Without the prefix a continuation's previous value is recovered from its stated result.
+    assert check_thought(oracle.thought("", "Adding 129 gives 1146."), "Adding 129 gives 1146.").valid
+    assert oracle.thought("So 37 x 24 + 129 = 1017. ", "Adding 129 gives 1146.") == "1017 + 129 = 1146."
+
+
+def test_noisy_oracle_validity_is_about_one_minus_noise_and_reproducible():
+    pairs = all_chunks(SMALL.model_copy(update={"bootstrap_documents": 100}), [2, 1, 3, 2])[:500]
+    assert len(pairs) == 400
+    noisy = TestbedOracle(noise=0.3, seed=5)
+    conversations = [LatentThoughtPrompt().messages(p, c) for p, c in pairs]
+    thoughts = [g[0].text for g in noisy.chat(conversations)]
+    chunks = [c for _, c in pairs]
+    assert abs(validity_rate(thoughts, chunks) - 0.7) <= 0.06
+    assert abs(validity_rate(thoughts) - 0.7) <= 0.06  # irrelevant thoughts have no claims at all
+    assert [g[0].text for g in TestbedOracle(noise=0.3, seed=5).chat(conversations)] == thoughts
+    # Both kinds of noise occur: a false claim, and a thought with no claims.
+    results = [check_thought(t, c) for t, c in zip(thoughts, chunks, strict=True)]
+    assert any(r.claims == 0 for r in results) and any(r.claims and r.false_claims for r in results)
+    # Samples of one chunk differ in their noise draw; the usage is counted.
+    group = noisy.chat(conversations[:1], n=20)[0]
+    assert len({r.text for r in group}) > 1
+    assert noisy.usage.requests == len(conversations) + 20
+    assert group[0].prompt_tokens > 0 and group[0].completion_tokens > 0
+
+
+def test_oracle_rephrases_and_refuses_what_it_cannot_do():
+    oracle = TestbedOracle()
+    document = "So 37 x 24 + 129 = 1017. Adding 129 gives 1146."
+    cot = oracle.chat([RephrasePrompt("cot").messages(document)])[0][0].text
+    assert cot.startswith("37 x 4 = 148.") and "1017 + 129 = 1146. Adding 129 gives 1146." in cot
+    assert oracle.chat([RephrasePrompt("qa").messages(document)])[0][0].text.startswith(
+        "What is 37 x 24 + 129?"
+    )
+    with pytest.raises(LatentThoughtsError, match="only chats"):
+        oracle.sample(["x"])
+    with pytest.raises(LatentThoughtsError, match="only chats"):
+        oracle.score(["x"], ["y"])
+    with pytest.raises(LatentThoughtsError, match="latent-thought and rephrasing"):
+        oracle.chat([[{"role": "user", "content": "hello"}]])
+    with pytest.raises(LatentThoughtsError, match="not a testbed sentence"):
+        oracle.chat([LatentThoughtPrompt().messages("", "The cat sat on the mat.")])
+    cut = oracle.chat([LatentThoughtPrompt().messages("", document)], max_new_tokens=3)[0][0]
+    assert cut.finish_reason == "length" and cut.text == "37 x 4"
+
+
+# --- the evaluation task -------------------------------------------------------------------------
+
+
+def test_eval_problems_and_grading():
+    problems = make_eval_problems(SMALL)
+    assert len(problems) == SMALL.eval_problems
+    problem = problems[0]
+    assert problem.question == f"So {problem.expression} =" and problem.answer == str(
+        eval(problem.expression.replace("x", "*"))
+    )
+    assert check_thought(problem.thought, f"{problem.question} {problem.answer}.").valid
+    right, wrong = problem.answer, str(int(problem.answer) + 1)
+    # Raw mode: the model continues the question.
+    assert grade(problem, f" {right}. Thus 12 x 13 + 100 = 256.")
+    assert not grade(problem, f" {wrong}. Thus ...")
+    # Latent mode: a thought, EOL, then the restated statement.
+    eol = LATENT_TOKENS.eol
+    assert grade(problem, f"{problem.thought}{eol}So {problem.expression} = {right}. Then 1 x 2 = 2.")
+    assert not grade(problem, f"{problem.thought}{eol}So {problem.expression} = {wrong}.")
+    # The thought decoded without its special tokens: the problem's own expression decides.
+    assert grade(problem, f"{problem.thought} So {problem.expression} = {right}.")
+    assert not grade(problem, problem.thought)
+    assert extract_answer(" 42.") == "42" and extract_answer(f"1 x 2 = 2{eol} So 5 x 5 = 25.") == "25"
+    assert extract_answer("no number") is None
+    assert make_eval_problems(SMALL, "warm_start")[0].problem_id.startswith("testbed-0-warm_start-")
+    with pytest.raises(LatentThoughtsError, match="unknown testbed split"):
+        make_eval_problems(SMALL, "test")
+
+
+def test_prompt_ids_end_with_the_thinking_tokens(tiny_tokenizer):
+    problem = make_eval_problems(SMALL)[0]
+    raw = prompt_ids(problem, tiny_tokenizer, thinking=False)
+    latent = prompt_ids(problem, tiny_tokenizer, thinking=True)
+    assert raw[0] == tiny_tokenizer.bos_token_id
+    assert tiny_tokenizer.decode(raw[1:]) == problem.question
+    assert latent[: len(raw)] == raw
+    assert tiny_tokenizer.convert_ids_to_tokens(latent[len(raw) :]) == [
+        LATENT_TOKENS.sol,
+        LATENT_TOKENS.prior,
+    ]
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_cli_generate_then_check(tmp_path: Path, capsys):
+    out = tmp_path / "world"
+    args = ["testbed", "generate", "--out", str(out), "bootstrap_documents=30", "warm_start_documents=5"]
+    assert main([*args, "validation_documents=4", "eval_problems=12", "seed=3"]) == 0
+    rows = [json.loads(line) for line in (out / "bootstrap.jsonl").read_text().splitlines()]
+    assert len(rows) == 30 and {"id", "text", "sentences", "thoughts"} <= set(rows[0])
+    assert rows[0]["text"] == " ".join(rows[0]["sentences"])
+    assert len((out / "eval.jsonl").read_text().splitlines()) == 12
+    assert "seed: 3" in (out / "config.yaml").read_text()
+
+    oracle = TestbedOracle(noise=0.5, seed=1)
+    pairs = [pair for row in rows for pair in chunks_of(row["sentences"], [3, 3, 2])]
+    thoughts = [oracle.thought(p, c) for p, c in pairs]
+    table = pa.table({"prefix": [p for p, _ in pairs], "text": [c for _, c in pairs], "thought": thoughts})
+    pq.write_table(table, tmp_path / "thoughts.parquet")
+    capsys.readouterr()
+    assert main(["testbed", "check", str(tmp_path / "thoughts.parquet"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["thoughts"] == len(pairs)
+    assert summary["validity_rate"] == validity_rate(thoughts, [c for _, c in pairs])
+    assert main(["testbed", "check", str(tmp_path / "thoughts.parquet")]) == 0
+    assert "valid:" in capsys.readouterr().out
+
+    assert main(["testbed", "generate", "--out", str(out), "digitz=3"]) == 2
+    assert "did you mean 'digits'" in capsys.readouterr().err
+    assert main(["testbed", "check", str(tmp_path / "missing.parquet")]) == 2
+    assert "missing.parquet: file not found" in capsys.readouterr().err
