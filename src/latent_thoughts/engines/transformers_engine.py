@@ -1,0 +1,747 @@
+"""An engine over any Hugging Face causal LM, on CPU or CUDA, with its own decode loop.
+
+Why not ``model.generate``: the E-step needs (a) the log-probability of every sampled token under
+exactly the distribution it was drawn from, (b) the K samples of one prompt to share one prefill of
+that prompt, and (c) stopping on the end-of-latent token. A custom loop over a ``DynamicCache`` gives
+all three and lets several prompts' samples share one batch:
+
+1. prompts are sorted by length and packed into batches of at most ``batch_tokens`` cached tokens
+   (rows x (longest prompt + max_new_tokens));
+2. each batch's distinct prompts are left-padded and prefilled ONCE; the cache rows are then copied
+   to the prompt's sample rows (``Cache.batch_select_indices`` with repeated indices);
+3. one token per row per step is drawn by inverse-CDF sampling from per-row uniforms; finished rows
+   are dropped from the batch (cache included) so long and short samples do not cost the same.
+
+Randomness is a pure function of (seed, prompt token ids, sample index): each row draws its uniforms
+from its own ``torch.Generator`` seeded from a hash of the three. So a sample does not depend on
+which other prompts share its batch, on ``batch_tokens``, or on sharding -- a restarted or re-sharded
+E-step job reproduces the same thoughts, and batched calls equal per-prompt calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import logging
+import secrets
+import struct
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from latent_thoughts.config import StageConfig
+from latent_thoughts.engines.base import ChatMessage, ChatReply, Prompt, Sample, Score, Usage
+from latent_thoughts.errors import LatentThoughtsError
+
+log = logging.getLogger(__name__)
+
+PLAIN_CHAT_STOPS = ("\nuser:", "\nsystem:")
+"""Stop strings of the plain-text chat template (used when a tokenizer has no chat template)."""
+
+
+class TransformersEngineConfig(StageConfig):
+    """Options of :class:`TransformersEngine`.
+
+    ``batch_tokens`` bounds memory: a sampling batch holds at most ``batch_tokens`` cached positions
+    (rows x (longest prompt + max_new_tokens)) and a scoring batch at most ``batch_tokens`` input
+    tokens (its logits hold at most ``batch_tokens x vocab`` floats).
+    """
+
+    model: str = Field(default="", description="folder of a Hugging Face causal LM (config.json + weights)")
+    tokenizer: str | None = Field(default=None, description="tokenizer folder; default: the model folder")
+    device: str = Field(
+        default="auto", description="'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1'"
+    )
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="'auto': bf16 where the device supports it, else fp32"
+    )
+    batch_tokens: int = Field(default=16384, gt=0, description="memory bound of one batch, in tokens")
+    max_context_tokens: int | None = Field(
+        default=None, gt=1, description="longest sequence; default the model's max_position_embeddings"
+    )
+    add_bos: bool = Field(default=True, description="prepend BOS to text prompts and text contexts")
+    stop_on_eos: bool = Field(default=True, description="also stop sampling at the model's EOS token(s)")
+    seed: int | None = Field(
+        default=None, description="seed used when a call passes none (None: fresh randomness)"
+    )
+    attn_implementation: str | None = Field(
+        default=None, description="e.g. 'sdpa' or 'eager'; default the model's"
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a config value ('auto' picks CUDA when available)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LatentThoughtsError(
+            f"device: unknown device {name!r} (use auto, cpu, cuda or cuda:N)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LatentThoughtsError(f"device: {name!r} requested but CUDA is not available")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 pays off."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The compute dtype: bf16 for 'bf16', or for 'auto' where the device runs bf16 natively."""
+    if dtype == "fp32":
+        return torch.float32
+    if dtype == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+def row_seed(seed: int, prompt_ids: Sequence[int], sample_index: int) -> int:
+    """A 63-bit seed for one sample, a pure function of the call seed, the prompt and the sample index."""
+    digest = hashlib.sha256()
+    digest.update(struct.pack("<qQ", int(seed) & 0x7FFFFFFFFFFFFFFF, sample_index))
+    digest.update(struct.pack(f"<{len(prompt_ids)}q", *prompt_ids))
+    return int.from_bytes(digest.digest()[:8], "little") & 0x7FFFFFFFFFFFFFFF
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values live in buffers allocated once per batch.
+
+    ``keys``/``values`` are views of the first ``length`` positions, so everything that reads
+    a DynamicLayer (masks, sequence length) works unchanged; ``update`` copies only the new
+    positions. Selecting batch rows (sample expansion, dropping finished rows) re-indexes the
+    buffers.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        """A layer for at most ``capacity`` positions (it grows, by copying, if ever asked for more)."""
+        super().__init__()
+        self.capacity = max(int(capacity), 1)
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.device = key_states.device
+        batch, heads = key_states.shape[:2]
+        self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]))
+        self.value_buffer = value_states.new_empty(
+            (batch, value_states.shape[1], self.capacity, value_states.shape[-1])
+        )
+        self.length = 0
+        self._refresh()
+        self.is_initialized = True
+
+    def _refresh(self) -> None:
+        self.keys = self.key_buffer[:, :, : self.length]
+        self.values = self.value_buffer[:, :, : self.length]
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:  # not expected (capacity is prompt + max_new_tokens), but stay correct
+            self.capacity = max(end, 2 * self.capacity)
+            key_buffer = self.key_buffer.new_empty(
+                (*self.key_buffer.shape[:2], self.capacity, self.key_buffer.shape[-1])
+            )
+            value_buffer = self.value_buffer.new_empty(
+                (*self.value_buffer.shape[:2], self.capacity, self.value_buffer.shape[-1])
+            )
+            key_buffer[:, :, : self.length] = self.key_buffer[:, :, : self.length]
+            value_buffer[:, :, : self.length] = self.value_buffer[:, :, : self.length]
+            self.key_buffer, self.value_buffer = key_buffer, value_buffer
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
+        self.length = end
+        self._refresh()
+        return self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.length if self.is_initialized else 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.key_buffer = self.key_buffer.index_select(0, indices.to(self.key_buffer.device))
+            self.value_buffer = self.value_buffer.index_select(0, indices.to(self.value_buffer.device))
+            self._refresh()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.batch_select_indices(beam_idx)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.is_initialized:
+            self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
+            self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
+            self._refresh()
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0 and self.is_initialized:
+            self.length = max(self.length + tokens_to_remove, 0)
+            self._refresh()
+
+    def reset(self) -> None:
+        self.length = 0
+        if self.is_initialized:
+            self._refresh()
+
+
+@dataclass
+class _Row:
+    """Book-keeping of one sample being generated."""
+
+    prompt: int
+    sample: int
+    tokens: list[int]
+    logprobs: list[float]
+    finish: str | None = None
+    stopped_on_token: bool = False
+
+
+class TransformersEngine:
+    """The :class:`~latent_thoughts.engines.base.Engine` protocol over a Hugging Face causal LM.
+
+    Build it from a config (``TransformersEngine(TransformersEngineConfig(model="path"))``) or from
+    objects already in memory (``TransformersEngine(config, model=model, tokenizer=tokenizer)``); a
+    tokenizer is only needed for text prompts, text output and chat. Calls are serialised by a lock,
+    so one engine can serve several threads (the HTTP server does).
+    """
+
+    def __init__(
+        self,
+        config: TransformersEngineConfig | None = None,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+    ) -> None:
+        """Load the model and tokenizer named by ``config`` unless given as objects."""
+        self.config = config or TransformersEngineConfig()
+        self.device = resolve_device(self.config.device)
+        self.compute_dtype = resolve_dtype(self.config.dtype, self.device)
+        if model is None:
+            if not self.config.model:
+                raise LatentThoughtsError("model: no model folder configured (set model=PATH)")
+            model = self._load_model(self.config.model)
+        if tokenizer is None and (self.config.tokenizer or self.config.model):
+            from latent_thoughts.tokenizer import load_tokenizer
+
+            tokenizer = load_tokenizer(self.config.tokenizer or self.config.model)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.usage = Usage()
+        self._lock = threading.Lock()
+        model_config = self.model.config
+        limit = self.config.max_context_tokens or getattr(model_config, "max_position_embeddings", None)
+        self.max_context_tokens = int(limit or 2048)
+        self.vocab_size = int(self.model.get_output_embeddings().weight.shape[0])
+        # The pad id only fills masked positions; any valid id works when the model has none.
+        pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+        if pad is None:
+            pad = getattr(model_config, "pad_token_id", None)
+        self.pad_id = int(pad) if pad is not None else 0
+        self.bos_id = self._bos_id()
+        self.eos_ids = self._eos_ids()
+        parameters = inspect.signature(self.model.forward).parameters
+        # transformers v5 renamed ``past_key_values`` to ``cache``; support both spellings.
+        self._cache_kwarg = "cache" if "cache" in parameters else "past_key_values"
+        self._has_logits_to_keep = "logits_to_keep" in parameters
+        # The full path, not the folder name: EM iterations all save to ``iter_t/model``, and the
+        # identity goes into sample cache keys.
+        name = self.config.model or getattr(model_config, "_name_or_path", "") or type(self.model).__name__
+        if Path(name).exists():
+            name = str(Path(name).resolve())
+        dtype_name = "bf16" if self.compute_dtype == torch.bfloat16 else "fp32"
+        self.identity = f"transformers:{name}:{dtype_name}"
+
+    # ------------------------------------------------------------------ loading and encoding
+    def _load_model(self, path: str) -> Any:
+        """Load the model; on CUDA with bf16 the weights are loaded in bf16 (half the memory)."""
+        from latent_thoughts.modeling import load_causal_lm
+
+        kwargs: dict[str, Any] = {}
+        if self.device.type == "cuda" and self.compute_dtype == torch.bfloat16:
+            kwargs["dtype"] = torch.bfloat16
+        if self.config.attn_implementation:
+            kwargs["attn_implementation"] = self.config.attn_implementation
+        return load_causal_lm(path, **kwargs)
+
+    def _bos_id(self) -> int | None:
+        """The BOS id from the tokenizer, else from the model config."""
+        bos = getattr(self.tokenizer, "bos_token_id", None) if self.tokenizer is not None else None
+        if bos is None:
+            bos = getattr(self.model.config, "bos_token_id", None)
+        return int(bos) if isinstance(bos, int) else None
+
+    def _eos_ids(self) -> set[int]:
+        """Every id the model treats as end of sequence (tokenizer EOS and generation_config's list)."""
+        found: set[int] = set()
+        candidates: list[Any] = [getattr(self.tokenizer, "eos_token_id", None) if self.tokenizer else None]
+        generation_config = getattr(self.model, "generation_config", None)
+        candidates.append(getattr(generation_config, "eos_token_id", None))
+        candidates.append(getattr(self.model.config, "eos_token_id", None))
+        for value in candidates:
+            if isinstance(value, int):
+                found.add(value)
+            elif isinstance(value, (list, tuple)):
+                found.update(int(v) for v in value)
+        return found
+
+    def _require_tokenizer(self, what: str) -> Any:
+        if self.tokenizer is None:
+            raise LatentThoughtsError(f"{what} needs a tokenizer, and this engine has none (pass token ids)")
+        return self.tokenizer
+
+    def encode(self, prompt: Prompt, *, bos: bool = True, where: str = "prompt") -> list[int]:
+        """Token ids of a prompt: text is tokenised (with BOS when ``bos`` and configured), ids checked."""
+        if isinstance(prompt, str):
+            tokenizer = self._require_tokenizer(f"text {where}")
+            ids = list(tokenizer.encode(prompt, add_special_tokens=False))
+            if bos and self.config.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
+                ids.insert(0, self.bos_id)
+            return ids
+        try:
+            ids = [int(token) for token in prompt]
+        except (TypeError, ValueError):
+            raise LatentThoughtsError(
+                f"{where}: expected text or a list of token ids, got {prompt!r:.80}"
+            ) from None
+        bad = [token for token in ids if not 0 <= token < self.vocab_size]
+        if bad:
+            raise LatentThoughtsError(
+                f"{where}: token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})"
+            )
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (special tokens kept, so latent markers stay visible); '' without a tokenizer."""
+        if self.tokenizer is None or not ids:
+            return ""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=False))
+
+    # ------------------------------------------------------------------ model calls
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """bf16 autocast where configured; weights stay as loaded (fp32 on CPU)."""
+        if self.compute_dtype == torch.bfloat16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Any,
+        keep: int,
+    ) -> torch.Tensor:
+        """One forward pass; returns the logits of the last ``keep`` positions (0 = all)."""
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            "use_cache": cache is not None,
+        }
+        if cache is not None:
+            kwargs[self._cache_kwarg] = cache
+        if self._has_logits_to_keep and keep:
+            kwargs["logits_to_keep"] = keep
+        with self._autocast():
+            logits = self.model(**kwargs).logits
+        if keep and logits.shape[1] > keep:
+            logits = logits[:, -keep:]
+        return logits
+
+    def _new_cache(self, capacity: int = 0) -> Any:
+        """A DynamicCache; with ``capacity``, its full-attention layers write into preallocated buffers.
+
+        ``DynamicLayer.update`` concatenates the whole cache at every step (quadratic copying, the
+        largest cost of decoding on CPU); :class:`GrowingLayer` keeps the same semantics without it.
+        Models with other layer kinds (sliding windows, linear attention) keep their own layers.
+        """
+        cache = DynamicCache(config=self.model.config)
+        if capacity and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
+            cache.layers = [GrowingLayer(capacity) for _ in cache.layers]
+        return cache
+
+    def _left_pad(
+        self, sequences: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-pad ``sequences``; returns input ids, attention mask and position ids (0 at the first real token)."""
+        width = max(len(seq) for seq in sequences)
+        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            if seq:
+                ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+                mask[row, width - len(seq) :] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    # ------------------------------------------------------------------ sampling
+    def _truncate_prompt(self, ids: list[int], max_new_tokens: int, index: int) -> list[int]:
+        """Keep the end of a prompt so that prompt + max_new_tokens fits the context."""
+        room = self.max_context_tokens - max_new_tokens
+        if room < 1:
+            raise LatentThoughtsError(
+                f"max_new_tokens={max_new_tokens} leaves no room for prompt {index} "
+                f"within max_context_tokens={self.max_context_tokens}"
+            )
+        if len(ids) > room:
+            log.debug("prompt %d: %d tokens, keeping the last %d", index, len(ids), room)
+            return ids[-room:]
+        return ids
+
+    def sample(
+        self,
+        prompts: Sequence[Prompt],
+        n: int = 1,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        stop: Sequence[str | int] = (),
+        seed: int | None = None,
+        stop_on_eos: bool | None = None,
+    ) -> list[list[Sample]]:
+        """Draw ``n`` samples for each prompt; returns one list of ``n`` samples per prompt.
+
+        ``temperature`` 0 is greedy decoding (each token's log-probability is then 0: the sampling
+        distribution is a point mass). ``stop`` holds token ids (the sample ends with that token,
+        included) and strings (the text is cut before the string; the token ids run through the
+        token that completed it). ``token_logprobs`` are under the sampling distribution after
+        temperature and top-p. Prompts longer than the context are cut from the front.
+        ``stop_on_eos`` overrides the configured choice of stopping at EOS.
+        """
+        self._check_sampling(n, temperature, top_p, max_new_tokens)
+        stop_ids = {int(s) for s in stop if not isinstance(s, str)}
+        stop_strings = [s for s in stop if isinstance(s, str) and s]
+        if self.config.stop_on_eos if stop_on_eos is None else stop_on_eos:
+            stop_ids |= self.eos_ids
+        if stop_strings:
+            self._require_tokenizer("a stop string")
+        encoded = [
+            self._truncate_prompt(self.encode(p, where=f"prompt {i}"), max_new_tokens, i)
+            for i, p in enumerate(prompts)
+        ]
+        for i, ids in enumerate(encoded):
+            if not ids:
+                if self.bos_id is None:
+                    raise LatentThoughtsError(
+                        f"prompt {i} is empty and the model has no BOS token to start from"
+                    )
+                encoded[i] = [self.bos_id]
+        base_seed = seed if seed is not None else self.config.seed
+        if base_seed is None:
+            base_seed = secrets.randbits(63)
+        results: list[list[Sample | None]] = [[None] * n for _ in prompts]
+        with self._lock, torch.inference_mode():
+            for batch in self._sampling_batches(encoded, n, max_new_tokens):
+                rows = self._sample_batch(
+                    encoded, batch, temperature, top_p, max_new_tokens, stop_ids, stop_strings, base_seed
+                )
+                for row in rows:
+                    results[row.prompt][row.sample] = self._finish_sample(row, stop_strings)
+            self.usage.requests += len(prompts)
+            self.usage.prompt_tokens += sum(len(ids) for ids in encoded)
+            self.usage.completion_tokens += sum(len(s.token_ids) for r in results for s in r if s is not None)
+        return [[s for s in r if s is not None] for r in results]
+
+    @staticmethod
+    def _check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
+        if n < 1:
+            raise LatentThoughtsError(f"n must be at least 1, got {n}")
+        if temperature < 0:
+            raise LatentThoughtsError(f"temperature must be >= 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise LatentThoughtsError(f"top_p must be in (0, 1], got {top_p}")
+        if max_new_tokens < 0:
+            raise LatentThoughtsError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+
+    def _sampling_batches(
+        self, encoded: Sequence[Sequence[int]], n: int, max_new_tokens: int
+    ) -> Iterator[list[tuple[int, list[int]]]]:
+        """Pack (prompt, sample indices) jobs into batches of at most ``batch_tokens`` cached positions.
+
+        Longest prompts first so that a batch's left padding stays small; a prompt whose ``n`` rows do
+        not fit one batch is split over several (each re-prefills it, the price of the memory bound).
+        """
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        batch: list[tuple[int, list[int]]] = []
+        capacity = used = 0
+        for index in order:
+            remaining = list(range(n))
+            while remaining:
+                if not batch:
+                    width = len(encoded[index]) + max_new_tokens
+                    capacity, used = max(1, self.config.batch_tokens // max(width, 1)), 0
+                take = min(len(remaining), capacity - used)
+                if take <= 0:
+                    yield batch
+                    batch = []
+                    continue
+                batch.append((index, remaining[:take]))
+                used += take
+                remaining = remaining[take:]
+        if batch:
+            yield batch
+
+    def _sample_batch(
+        self,
+        encoded: Sequence[Sequence[int]],
+        batch: list[tuple[int, list[int]]],
+        temperature: float,
+        top_p: float,
+        max_new_tokens: int,
+        stop_ids: set[int],
+        stop_strings: list[str],
+        base_seed: int,
+    ) -> list[_Row]:
+        """Prefill the batch's prompts once, copy each prompt's cache to its sample rows, decode."""
+        rows = [
+            _Row(prompt=index, sample=s, tokens=[], logprobs=[]) for index, samples in batch for s in samples
+        ]
+        if max_new_tokens == 0:
+            for row in rows:
+                row.finish = "length"
+            return rows
+        input_ids, mask, positions = self._left_pad([encoded[index] for index, _ in batch])
+        cache = self._new_cache(capacity=input_ids.shape[1] + max_new_tokens)
+        logits = self._forward(input_ids, mask, positions, cache, keep=1)[:, -1]
+        # Shared prefill: row r of the decode batch reads prompt expand[r]'s cache.
+        counts = torch.tensor([len(samples) for _, samples in batch], device=self.device)
+        expand = torch.repeat_interleave(torch.arange(len(batch), device=self.device), counts)
+        cache.batch_select_indices(expand)
+        logits, mask = logits[expand], mask[expand]
+        next_position = positions[expand, -1] + 1
+        uniforms = torch.stack(
+            [
+                torch.rand(
+                    max_new_tokens,
+                    generator=torch.Generator().manual_seed(
+                        row_seed(base_seed, encoded[row.prompt], row.sample)
+                    ),
+                    dtype=torch.float64,
+                )
+                for row in rows
+            ]
+        ).to(self.device)
+        active = list(range(len(rows)))  # decode-batch position -> index into rows
+        max_stop_chars = max((len(s) for s in stop_strings), default=0)
+        for step in range(max_new_tokens):
+            tokens, logprobs = self._draw(logits, uniforms[active, step], temperature, top_p)
+            token_list, logprob_list = tokens.tolist(), logprobs.tolist()
+            keep: list[int] = []
+            for position, row_index in enumerate(active):
+                row = rows[row_index]
+                row.tokens.append(token_list[position])
+                row.logprobs.append(logprob_list[position])
+                if token_list[position] in stop_ids:
+                    row.finish, row.stopped_on_token = "stop", True
+                elif stop_strings and self._tail_has_stop(row.tokens, stop_strings, max_stop_chars):
+                    row.finish = "stop"
+                elif step == max_new_tokens - 1:
+                    row.finish = "length"
+                else:
+                    keep.append(position)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                # Drop finished rows so that the rest decode in a smaller batch.
+                selected = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(selected)
+                mask, next_position, tokens = mask[selected], next_position[selected], tokens[selected]
+                active = [active[p] for p in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            logits = self._forward(tokens[:, None], mask, next_position[:, None], cache, keep=1)[:, -1]
+            next_position = next_position + 1
+        return rows
+
+    @staticmethod
+    def _draw(
+        logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw one token per row by inverse CDF; returns the tokens and their log-probabilities.
+
+        The log-probability is under the distribution actually sampled from (temperature, then
+        top-p renormalised). Cumulative sums are in float64 so that a large vocabulary cannot
+        push the total away from 1 and make a zero-probability token reachable.
+        """
+        logits = logits.float()
+        if temperature == 0:
+            return logits.argmax(dim=-1), torch.zeros(logits.shape[0], device=logits.device)
+        logprobs = torch.log_softmax(logits / temperature, dim=-1)
+        if top_p < 1.0:
+            sorted_lp, order = logprobs.sort(dim=-1, descending=True)
+            sorted_p = sorted_lp.double().exp()
+            # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
+            outside = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
+            sorted_lp = sorted_lp.masked_fill(outside, float("-inf"))
+            sorted_lp = sorted_lp - torch.logsumexp(sorted_lp, dim=-1, keepdim=True)
+            cdf = sorted_lp.double().exp().cumsum(dim=-1)
+            pick = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+            pick = pick.clamp(max=cdf.shape[1] - 1)
+            return order.gather(1, pick[:, None]).squeeze(1), sorted_lp.gather(1, pick[:, None]).squeeze(1)
+        cdf = logprobs.double().exp().cumsum(dim=-1)
+        tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+        tokens = tokens.clamp(max=cdf.shape[1] - 1)
+        return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+
+    def _tail_has_stop(self, tokens: list[int], stop_strings: list[str], max_chars: int) -> bool:
+        """Whether the text of the last few tokens contains a stop string (cheap per-step check)."""
+        # Each token decodes to at least one character except byte fragments, so a window of
+        # max_chars + 4 tokens covers any stop string that the newest token can have completed.
+        tail = self.decode(tokens[-(max_chars + 4) :])
+        return any(s in tail for s in stop_strings)
+
+    def _finish_sample(self, row: _Row, stop_strings: list[str]) -> Sample:
+        """Turn a finished row into a Sample: text without the stop token or stop string."""
+        ids = row.tokens
+        text = self.decode(ids[:-1] if row.stopped_on_token else ids)
+        if stop_strings:
+            cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
+            if cut >= 0:
+                text = text[:cut]
+        finish: Any = row.finish or "length"
+        return Sample(token_ids=list(ids), text=text, token_logprobs=list(row.logprobs), finish_reason=finish)
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, contexts: Sequence[Prompt], continuations: Sequence[Prompt]) -> list[Score]:
+        """Log-probability of each continuation token given its context (pairs matched by position).
+
+        Text contexts get BOS (when configured); text continuations do not. A context longer than
+        the room left by its continuation is cut from the front; a continuation that alone does not
+        fit the context window is an error (its scores would be wrong).
+        """
+        if len(contexts) != len(continuations):
+            raise LatentThoughtsError(
+                f"score: {len(contexts)} contexts but {len(continuations)} continuations (they pair by position)"
+            )
+        pairs: list[tuple[list[int], list[int]]] = []
+        for i, (context, continuation) in enumerate(zip(contexts, continuations, strict=True)):
+            ctx = self.encode(context, where=f"context {i}")
+            cont = self.encode(continuation, bos=False, where=f"continuation {i}")
+            if not ctx:
+                if self.bos_id is None:
+                    raise LatentThoughtsError(
+                        f"context {i} is empty and the model has no BOS token to condition on"
+                    )
+                ctx = [self.bos_id]
+            room = self.max_context_tokens - len(cont)
+            if room < 1:
+                raise LatentThoughtsError(
+                    f"continuation {i} has {len(cont)} tokens, more than max_context_tokens={self.max_context_tokens} - 1"
+                )
+            pairs.append((ctx[-room:], cont))
+        scores: list[Score | None] = [None] * len(pairs)
+        with self._lock, torch.inference_mode():
+            for batch in self._scoring_batches(pairs):
+                for index, logprobs in zip(batch, self._score_batch([pairs[i] for i in batch]), strict=True):
+                    scores[index] = Score(token_logprobs=logprobs)
+            self.usage.requests += len(pairs)
+            self.usage.prompt_tokens += sum(len(c) + len(x) for c, x in pairs)
+        return [s if s is not None else Score(token_logprobs=[]) for s in scores]
+
+    def _scoring_batches(self, pairs: Sequence[tuple[list[int], list[int]]]) -> Iterator[list[int]]:
+        """Indices of pairs in batches of at most ``batch_tokens`` padded tokens, longest first."""
+        order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
+        batch: list[int] = []
+        width = 0
+        for index in order:
+            length = len(pairs[index][0]) + len(pairs[index][1])
+            if not pairs[index][1]:
+                continue  # nothing to score: the empty Score is filled in by the caller
+            if batch and (len(batch) + 1) * max(width, length) > self.config.batch_tokens:
+                yield batch
+                batch, width = [], 0
+            batch.append(index)
+            width = max(width, length)
+        if batch:
+            yield batch
+
+    def _score_batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Per-token log-probs of each continuation; with left padding every continuation ends the row."""
+        input_ids, mask, positions = self._left_pad([ctx + cont for ctx, cont in pairs])
+        longest = max(len(cont) for _, cont in pairs)
+        # Only the positions that predict continuation tokens need logits: the last longest + 1.
+        logits = self._forward(input_ids, mask, positions, None, keep=longest + 1)[:, :-1]
+        out: list[list[float]] = []
+        for row, (_, cont) in enumerate(pairs):
+            row_logits = logits[row, logits.shape[1] - len(cont) :].float()
+            targets = torch.tensor(cont, device=row_logits.device)[:, None]
+            out.append(torch.log_softmax(row_logits, dim=-1).gather(1, targets).squeeze(1).tolist())
+        return out
+
+    # ------------------------------------------------------------------ chat
+    def chat_prompt(self, conversation: Sequence[ChatMessage]) -> tuple[list[int], list[str]]:
+        """Token ids of a conversation ready for the assistant's turn, and the stop strings it needs.
+
+        Uses the tokenizer's chat template when it has one, else a plain ``role: content`` layout.
+        """
+        tokenizer = self._require_tokenizer("chat")
+        for i, message in enumerate(conversation):
+            if not isinstance(message, dict) or "role" not in message or "content" not in message:
+                raise LatentThoughtsError(
+                    f"chat message {i} must have 'role' and 'content', got {message!r:.80}"
+                )
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                list(conversation), add_generation_prompt=True, tokenize=False
+            )
+            return self.encode(str(text), where="chat prompt"), []
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in conversation) + "assistant:"
+        return self.encode(text, where="chat prompt"), list(PLAIN_CHAT_STOPS)
+
+    def chat(
+        self,
+        conversations: Sequence[Sequence[ChatMessage]],
+        n: int = 1,
+        *,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 1024,
+        seed: int | None = None,
+        stop: Sequence[str | int] = (),
+    ) -> list[list[ChatReply]]:
+        """Answer each conversation ``n`` times; returns one list of ``n`` replies per conversation."""
+        prompts: list[list[int]] = []
+        stops: set[str] = set()
+        for conversation in conversations:
+            ids, extra = self.chat_prompt(conversation)
+            prompts.append(ids)
+            stops.update(extra)
+        samples = self.sample(
+            prompts,
+            n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            stop=[*stop, *sorted(stops)],
+            seed=seed,
+        )
+        replies: list[list[ChatReply]] = []
+        for ids, group in zip(prompts, samples, strict=True):
+            prompt_tokens = len(self._truncate_prompt(ids, max_new_tokens, 0))
+            replies.append(
+                [
+                    ChatReply(
+                        text=s.text.strip() if stops else s.text,
+                        finish_reason=s.finish_reason,
+                        prompt_tokens=prompt_tokens,
+                        completion_tokens=len(s.token_ids),
+                    )
+                    for s in group
+                ]
+            )
+        return replies
