@@ -210,7 +210,7 @@ def test_transformers_teacher_in_process_answers_like_the_server(
     )
     out = tmp_path / "local.parquet"
     summary = synthesize(chunks, teacher, out)
-    assert summary["teacher"] == f"transformers:{tiny_model_dir.name}:fp32"
+    assert summary["teacher"] == f"transformers:{tiny_model_dir.resolve()}:fp32"
     # Same model, same seed, same chat rendering: the same answers as through the server.
     columns = ["doc_id", "chunk_index", "thought", "completion_tokens", "finish_reason"]
     assert pq.read_table(out).select(columns).equals(pq.read_table(online).select(columns))
