@@ -31,7 +31,12 @@ def tiny_tokenizer():
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """A folder holding a randomly initialised 2-layer Llama (width 32) and its tokenizer."""
     spec = ScratchModelConfig(
-        hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64, max_position_embeddings=512
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
     )
     model = create_llama(
         spec,

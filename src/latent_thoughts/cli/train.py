@@ -1,0 +1,57 @@
+"""``latent-thoughts train --config TRAIN.yaml [key=value ...]``: continued pretraining on a mixture.
+
+Works unchanged under ``accelerate launch`` (several processes, FSDP, DeepSpeed):
+``accelerate launch --multi_gpu --num_processes 2 -m latent_thoughts train --config TRAIN.yaml``
+(on a CPU-only machine ``--multi_gpu`` is what makes accelerate start several gloo processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` verb."""
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on raw / thought-augmented / rephrased data",
+        description=(
+            "Train a Hugging Face causal LM (or a Llama from scratch) on a mixture of raw chunks, chunks "
+            "with thoughts and rephrased documents, to a token budget. Writes checkpoints to "
+            "OUTPUT_DIR/checkpoints and the final model and tokenizer to OUTPUT_DIR/model."
+        ),
+    )
+    parser.add_argument("--config", help="YAML file of TrainConfig options (see configs/train/)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="option overrides, e.g. optim.lr=3e-4"
+    )
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more option overrides")
+    parser.add_argument("--output-dir", help="shorthand for output_dir=...")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the configuration, train, and print where the model went."""
+    from latent_thoughts.train import load_train_config, train
+
+    overrides = [*args.overrides, *args.set]
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    config = load_train_config(args.config, overrides)
+    result = train(config, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under a launcher, only the first process reports
+    if result.model_dir is None:
+        print(f"stopped at step {result.steps} of {result.max_steps}; checkpoint: {result.last_checkpoint}")
+        return 0
+    metrics = result.metrics
+    line = f"model: {result.model_dir} ({result.steps} steps, {result.tokens:,} tokens"
+    if "eval_loss" in metrics:
+        line += f", held-out loss {metrics.get('eval_loss_start', float('nan')):.4f} -> {metrics['eval_loss']:.4f}"
+    print(line + ")")
+    return 0

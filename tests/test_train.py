@@ -1,0 +1,349 @@
+"""The trainer: configuration, budgets, the data mixture, and real tiny training runs on testbed data."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from latent_thoughts.cli import main as cli_main
+from latent_thoughts.config import ConfigError
+from latent_thoughts.corpus import ChunkConfig, chunk_document, write_chunks
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.format import DocumentBuilder, FormatConfig, SpecialIds
+from latent_thoughts.testbed import TestbedConfig, TestbedOracle, generate_documents
+from latent_thoughts.tokenizer import train_bpe_tokenizer
+from latent_thoughts.train import (
+    NonFiniteLossError,
+    SourceConfig,
+    TrainConfig,
+    load_train_config,
+    raw_tokens_matched_in_flops,
+    steps_for_tokens,
+    train,
+    training_flops_per_token,
+)
+from latent_thoughts.train.data import (
+    build_training_data,
+    mix_documents,
+    read_source,
+    read_sources,
+    read_thoughts,
+)
+
+TINY_SCRATCH = {
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 4,
+    "num_kv_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
+
+
+@pytest.fixture(scope="module")
+def testbed_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Testbed documents chunked (about 2 sentences a chunk) with the oracle's thoughts, as parquet files."""
+    folder = tmp_path_factory.mktemp("testbed_data")
+    world = TestbedConfig(
+        warm_start_documents=0, bootstrap_documents=40, validation_documents=6, eval_problems=0
+    )
+    oracle = TestbedOracle.from_config(world)
+    for split in ("bootstrap", "validation"):
+        documents = generate_documents(world, split)
+        chunks = [
+            chunk
+            for document in documents
+            for chunk in chunk_document(document.doc_id, document.text, ChunkConfig(mean_sentences=2))
+        ]
+        write_chunks(chunks, folder / f"{split}_chunks.parquet")
+        rows = [
+            {"doc_id": c.doc_id, "chunk_index": c.chunk_index, "thought": oracle.thought(c.prefix, c.text)}
+            for c in chunks
+        ]
+        pq.write_table(pa.Table.from_pylist(rows), folder / f"{split}_thoughts.parquet")
+    return folder
+
+
+def tiny_config(data: Path, output: Path, **changes: object) -> TrainConfig:
+    """A run of a width-32 scratch Llama on the testbed thoughts, a few dozen steps of 4 x 64 tokens."""
+    values: dict = {
+        "output_dir": str(output),
+        "seed": 0,
+        "model": {"scratch": TINY_SCRATCH, "bpe_vocab_size": 300},
+        "data": {
+            "sources": [
+                {
+                    "kind": "thoughts",
+                    "chunks": str(data / "bootstrap_chunks.parquet"),
+                    "thoughts": str(data / "bootstrap_thoughts.parquet"),
+                }
+            ],
+            "format": {"seq_len": 64},
+        },
+        "budget": {"tokens": 24 * 4 * 64},
+        "optim": {"lr": 3e-3, "warmup_steps": 3, "global_batch": 4, "micro_batch": 2},
+        "precision": "fp32",
+        "logging_steps": 4,
+        "save_steps": 12,
+        "progress_bar": False,
+    }
+    for key, value in changes.items():
+        values[key] = value
+    return TrainConfig.model_validate(values)
+
+
+# --- configuration and budgets -----------------------------------------------------------------------
+
+
+def test_config_errors_are_one_line_and_suggest_keys(tmp_path: Path) -> None:
+    path = tmp_path / "train.yaml"
+    path.write_text(
+        "output_dir: x\ndata: {sources: [{kind: raw, chunks: c.parquet}]}\nbudget: {tokens: 2M}\n"
+    )
+    config = load_train_config(path, ["optim.lr=3e-4"])
+    assert config.budget.tokens == 2_000_000 and config.optim.lr == 3e-4
+    with pytest.raises(ConfigError, match=r"did you mean 'optim\.lr'"):
+        load_train_config(path, ["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="needs 'thoughts'"):
+        load_train_config(path, ["data.sources=[{kind: thoughts, chunks: c.parquet}]"])
+    with pytest.raises(ConfigError, match=r"exactly one of budget\.tokens and budget\.epochs"):
+        load_train_config(path, ["budget.epochs=2"])
+
+
+def test_steps_for_tokens_rounds_up_to_whole_steps() -> None:
+    assert steps_for_tokens(8192, 64, 4) == 32
+    assert steps_for_tokens(8193, 64, 4) == 33
+    assert steps_for_tokens(1, 2048, 192) == 1
+
+
+def test_flop_matched_raw_tokens_add_the_extra_compute() -> None:
+    per_token = training_flops_per_token(1_000_000, num_layers=4, hidden_size=256, seq_len=512)
+    assert per_token == 6e6 + 12 * 4 * 256 * 512
+    assert raw_tokens_matched_in_flops(10_000, per_token) == 10_000
+    # An E-step that cost as much as the training itself doubles the FLOP-matched raw budget.
+    assert raw_tokens_matched_in_flops(10_000, per_token, extra_flops=10_000 * per_token) == 20_000
+
+
+# --- data ---------------------------------------------------------------------------------------------------
+
+
+def test_mixture_follows_weights_repeats_small_sources_and_is_seeded() -> None:
+    small = [np.full(10, 1, dtype=np.int32) for _ in range(5)]  # 50 tokens
+    large = [np.full(10, 2, dtype=np.int32) for _ in range(100)]  # 1,000 tokens
+    mixed, tokens, docs = mix_documents([small, large], [0.5, 0.5], 400, seed=3)
+    assert tokens == [200, 200] and docs == [20, 20]  # the small source is read four times over
+    again, _, _ = mix_documents([small, large], [0.5, 0.5], 400, seed=3)
+    assert [d[0] for d in mixed] == [d[0] for d in again]
+    other, _, _ = mix_documents([small, large], [0.5, 0.5], 400, seed=4)
+    assert [d[0] for d in mixed] != [d[0] for d in other]
+
+
+def test_thoughts_source_builds_interleaved_documents(testbed_data: Path, tiny_tokenizer) -> None:
+    source = SourceConfig(
+        kind="thoughts",
+        chunks=str(testbed_data / "bootstrap_chunks.parquet"),
+        thoughts=str(testbed_data / "bootstrap_thoughts.parquet"),
+    )
+    raw = SourceConfig(kind="raw", chunks=str(testbed_data / "bootstrap_chunks.parquet"), weight=1.0)
+    source = source.model_copy(update={"weight": 3.0})
+    documents = read_sources([source, raw])
+    assert documents[0][0].thoughts is not None and all(documents[0][0].thoughts)
+    assert documents[1][0].plain and documents[1][0].thoughts is None
+    builder = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64))
+    data = build_training_data([source, raw], documents, builder, num_windows=40, seed=0)
+    assert data.arrays.input_ids.shape == (40, 64)
+    assert int(data.arrays.lengths.min()) == 64  # every window full: the mixture never runs dry
+    special = SpecialIds.from_tokenizer(tiny_tokenizer)
+    assert (data.arrays.input_ids == special.sol).any()
+    thoughts, raws = data.sources
+    assert 2.5 < thoughts.drawn_tokens / raws.drawn_tokens < 3.5  # weights 3:1
+
+
+def test_epoch_budget_makes_that_many_passes(testbed_data: Path, tiny_tokenizer) -> None:
+    source = SourceConfig(kind="raw", chunks=str(testbed_data / "bootstrap_chunks.parquet"))
+    builder = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64))
+    data = build_training_data(
+        [source], read_sources([source]), builder, num_windows=None, seed=0, epochs=2.0
+    )
+    (stats,) = data.sources
+    assert data.arrays.num_tokens == len(data.arrays.lengths) * 64
+    assert len(data.arrays.lengths) == -(-2 * stats.tokens // 64)  # ceil(2 passes / window)
+    assert 1.99 < stats.epochs < 2.05
+
+
+def test_bad_inputs_name_the_file(tmp_path: Path, testbed_data: Path) -> None:
+    with pytest.raises(LatentThoughtsError, match=r"missing\.parquet: chunk file not found"):
+        read_source(SourceConfig(kind="raw", chunks=str(tmp_path / "missing.parquet")))
+    table = pa.table({"doc_id": ["a", "a"], "chunk_index": [0, 0], "thought": ["x", "y"]})
+    pq.write_table(table, tmp_path / "dup.parquet")
+    with pytest.raises(LatentThoughtsError, match=r"dup\.parquet: more than one thought for chunk 0"):
+        read_thoughts(tmp_path / "dup.parquet")
+    pq.write_table(pa.table({"doc_id": ["a"]}), tmp_path / "bad.parquet")
+    with pytest.raises(LatentThoughtsError, match=r"bad\.parquet: not a thoughts file \(missing columns"):
+        read_thoughts(tmp_path / "bad.parquet")
+    pq.write_table(
+        pa.table({"doc_id": ["zz"], "chunk_index": [0], "thought": ["x"]}), tmp_path / "other.parquet"
+    )
+    source = SourceConfig(
+        kind="thoughts",
+        chunks=str(testbed_data / "bootstrap_chunks.parquet"),
+        thoughts=str(tmp_path / "other.parquet"),
+    )
+    with pytest.raises(LatentThoughtsError, match="wrong pairing"):
+        read_source(source)
+
+
+# --- training runs -----------------------------------------------------------------------------------------------
+
+
+def test_training_on_thoughts_lowers_held_out_loss_and_saves_a_loadable_model(
+    testbed_data: Path, tmp_path: Path
+) -> None:
+    validation = [
+        {
+            "kind": "thoughts",
+            "chunks": str(testbed_data / "validation_chunks.parquet"),
+            "thoughts": str(testbed_data / "validation_thoughts.parquet"),
+        }
+    ]
+    config = tiny_config(testbed_data, tmp_path / "run", precision="auto")
+    config.data.validation = [SourceConfig.model_validate(v) for v in validation]
+    result = train(config)
+    metrics = result.metrics
+    assert result.finished and result.steps == 24 and result.tokens == 24 * 4 * 64
+    assert metrics["eval_loss"] < metrics["eval_loss_start"] - 0.5
+    logged = [log for log in metrics["log_history"] if "loss" in log]
+    assert all({"tokens_seen", "tokens_per_second", "learning_rate"} <= set(log) for log in logged[1:])
+    assert logged[-1]["tokens_seen"] == 24 * 4 * 64
+
+    model_dir = tmp_path / "run" / "model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert (
+        model.get_input_embeddings().weight.shape[0]
+        == json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    )
+    from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+
+    engine = TransformersEngine(TransformersEngineConfig(model=str(model_dir), device="cpu", dtype="fp32"))
+    scores = engine.score(["So 12 x 34 + 100 ="], [" 508."])
+    assert len(scores[0].token_logprobs) > 0 and np.isfinite(scores[0].logprob)
+    # A finished run asked to resume returns at once.
+    assert train(config, resume=True).model_dir == model_dir
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(testbed_data: Path, tmp_path: Path) -> None:
+    budget = {"tokens": 16 * 4 * 64}
+    straight = train(tiny_config(testbed_data, tmp_path / "straight", budget=budget, save_steps=8))
+    stopped = train(tiny_config(testbed_data, tmp_path / "resumed", budget=budget, stop_after_steps=8))
+    assert not stopped.finished and stopped.steps == 8 and stopped.last_checkpoint is not None
+    assert stopped.last_checkpoint.name == "checkpoint-8"
+    with pytest.raises(LatentThoughtsError, match="pass --resume"):
+        train(tiny_config(testbed_data, tmp_path / "resumed", budget=budget))
+    resumed = train(tiny_config(testbed_data, tmp_path / "resumed", budget=budget), resume=True)
+    assert resumed.finished and resumed.steps == straight.steps
+    a = load_file(straight.output_dir / "model" / "model.safetensors")
+    b = load_file(resumed.output_dir / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5)
+    losses_a = [log["loss"] for log in straight.metrics["log_history"] if "loss" in log and log["step"] > 8]
+    losses_b = [log["loss"] for log in resumed.metrics["log_history"] if "loss" in log and log["step"] > 8]
+    assert len(losses_a) == 2 and losses_a == pytest.approx(losses_b, abs=1e-5)
+
+
+def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(
+    testbed_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import LlamaForCausalLM
+
+    original = LlamaForCausalLM.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        output = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if self.training and calls["n"] > 2 * 14:  # two micro-batches a step: NaN from step 15 on
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", poisoned)
+    config = tiny_config(testbed_data, tmp_path / "nan", save_steps=6)
+    with pytest.raises(NonFiniteLossError, match=r"at step 15.*last good checkpoint: .*checkpoint-12"):
+        train(config)
+    assert not (tmp_path / "nan" / "model").exists()
+    steps = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "nan" / "checkpoints").iterdir())
+    assert steps[-1] == 12
+    weights = load_file(tmp_path / "nan" / "checkpoints" / "checkpoint-12" / "model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_hugging_face_model_gets_the_latent_tokens_and_a_resized_embedding(
+    tmp_path: Path, testbed_data: Path
+) -> None:
+    from latent_thoughts.modeling import ScratchModelConfig, create_llama
+
+    tokenizer = train_bpe_tokenizer(["So 12 x 34 + 100 = 508. Hence 3 x 4 = 12."] * 20, vocab_size=300)
+    tokenizer.pad_token = tokenizer.eos_token
+    base = create_llama(ScratchModelConfig(**TINY_SCRATCH), vocab_size=len(tokenizer), seed=0)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    config = tiny_config(testbed_data, tmp_path / "run", budget={"tokens": 2 * 4 * 64})
+    config.model.path = str(tmp_path / "base")
+    result = train(config)
+    assert result.model_dir is not None
+    model = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) + 4
+
+
+def test_cli_trains_and_reports_bad_options(
+    testbed_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = tiny_config(testbed_data, tmp_path / "cli")
+    path = tmp_path / "train.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    assert cli_main(["train", "--config", str(path), "optim.betas=[0.9, 0.95", "budget.tokens=512"]) == 2
+    assert cli_main(["train", "--config", str(path), "optim.lrr=1"]) == 2
+    assert "did you mean 'optim.lr'" in capsys.readouterr().err
+    assert cli_main(["train", "--config", str(path), "budget.tokens=512"]) == 0
+    assert "model:" in capsys.readouterr().out and (tmp_path / "cli" / "model" / "config.json").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_accelerate_launch_with_two_cpu_processes(testbed_data: Path, tmp_path: Path) -> None:
+    config = tiny_config(testbed_data, tmp_path / "ddp", budget={"tokens": 8 * 4 * 64}, save_steps=4)
+    path = tmp_path / "train.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate is not None
+    # accelerate 1.x starts several local processes only through its torchrun path (--multi_gpu);
+    # without a GPU each process runs on the CPU and they talk over gloo. (--cpu means one process.)
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               "-m", "latent_thoughts", "train", "--config", str(path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 8
+    from latent_thoughts.tokenizer import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ddp" / "model")
+    assert model.get_input_embeddings().weight.shape[0] == len(load_tokenizer(tmp_path / "ddp" / "model"))
