@@ -1,0 +1,56 @@
+"""``latent-thoughts evaluate MODEL_DIR --problems eval.jsonl --mode raw|latent``: testbed accuracy."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``evaluate`` verb."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="greedy exact-match accuracy of a model on testbed problems",
+        description=(
+            "Evaluate a saved model on held-out testbed problems: raw mode (the model continues the "
+            "question, latent tokens banned) or latent mode (question, SOL PRIOR, thought, then answer)."
+        ),
+    )
+    parser.add_argument(
+        "model", metavar="MODEL_DIR", help="model folder with its tokenizer (train's OUTPUT/model)"
+    )
+    parser.add_argument(
+        "--problems", required=True, help="eval.jsonl from `latent-thoughts testbed generate`"
+    )
+    parser.add_argument("--mode", choices=["raw", "latent"], required=True, help="how the model is prompted")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    parser.add_argument("--out", help="write accuracy and generations to this JSON file")
+    parser.add_argument("--show", type=int, default=3, help="print this many generations (default 3)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the accuracy and a few generations, optionally save them."""
+    from latent_thoughts.evaluate.testbed import evaluate_model_dir
+    from latent_thoughts.testbed.task import grade, read_problems
+
+    problems = read_problems(args.problems)[: args.limit]
+    result = evaluate_model_dir(args.model, problems, args.mode)
+    print(f"{args.mode} mode: {result.correct}/{result.total} correct, accuracy {result.accuracy:.3f}")
+    for problem, generation in list(zip(problems, result.generations, strict=True))[: args.show]:
+        mark = "right" if grade(problem, generation) else "wrong"
+        print(f"  [{mark}] {problem.question!r} -> {generation.strip()[:160]!r} (answer {problem.answer})")
+    if args.out:
+        record = {
+            "model": str(args.model),
+            "mode": args.mode,
+            "correct": result.correct,
+            "total": result.total,
+            "accuracy": result.accuracy,
+            "generations": result.generations,
+        }
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    return 0
