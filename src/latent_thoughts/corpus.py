@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 
 from latent_thoughts.config import StageConfig
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.tables import open_parquet
 
 TEXT_SUFFIXES = (".txt", ".md", ".tex")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -233,13 +234,8 @@ def _read_jsonl(path: Path, config: CorpusConfig, report: SkipReport) -> Iterato
 
 
 def _read_parquet(path: Path, config: CorpusConfig, report: SkipReport) -> Iterator[Document]:
-    try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise LatentThoughtsError(f"{path}: not a readable Parquet file ({exc})") from None
+    parquet = open_parquet(path, "corpus", [config.text_field])
     names = parquet.schema_arrow.names
-    if config.text_field not in names:
-        raise LatentThoughtsError(f"{path}: no column {config.text_field!r} (columns: {', '.join(names)})")
     columns = [config.text_field] + ([config.id_field] if config.id_field in names else [])
     row = 0
     for batch in parquet.iter_batches(columns=columns, batch_size=1024):
@@ -411,16 +407,7 @@ def _chunk_table(chunks: Sequence[Chunk]) -> pa.Table:
 
 def iter_chunks(path: str | Path) -> Iterator[Chunk]:
     """Stream the chunks of a chunk file in order."""
-    path = Path(path)
-    if not path.exists():
-        raise LatentThoughtsError(f"{path}: chunk file not found (make one with `latent-thoughts chunk`)")
-    try:
-        parquet = pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise LatentThoughtsError(f"{path}: not a readable Parquet file ({exc})") from None
-    missing = set(CHUNK_SCHEMA.names) - set(parquet.schema_arrow.names)
-    if missing:
-        raise LatentThoughtsError(f"{path}: not a chunk file (missing columns {', '.join(sorted(missing))})")
+    parquet = open_parquet(path, "chunk", CHUNK_SCHEMA.names)
     for batch in parquet.iter_batches(columns=CHUNK_SCHEMA.names, batch_size=4096):
         for row in batch.to_pylist():
             yield Chunk(**row)

@@ -25,6 +25,7 @@ from latent_thoughts.synthesis.pipeline import (
     RunStats,
     Sampling,
     WorkItem,
+    failed_record,
     one_line,
     record_for,
     write_json_atomic,
@@ -131,7 +132,9 @@ def records_from_output(
         status = int(response.get("status_code") or 0)
         if error or (status and status != 200):
             message = error.get("message") if isinstance(error, dict) else error
-            records.append(_failed(item, teacher, f"error: HTTP {status or '?'}: {one_line(str(message))}"))
+            records.append(
+                failed_record(item, teacher, f"error: HTTP {status or '?'}: {one_line(str(message))}")
+            )
             continue
         reply, reason = reply_from_completion(response.get("body") or {})
         record = record_for(item, reply, teacher, refusal_patterns)
@@ -139,21 +142,6 @@ def records_from_output(
             record.status, record.reason = "failed", reason
         records.append(record)
     return records
-
-
-def _failed(item: WorkItem, teacher: str, reason: str) -> CacheRecord:
-    return CacheRecord(
-        key=item.key,
-        status="failed",
-        text="",
-        teacher=teacher,
-        prompt_version=item.prompt_version,
-        finish_reason="error",
-        reason=reason,
-        doc_id=item.doc_id,
-        chunk_index=item.chunk_index,
-        style=item.style,
-    )
 
 
 def _file_text(client: Any, file_id: str) -> str:
@@ -289,7 +277,7 @@ def _collect(
     if job.status == "completed":
         answered = {record.key for record in records}
         records.extend(
-            _failed(items[key], teacher, "error: missing from the batch output")
+            failed_record(items[key], teacher, "error: missing from the batch output")
             for key in job.keys
             if key not in answered
         )

@@ -38,6 +38,7 @@ from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.prompts import WRAP_STYLES, LatentThoughtPrompt, RephrasePrompt
 from latent_thoughts.synthesis.cache import CacheRecord, ResultCache, cache_key
 from latent_thoughts.synthesis.costs import Prices
+from latent_thoughts.tables import open_parquet
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +318,11 @@ def record_for(
 
 def error_record(item: WorkItem, teacher: str, error: BaseException) -> CacheRecord:
     """A failure record for an item whose request raised ``error`` (after the engine's own retries)."""
+    return failed_record(item, teacher, f"error: {type(error).__name__}: {one_line(str(error))}")
+
+
+def failed_record(item: WorkItem, teacher: str, reason: str) -> CacheRecord:
+    """A failure record for ``item`` with the given ``reason`` (finish reason ``error``); never a thought."""
     return CacheRecord(
         key=item.key,
         status="failed",
@@ -324,7 +330,7 @@ def error_record(item: WorkItem, teacher: str, error: BaseException) -> CacheRec
         teacher=teacher,
         prompt_version=item.prompt_version,
         finish_reason="error",
-        reason=f"error: {type(error).__name__}: {one_line(str(error))}",
+        reason=reason,
         doc_id=item.doc_id,
         chunk_index=item.chunk_index,
         style=item.style,
@@ -569,10 +575,7 @@ def with_metadata(table: pa.Table, metadata: dict[str, Any]) -> pa.Table:
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """The run description stored in a synthesis output (empty when absent)."""
-    try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise LatentThoughtsError(f"{path}: not a readable Parquet file ({exc})") from None
+    schema = open_parquet(path, "synthesis output").schema_arrow
     raw = (schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
 

@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
 
 from latent_thoughts.corpus import group_by_document, iter_chunks
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import DocumentBuilder, FormatConfig, pack_documents
+from latent_thoughts.tables import read_parquet
 from latent_thoughts.train.config import SourceConfig
 
 logger = logging.getLogger(__name__)
@@ -83,16 +83,7 @@ class SourceStats:
 
 def _read_table(path: Path, columns: Sequence[str], what: str) -> pa.Table:
     """Read ``columns`` of a Parquet file; a missing file or column is a one-line error."""
-    if not path.exists():
-        raise LatentThoughtsError(f"{path}: {what} file not found")
-    try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise LatentThoughtsError(f"{path}: not a readable Parquet file ({exc})") from None
-    missing = [name for name in columns if name not in schema.names]
-    if missing:
-        raise LatentThoughtsError(f"{path}: not a {what} file (missing columns {', '.join(missing)})")
-    return pq.read_table(path, columns=list(columns))
+    return read_parquet(path, what, columns)
 
 
 def read_chunked_documents(path: str | Path) -> dict[str, list[str]]:
