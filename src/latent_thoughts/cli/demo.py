@@ -118,7 +118,8 @@ def plot_accuracy(results: dict[str, float], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(6, 3.5))
     names = list(results)
-    bars = axis.bar(names, [results[name] * 100 for name in names], color=["#888888", "#3b7dd8", "#9cbce8"])
+    labels = [name.replace(", ", "\n") for name in names]
+    bars = axis.bar(labels, [results[name] * 100 for name in names], color=["#888888", "#3b7dd8", "#9cbce8"])
     axis.bar_label(bars, fmt="%.1f%%")
     axis.set_ylabel("exact-match accuracy (%)")
     axis.set_ylim(0, 100)
