@@ -1,0 +1,21 @@
+"""``latent-thoughts demo`` end to end, at a tiny budget (slow: run with ``pytest -m slow``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from latent_thoughts.cli import main
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--tokens", "16k"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"raw model, raw mode", "thought model, latent mode", "thought model, raw mode"}
+    assert (out / "accuracy.png").stat().st_size > 0
+    for arm in ("raw", "thoughts"):
+        assert (out / arm / "model" / "config.json").exists()
