@@ -3,16 +3,24 @@
 Two arms train the same scratch Llama from the same seeds for the same number of training tokens:
 
 - ``raw``: the bootstrap split's documents as plain text (repeated as often as the budget needs);
-- ``thoughts``: the same documents, chunked, with the oracle teacher's thought for every chunk,
-  in the prior/posterior layouts of METHOD section 2.
+- ``thoughts``: the same documents, chunked the testbed's recommended way (one sentence per chunk,
+  :func:`latent_thoughts.testbed.testbed_chunk_config`, so a posing sentence "Consider 73 x 68 + 740."
+  and its resolving sentence "It equals 5704." fall in separate chunks), with the oracle teacher's
+  thought for every chunk, in the prior/posterior layouts of METHOD section 2.
 
 Each model is evaluated greedily on the held-out problems: the raw arm in raw mode (latent tokens
 banned), the thoughts arm in latent mode (``question SOL PRIOR`` -> thought -> answer); the thoughts
 arm's raw-mode accuracy is printed too. Over several seeds the script prints mean and standard
 deviation per arm and the ratio of the means.
 
-    .venv/bin/python bench/thoughts_vs_raw.py            # default size, about 15 minutes on 2 cores
+    .venv/bin/python bench/thoughts_vs_raw.py            # default size, about 25 minutes on 2 idle cores
     .venv/bin/python bench/thoughts_vs_raw.py --quick    # a smoke run, about 2 minutes
+
+The default size follows the issue's calibration point (a Llama of about 1.8 M parameters besides
+its embeddings, trained a few minutes on about 2,000 statements): width 192, 4 layers, and 1.5 M
+training tokens per run, about 3.5 minutes at about 7,000 tokens a second on 2 idle cores (about
+13 passes over the thoughts arm's data, about 50 over the raw arm's). ``--quick`` trains 24 k
+tokens: it checks that everything runs, not what the arms learn.
 
 Thoughts come straight from the oracle engine (``TestbedOracle.thought(prefix, chunk)``), which is
 what the synthesis stage would write with the oracle as teacher. Both arms share one BPE tokenizer
@@ -34,7 +42,13 @@ import pyarrow.parquet as pq
 
 from latent_thoughts.corpus import ChunkConfig, chunk_document, write_chunks
 from latent_thoughts.evaluate.testbed import evaluate_model_dir
-from latent_thoughts.testbed import TestbedConfig, TestbedOracle, generate_documents, make_eval_problems
+from latent_thoughts.testbed import (
+    TestbedConfig,
+    TestbedOracle,
+    generate_documents,
+    make_eval_problems,
+    testbed_chunk_config,
+)
 from latent_thoughts.tokenizer import add_latent_tokens, train_bpe_tokenizer
 from latent_thoughts.train import TrainConfig, steps_for_tokens, train
 
@@ -124,24 +138,38 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench/thoughts_vs_raw")
     parser.add_argument("--quick", action="store_true", help="small budget and fewer problems (~2 minutes)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--tokens", type=int, help="training tokens per run (default 600k, quick 24k)")
-    parser.add_argument("--problems", type=int, help="held-out problems (default 200, quick 50)")
-    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--tokens", type=int, help="training tokens per run (default 1.5M, quick 24k)")
+    parser.add_argument("--problems", type=int, help="held-out problems (default 200, quick 40)")
+    parser.add_argument("--width", type=int, default=192)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--batch", type=int, default=8, help="windows per optimizer step")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary shared by both arms")
-    parser.add_argument("--mean-sentences", type=float, default=2.0, help="mean sentences per chunk")
+    parser.add_argument(
+        "--mean-sentences",
+        type=float,
+        help="mean sentences per chunk (default: the testbed's recommended chunking, one sentence)",
+    )
     args = parser.parse_args()
-    args.tokens = args.tokens or (24_000 if args.quick else 600_000)
+    args.tokens = args.tokens or (24_000 if args.quick else 1_500_000)
     problems_count = args.problems or (40 if args.quick else 200)
     logging.basicConfig(level=logging.WARNING)
 
     started = time.perf_counter()
     out = Path(args.out)
     world = TestbedConfig(eval_problems=problems_count)
-    chunking = ChunkConfig(mean_sentences=args.mean_sentences, min_sentences=1)
+    chunking = testbed_chunk_config(world)
+    if args.mean_sentences is not None:
+        chunking = ChunkConfig(
+            mean_sentences=args.mean_sentences,
+            min_sentences=1,
+            max_sentences=max(20, int(args.mean_sentences)),
+        )
+    print(
+        f"chunking: mean {chunking.mean_sentences:g}, min {chunking.min_sentences}, "
+        f"max {chunking.max_sentences} sentences per chunk"
+    )
     files = prepare(out / "data", world, chunking, args.vocab)
     problems = make_eval_problems(world)
     results: list[dict[str, Any]] = []

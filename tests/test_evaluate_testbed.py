@@ -23,8 +23,9 @@ def problems():  # type: ignore[no-untyped-def]
 class ScriptedModel:
     """A stand-in for a causal LM whose ``generate`` writes a scripted continuation per prompt.
 
-    After ``... SOL PRIOR`` it writes the problem's thought and EOL; after EOL, or after a plain
-    question, it writes `` <answer>.``; the answer comes from ``answers`` keyed by the question ids.
+    After ``... SOL PRIOR`` it writes the problem's thought and EOL; after EOL it writes the resolving
+    sentence ``It equals <answer>.``, after a plain question `` It equals <answer>.`` (a raw
+    continuation); the answer comes from ``answers`` keyed by the question ids (a prefix of the prompt).
     """
 
     def __init__(self, tokenizer: Any, answers: dict[tuple[int, ...], tuple[str, str]]) -> None:
@@ -53,8 +54,10 @@ class ScriptedModel:
             thought, answer = next(v for k, v in self.answers.items() if question[: len(k)] == k)
             if prompt[-1] == self.special.prior:
                 new = [*self.tokenizer.encode(thought, add_special_tokens=False), self.special.eol]
+            elif prompt[-1] == self.special.eol:
+                new = self.tokenizer.encode(f"It equals {answer}.", add_special_tokens=False)
             else:
-                new = self.tokenizer.encode(f" {answer}.", add_special_tokens=False)
+                new = self.tokenizer.encode(f" It equals {answer}.", add_special_tokens=False)
             rows.append(ids + new)
         width = max(len(row) for row in rows)
         pad = self.tokenizer.pad_token_id
@@ -86,7 +89,7 @@ def test_latent_mode_thinks_until_eol_then_answers(tiny_tokenizer, problems) -> 
     result = evaluate_testbed(model, tiny_tokenizer, problems, "latent", batch_size=4)
     assert result.accuracy == 1.0
     thought, _, answer = result.generations[0].partition(LATENT_TOKENS.eol)
-    assert thought == problems[0].thought and answer.strip() == f"{problems[0].answer}."
+    assert thought == problems[0].thought and answer == f"It equals {problems[0].answer}."
     special = SpecialIds.from_tokenizer(tiny_tokenizer)
     assert model.calls[0]["eos_token_id"] == [special.eol]  # phase 1 stops at EOL
     assert model.calls[-1]["bad_words_ids"] is not None  # phase 2 bans the latent tokens
@@ -96,7 +99,7 @@ def test_batched_left_padded_generation_equals_one_prompt_at_a_time(
     tiny_model_dir: Path, tiny_tokenizer
 ) -> None:  # type: ignore[no-untyped-def]
     model = load_causal_lm(tiny_model_dir).eval()
-    prompts = [tiny_tokenizer.encode(text) for text in ["So 12 x 3", "We know that 37 x 24 + 129 =", "Hence"]]
+    prompts = [tiny_tokenizer.encode(text) for text in ["Take 12 x 3", "Consider 37 x 24 + 129.", "It"]]
     batched = greedy_generate(model, prompts, 6, tiny_tokenizer.pad_token_id, batch_size=3)
     single = [greedy_generate(model, [prompt], 6, tiny_tokenizer.pad_token_id)[0] for prompt in prompts]
     assert batched == single and all(len(row) == 6 for row in batched)

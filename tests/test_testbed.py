@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from nltk.tokenize.punkt import PunktSentenceTokenizer
 
 from latent_thoughts.cli import main
-from latent_thoughts.config import ConfigError, validate_config
+from latent_thoughts.config import ConfigError, load_config, validate_config
+from latent_thoughts.corpus import ChunkStageConfig, chunk_document
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import LATENT_TOKENS
 from latent_thoughts.prompts import LatentThoughtPrompt, RephrasePrompt
@@ -25,10 +27,17 @@ from latent_thoughts.testbed import (
     grade,
     make_eval_problems,
     prompt_ids,
+    testbed_chunk_config,
     validity_rate,
 )
 from latent_thoughts.testbed.checker import evaluate, find_claims
-from latent_thoughts.testbed.world import Statement, derive_statement, parse_sentence, split_of
+from latent_thoughts.testbed.world import (
+    Statement,
+    derive_statement,
+    parse_sentence,
+    parse_text,
+    split_of,
+)
 
 SMALL = TestbedConfig(
     warm_start_documents=20, bootstrap_documents=60, validation_documents=10, eval_problems=50
@@ -36,15 +45,17 @@ SMALL = TestbedConfig(
 
 
 def chunks_of(sentences: list[str], sizes: list[int]) -> list[tuple[str, str]]:
-    """(prefix, chunk) pairs cutting ``sentences`` into chunks of ``sizes``; the prefix is the previous chunk."""
+    """(prefix, chunk) pairs cutting ``sentences`` into chunks of ``sizes`` (repeated until every
+    sentence is in a chunk); the prefix is the previous chunk."""
     pairs, start, previous = [], 0, ""
-    for size in sizes:
+    for size in itertools.cycle(sizes):
+        if start >= len(sentences):
+            return pairs
         chunk = " ".join(sentences[start : start + size])
-        if chunk:
-            pairs.append((previous, chunk))
-            previous = chunk
+        pairs.append((previous, chunk))
+        previous = chunk
         start += size
-    return pairs
+    raise AssertionError("unreachable")
 
 
 def all_chunks(config: TestbedConfig, sizes: list[int]) -> list[tuple[str, str]]:
@@ -68,6 +79,25 @@ def test_ground_truth_derivation_is_partial_products_then_sums():
     # A zero place is skipped; a single-place factor needs no sum.
     assert derive_statement(37, 40, [("-", 500)]) == ["37 x 40 = 1480.", "1480 - 500 = 980."]
     assert Statement(37, 24, (("+", 129),)).result == 1017
+    assert Statement(37, 24, (("+", 129), ("-", 56))).plan() == (
+        "Multiply 37 by 24 place by place, then add 129, then subtract 56."
+    )
+
+
+def test_documents_pose_then_resolve_in_separate_sentences():
+    for document in generate_documents(SMALL, "bootstrap"):
+        kinds = [s.kind for s in document.sentences]
+        assert (
+            kinds[0] == "pose"
+            and kinds.count("pose") + kinds.count("continuation") == SMALL.results_per_document
+        )
+        for before, sentence in zip(document.sentences, document.sentences[1:], strict=False):
+            # Every posed statement is resolved by the very next sentence, and only there.
+            assert (before.kind == "pose") == (sentence.kind == "resolve")
+            if sentence.kind == "resolve":
+                assert sentence.statement == before.statement and sentence.result == before.statement.result
+                assert not check_thought(before.thought).claims  # the plan claims nothing
+        assert [r.kind for r in parse_text(document.text)] == kinds
 
 
 def test_generation_is_deterministic_in_the_seed():
@@ -89,8 +119,8 @@ def test_splits_are_disjoint_and_stable_when_another_split_grows():
     }
     eval_keys = set()
     for problem in make_eval_problems(SMALL):
-        reading = parse_sentence(f"{problem.question} {problem.answer}.")
-        assert reading is not None and reading.statement is not None
+        reading = parse_sentence(problem.question)
+        assert reading is not None and reading.kind == "pose" and reading.statement is not None
         assert split_of(SMALL.seed, reading.statement) == "eval"
         eval_keys.add(reading.statement.key())
     keys["eval"] = eval_keys
@@ -110,11 +140,33 @@ def test_splits_are_disjoint_and_stable_when_another_split_grows():
     ]
 
 
-def test_sentences_split_cleanly_with_punkt():
+def test_sentences_split_cleanly_with_punkt_and_chunk_one_a_chunk():
     splitter = PunktSentenceTokenizer()
+    chunking = testbed_chunk_config(SMALL)
     for document in generate_documents(SMALL, "bootstrap"):
-        assert splitter.tokenize(document.text) == [s.text for s in document.sentences]
-        assert len(document.sentences) == SMALL.sentences_per_document
+        sentences = [s.text for s in document.sentences]
+        assert splitter.tokenize(document.text) == sentences
+        # The recommended chunking gives one sentence per chunk, so each resolving sentence opens
+        # a chunk whose prefix ends with the expression it resolves.
+        chunks = chunk_document(document.doc_id, document.text, chunking)
+        assert [c.text.strip() for c in chunks] == sentences
+        assert "".join(c.text for c in chunks) == document.text
+
+
+def test_recommended_chunking_is_config_values():
+    assert testbed_chunk_config(SMALL).model_dump(
+        include={"mean_sentences", "min_sentences", "max_sentences"}
+    ) == {
+        "mean_sentences": 1.0,
+        "min_sentences": 1,
+        "max_sentences": 1,
+    }
+    wider = testbed_chunk_config(
+        SMALL.model_copy(update={"chunk_mean_sentences": 2.0, "chunk_max_sentences": 4})
+    )
+    assert (wider.mean_sentences, wider.max_sentences) == (2.0, 4)
+    with pytest.raises(ConfigError, match="chunk_min_sentences <= chunk_mean_sentences"):
+        validate_config(TestbedConfig, {"chunk_mean_sentences": 3, "chunk_max_sentences": 2})
 
 
 def test_ground_truth_thoughts_are_valid_and_cover_their_sentences():
@@ -157,7 +209,7 @@ def test_checker_parses_every_operation_with_precedence():
 
 
 def test_checker_coverage_needs_every_result_of_the_chunk():
-    chunk = "So 37 x 24 + 129 = 1017. Adding 129 gives 1146."
+    chunk = "It equals 1017. Adding 129 gives 1146."
     full = "37 x 4 = 148. 37 x 20 = 740. 148 + 740 = 888. 888 + 129 = 1017. 1017 + 129 = 1146."
     assert check_thought(full, chunk).valid
     partial = check_thought("37 x 4 = 148. 37 x 20 = 740. 148 + 740 = 888. 888 + 129 = 1017.", chunk)
@@ -168,25 +220,55 @@ def test_checker_coverage_needs_every_result_of_the_chunk():
         check_thought(full, "The cat sat on the mat.")
 
 
+def test_checker_asks_nothing_of_a_chunk_that_states_no_result():
+    pose = "Consider 37 x 24 + 129. "
+    plan = "Multiply 37 by 24 place by place, then add 129."
+    result = check_thought(plan, pose)
+    assert (result.claims, result.results, result.covered, result.valid) == (0, 0, True, True)
+    assert check_thought("Order does not matter in a product.", pose).valid
+    assert check_thought("37 x 4 = 148.", pose).valid  # working ahead is fine when it is true
+    assert not check_thought("37 x 4 = 149.", pose).valid  # a false claim never is
+    assert not check_thought(plan).valid  # without its chunk a plan cannot be judged
+    # A pose followed by its resolution in one chunk needs the derivation.
+    both = pose + "It equals 1017."
+    assert not check_thought(plan, both).valid
+    assert check_thought(
+        f"{plan} 37 x 4 = 148. 37 x 20 = 740. 148 + 740 = 888. 888 + 129 = 1017.", both
+    ).valid
+
+
 # --- the oracle ----------------------------------------------------------------------------------
 
 
 def test_noiseless_oracle_thoughts_check_100_percent_on_any_chunking():
     oracle = TestbedOracle()
     prompt = LatentThoughtPrompt()
-    for sizes in ([1] * 8, [3, 2, 3], [8], [5, 3]):
+    for sizes in ([1], [3, 2, 3], [8], [5, 3]):
         pairs = all_chunks(SMALL, sizes)
         replies = oracle.chat([prompt.messages(p, c) for p, c in pairs])
         thoughts = [group[0].text for group in replies]
         assert validity_rate(thoughts, [c for _, c in pairs]) == 1.0
+    # A resolving sentence is derived from the expression posed at the end of the prefix ...
+    assert oracle.thought("Consider 37 x 24 + 129. ", "It equals 1017.") == (
+        "37 x 4 = 148. 37 x 20 = 740. 148 + 740 = 888. 888 + 129 = 1017."
+    )
+    # ... or earlier in the chunk, after that sentence's plan.
+    assert oracle.thought("", "Take 37 x 40 - 500. The result is 980.") == (
+        "Multiply 37 by 40 place by place, then subtract 500. 37 x 40 = 1480. 1480 - 500 = 980."
+    )
+    with pytest.raises(LatentThoughtsError, match="poses none"):
+        oracle.thought("Adding 1 gives 2. ", "It equals 1017.")
     # Without the prefix a continuation's previous value is recovered from its stated result.
     assert check_thought(oracle.thought("", "Adding 129 gives 1146."), "Adding 129 gives 1146.").valid
-    assert oracle.thought("So 37 x 24 + 129 = 1017. ", "Adding 129 gives 1146.") == "1017 + 129 = 1146."
+    assert oracle.thought("It equals 1017. ", "Adding 129 gives 1146.") == "1017 + 129 = 1146."
 
 
 def test_noisy_oracle_validity_is_about_one_minus_noise_and_reproducible():
-    pairs = all_chunks(SMALL.model_copy(update={"bootstrap_documents": 100}), [2, 1, 3, 2])[:500]
-    assert len(pairs) == 400
+    pairs = all_chunks(SMALL.model_copy(update={"bootstrap_documents": 100}), [2, 1, 3, 2])
+    # Noise is measurable where the chunk states a result; a chunk of posing sentences asks for
+    # nothing, so its (always irrelevant) noisy thought checks as valid, as its plan does.
+    pairs = [(p, c) for p, c in pairs if any(s.result is not None for s in parse_text(c))][:500]
+    assert len(pairs) == 500
     noisy = TestbedOracle(noise=0.3, seed=5)
     conversations = [LatentThoughtPrompt().messages(p, c) for p, c in pairs]
     thoughts = [g[0].text for g in noisy.chat(conversations)]
@@ -206,11 +288,14 @@ def test_noisy_oracle_validity_is_about_one_minus_noise_and_reproducible():
 
 def test_oracle_rephrases_and_refuses_what_it_cannot_do():
     oracle = TestbedOracle()
-    document = "So 37 x 24 + 129 = 1017. Adding 129 gives 1146."
+    document = "Consider 37 x 24 + 129. It equals 1017. Adding 129 gives 1146."
     cot = oracle.chat([RephrasePrompt("cot").messages(document)])[0][0].text
-    assert cot.startswith("37 x 4 = 148.") and "1017 + 129 = 1146. Adding 129 gives 1146." in cot
-    assert oracle.chat([RephrasePrompt("qa").messages(document)])[0][0].text.startswith(
-        "What is 37 x 24 + 129?"
+    assert cot.startswith(
+        "Multiply 37 by 24 place by place, then add 129. Consider 37 x 24 + 129. 37 x 4 = 148."
+    )
+    assert "888 + 129 = 1017. It equals 1017. 1017 + 129 = 1146. Adding 129 gives 1146." in cot
+    assert oracle.chat([RephrasePrompt("qa").messages(document)])[0][0].text == (
+        "What is 37 x 24 + 129? It is 1017. What does adding 129 give? It gives 1146."
     )
     with pytest.raises(LatentThoughtsError, match="only chats"):
         oracle.sample(["x"])
@@ -221,7 +306,7 @@ def test_oracle_rephrases_and_refuses_what_it_cannot_do():
     with pytest.raises(LatentThoughtsError, match="not a testbed sentence"):
         oracle.chat([LatentThoughtPrompt().messages("", "The cat sat on the mat.")])
     cut = oracle.chat([LatentThoughtPrompt().messages("", document)], max_new_tokens=3)[0][0]
-    assert cut.finish_reason == "length" and cut.text == "37 x 4"
+    assert cut.finish_reason == "length" and cut.text == "Multiply 37 by"
 
 
 # --- the evaluation task -------------------------------------------------------------------------
@@ -231,24 +316,31 @@ def test_eval_problems_and_grading():
     problems = make_eval_problems(SMALL)
     assert len(problems) == SMALL.eval_problems
     problem = problems[0]
-    assert problem.question == f"So {problem.expression} =" and problem.answer == str(
+    assert problem.question == f"Consider {problem.expression}." and problem.answer == str(
         eval(problem.expression.replace("x", "*"))
     )
-    assert check_thought(problem.thought, f"{problem.question} {problem.answer}.").valid
+    # The ground-truth thought is what the oracle writes for the resolving sentence after the question.
+    resolution = f"It equals {problem.answer}."
+    assert TestbedOracle().thought(problem.question + " ", resolution) == problem.thought
+    assert check_thought(problem.thought, resolution).valid
     right, wrong = problem.answer, str(int(problem.answer) + 1)
-    # Raw mode: the model continues the question.
-    assert grade(problem, f" {right}. Thus 12 x 13 + 100 = 256.")
-    assert not grade(problem, f" {wrong}. Thus ...")
-    # Latent mode: a thought, EOL, then the restated statement.
+    # Raw mode: the model continues the question with the resolving sentence.
+    assert grade(problem, f" It equals {right}.")
+    assert grade(problem, f" The result is {right}. Take 12 x 13 + 100.")
+    assert grade(problem, f" {right}.")
+    assert not grade(problem, f" It equals {wrong}.")
+    assert not grade(problem, f" Take 12 x 13 + {right}.")  # a new question is no answer
+    assert not grade(problem, f" Adding 1 gives {right}.")  # nor a continuation
+    # Latent mode: a thought, EOL, then the resolving sentence.
     eol = LATENT_TOKENS.eol
-    assert grade(problem, f"{problem.thought}{eol}So {problem.expression} = {right}. Then 1 x 2 = 2.")
-    assert not grade(problem, f"{problem.thought}{eol}So {problem.expression} = {wrong}.")
-    # The thought decoded without its special tokens: the problem's own expression decides.
-    assert grade(problem, f"{problem.thought} So {problem.expression} = {right}.")
-    assert not grade(problem, problem.thought)
-    assert extract_answer(" 42.") == "42" and extract_answer(f"1 x 2 = 2{eol} So 5 x 5 = 25.") == "25"
-    assert extract_answer("no number") is None
-    assert make_eval_problems(SMALL, "warm_start")[0].problem_id.startswith("testbed-0-warm_start-")
+    assert grade(problem, f"{problem.thought}{eol}It equals {right}.")
+    assert not grade(problem, f"{problem.thought}{eol}That gives {wrong}.")
+    assert not grade(problem, problem.thought)  # a thought that never closed answers nothing
+    assert extract_answer(" 42.") == "42" and extract_answer(f"1 x 2 = 2{eol} Its value is 25.") == "25"
+    assert extract_answer("no number") is None and extract_answer("37 x 4 = 148.") is None
+    statements = make_eval_problems(SMALL, "warm_start")
+    assert statements[0].problem_id.startswith("testbed-0-warm_start-")
+    assert all(p.question.startswith("Consider ") for p in statements)
     with pytest.raises(LatentThoughtsError, match="unknown testbed split"):
         make_eval_problems(SMALL, "test")
 
@@ -259,11 +351,11 @@ def test_prompt_ids_end_with_the_thinking_tokens(tiny_tokenizer):
     latent = prompt_ids(problem, tiny_tokenizer, thinking=True)
     assert raw[0] == tiny_tokenizer.bos_token_id
     assert tiny_tokenizer.decode(raw[1:]) == problem.question
-    assert latent[: len(raw)] == raw
-    assert tiny_tokenizer.convert_ids_to_tokens(latent[len(raw) :]) == [
-        LATENT_TOKENS.sol,
-        LATENT_TOKENS.prior,
-    ]
+    # The thinking prompt is the question as a training chunk ends (with its trailing space), then
+    # SOL PRIOR: the same ids the training format puts before the next chunk's thought.
+    assert tiny_tokenizer.convert_ids_to_tokens(latent[-2:]) == [LATENT_TOKENS.sol, LATENT_TOKENS.prior]
+    assert tiny_tokenizer.decode(latent[1:-2]) == problem.question + " "
+    assert latent[1:-2] == tiny_tokenizer.encode(problem.question + " ", add_special_tokens=False)
 
 
 # --- the command line ----------------------------------------------------------------------------
@@ -278,6 +370,12 @@ def test_cli_generate_then_check(tmp_path: Path, capsys):
     assert rows[0]["text"] == " ".join(rows[0]["sentences"])
     assert len((out / "eval.jsonl").read_text().splitlines()) == 12
     assert "seed: 3" in (out / "config.yaml").read_text()
+    assert "chunk_mean_sentences: 1.0" in (out / "config.yaml").read_text()
+    printed = capsys.readouterr().out
+    assert "--set chunking.mean_sentences=1 chunking.min_sentences=1 chunking.max_sentences=1" in printed
+    # chunk.yaml is a chunk-stage config giving the recommended chunking.
+    stage = load_config(ChunkStageConfig, out / "chunk.yaml", [])
+    assert stage.chunking == testbed_chunk_config(TestbedConfig())
 
     oracle = TestbedOracle(noise=0.5, seed=1)
     pairs = [pair for row in rows for pair in chunks_of(row["sentences"], [3, 3, 2])]

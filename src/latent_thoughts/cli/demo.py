@@ -4,7 +4,8 @@ The demo runs the real command-line verbs one after the other and prints each co
 reader can repeat any step by hand:
 
 1. ``testbed generate``: a procedural world of compressed math documents with ground-truth thoughts;
-2. ``chunk``: the bootstrap split cut into chunks (one sentence each, the testbed's chunking);
+2. ``chunk``: the bootstrap split cut into chunks with the testbed's chunking (``chunk.yaml``: one
+   sentence a chunk, so a question and the sentence that resolves it fall in separate chunks);
 3. ``synthesize``: the oracle teacher writes a thought for every chunk (cached, resumable);
 4. ``testbed check`` and ``thoughts``: the thoughts' validity, and one document with its thoughts;
 5. ``train`` twice: a small Llama from scratch on raw documents and on the same documents with
@@ -33,7 +34,6 @@ DEMO_WORLD = [
     "validation_documents=10",
     "eval_problems=100",
 ]
-DEMO_CHUNKING = ["chunking.mean_sentences=1", "chunking.min_sentences=1", "chunking.max_sentences=1"]
 
 
 def register(subparsers: Any) -> None:
@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> int:
             str(out / "testbed" / "bootstrap.jsonl"),
             "--out",
             str(out / "chunks.parquet"),
-            "--set",
-            *DEMO_CHUNKING,
+            "--config",
+            str(out / "testbed" / "chunk.yaml"),
         ],
     )
     teacher = out / "teacher.yaml"

@@ -29,7 +29,9 @@ def register(subparsers: Any) -> None:
         help="write the splits as JSONL corpora with ground-truth thoughts, plus the evaluation problems",
         description=(
             "Write warm_start.jsonl, bootstrap.jsonl and validation.jsonl (id, text, sentences, thoughts), "
-            "eval.jsonl (id, question, answer, expression, thought) and config.yaml to --out."
+            "eval.jsonl (id, question, answer, expression, thought), config.yaml and chunk.yaml (the "
+            "recommended chunking, for `latent-thoughts chunk --config`) to --out, and print the chunk "
+            "command to run next."
         ),
     )
     generate.add_argument("--out", required=True, help="output folder, e.g. runs/NAME/testbed")
@@ -65,12 +67,16 @@ def register(subparsers: Any) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     """Generate every split of the world into ``args.out`` and print what was written."""
+    import yaml
+
     from latent_thoughts.config import dump_config, load_config
     from latent_thoughts.testbed.task import make_eval_problems, write_problems
     from latent_thoughts.testbed.world import (
         DOCUMENT_SPLITS,
         TestbedConfig,
+        chunk_overrides,
         generate_documents,
+        testbed_chunk_config,
         write_documents,
     )
 
@@ -78,6 +84,12 @@ def run_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    # The chunking the testbed needs (a posing and a resolving sentence in separate chunks), as a
+    # chunk-stage config file holding the three chunking.* keys of the recommendation.
+    chunking = testbed_chunk_config(config).model_dump(
+        include={"mean_sentences", "min_sentences", "max_sentences"}
+    )
+    (out / "chunk.yaml").write_text(yaml.safe_dump({"chunking": chunking}, sort_keys=False), encoding="utf-8")
     for split in DOCUMENT_SPLITS:
         documents = generate_documents(config, split)
         write_documents(documents, out / f"{split}.jsonl")
@@ -86,6 +98,10 @@ def run_generate(args: argparse.Namespace) -> int:
     problems = make_eval_problems(config)
     write_problems(problems, out / "eval.jsonl")
     print(f"eval: {len(problems):,} problems -> {out / 'eval.jsonl'}")
+    print(
+        f"chunk with: latent-thoughts chunk {out / 'bootstrap.jsonl'} --out RUN/chunks.parquet "
+        f"--set {' '.join(chunk_overrides(config))}   (or --config {out / 'chunk.yaml'})"
+    )
     return 0
 
 

@@ -2,11 +2,13 @@
 
 Two modes:
 
-- ``raw``: the prompt is the question (``So 37 x 24 + 129 =``); the model continues it with the
-  four latent tokens banned, as a raw-trained model is evaluated;
-- ``latent``: the prompt is the question followed by ``SOL PRIOR``
-  (:func:`latent_thoughts.format.thinking_prompt`); the model writes its thought until EOL (phase 1),
-  then, after EOL, the text that answers, with the latent tokens banned (phase 2).
+- ``raw``: the prompt is the question, a posing sentence (``Consider 37 x 24 + 129.``); the model
+  continues it with the four latent tokens banned, as a raw-trained model is evaluated, and its
+  first sentence (the resolving sentence, `` It equals 1017.``) answers;
+- ``latent``: the prompt is the question as a chunk followed by ``SOL PRIOR``
+  (:func:`latent_thoughts.testbed.prompt_ids`, :func:`latent_thoughts.format.thinking_prompt`); the
+  model writes its thought until EOL (phase 1), then, after EOL, the resolving sentence, with the
+  latent tokens banned (phase 2).
 
 Generation is greedy and batched with left padding; the answer is graded by
 :func:`latent_thoughts.testbed.grade` on ``thought + EOL + answer`` (or the raw continuation).

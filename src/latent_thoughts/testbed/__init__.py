@@ -22,6 +22,7 @@ from latent_thoughts.testbed.world import (
     TestbedDocument,
     generate_documents,
     generate_world,
+    testbed_chunk_config,
     write_documents,
 )
 
@@ -39,6 +40,7 @@ __all__ = [
     "grade",
     "make_eval_problems",
     "prompt_ids",
+    "testbed_chunk_config",
     "validity_rate",
     "write_documents",
 ]

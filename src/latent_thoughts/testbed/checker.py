@@ -3,12 +3,16 @@
 A **claim** is any ``a op b [op c ...] = r`` in the text, with integers and op in ``+ - x * × /``
 (usual precedence; ``/`` must divide exactly). The rule for a thought:
 
-- it is **valid** iff it makes at least one claim, every claim is true and, when the chunk it
-  explains is given, it **covers** the chunk: every result the chunk states is the right-hand side
-  of one of the thought's true claims.
+- every claim it makes must be true;
+- when the chunk it explains is given, it must **cover** the chunk: every result the chunk states
+  (resolving and continuation sentences) is the right-hand side of one of the thought's true
+  claims. A chunk that states no result (posing sentences only: "Consider 37 x 24 + 129.") asks
+  for nothing, so there any thought without a false claim is valid, a plan or a bare remark alike;
+- without the chunk, it must make at least one claim (a thought that claims nothing cannot be told
+  apart from an irrelevant one).
 
-So a thought with a wrong step (one false claim) is invalid, and so is an irrelevant thought: one
-with no claims at all, or (when the chunk is given) one whose true claims are about other numbers.
+So a thought with a wrong step (one false claim) is invalid, and so is an irrelevant thought for a
+chunk that states a result: it has no claims, or its true claims are about other numbers.
 """
 
 from __future__ import annotations
@@ -46,18 +50,22 @@ class CheckResult:
     """What the checker found in one thought.
 
     ``claims`` and ``valid_claims`` count all and true claims; ``covered`` says whether the
-    thought derives every result of its chunk (None when no chunk was given).
+    thought derives every result of its chunk (None when no chunk was given; True for a chunk that
+    states no result); ``results`` is how many results the chunk states (None without a chunk).
     """
 
     claims: int
     valid_claims: int
     covered: bool | None = None
     false_claims: tuple[str, ...] = ()
+    results: int | None = None
 
     @property
     def valid(self) -> bool:
-        """At least one claim, all claims true, and the chunk covered when it was given."""
-        return self.claims > 0 and self.valid_claims == self.claims and self.covered is not False
+        """All claims true and, with a chunk, every stated result covered; without one, at least one claim."""
+        if self.valid_claims != self.claims:
+            return False
+        return self.claims > 0 if self.covered is None else self.covered
 
 
 def evaluate(expression: str) -> int | None:
@@ -92,8 +100,9 @@ def find_claims(text: str) -> list[Claim]:
 
 
 def chunk_results(chunk: str) -> list[int]:
-    """The results a testbed chunk states, one per sentence (an unreadable sentence is an error)."""
-    return [sentence.result for sentence in parse_text(chunk)]
+    """The results a testbed chunk states, one per resolving or continuation sentence (posing
+    sentences state none; an unreadable sentence is an error)."""
+    return [sentence.result for sentence in parse_text(chunk) if sentence.result is not None]
 
 
 def check_thought(text: str, chunk: str | None = None) -> CheckResult:
@@ -101,12 +110,13 @@ def check_thought(text: str, chunk: str | None = None) -> CheckResult:
     derives each result the chunk states. See the module docstring for the validity rule."""
     claims = find_claims(text)
     true_values = {claim.stated for claim in claims if claim.true}
-    covered = None if chunk is None else all(result in true_values for result in chunk_results(chunk))
+    results = None if chunk is None else chunk_results(chunk)
     return CheckResult(
         claims=len(claims),
         valid_claims=sum(claim.true for claim in claims),
-        covered=covered,
+        covered=None if results is None else all(result in true_values for result in results),
         false_claims=tuple(claim.text for claim in claims if not claim.true),
+        results=None if results is None else len(results),
     )
 
 

@@ -3,14 +3,20 @@
 It answers the chat form of the engine protocol. Given a latent-thought prompt
 (:class:`latent_thoughts.prompts.LatentThoughtPrompt`) it recovers (prefix, chunk), reads the
 chunk's sentences back from their text (never by document id, so any chunking works) and writes
-the derivation of each in the ground-truth style of :mod:`latent_thoughts.testbed.world`. A
-continuation sentence ("Adding 129 gives 1146.") takes the previous result from the sentence before
-it, in the chunk or at the end of the prefix; without one it recovers it from the stated result.
+the thought of each in the ground-truth style of :mod:`latent_thoughts.testbed.world`: a plan for a
+posing sentence, the derivation for a resolving sentence, the one step of a continuation. Both
+later kinds build on the sentence before them, in the chunk or at the end of the prefix: a
+resolving sentence ("It equals 1017.") derives the expression posed there; a continuation
+("Adding 129 gives 1146.") takes the result stated there, or without one recovers it from its own
+stated result. A resolving sentence with no posed expression in view is an error.
 
 With ``noise > 0`` it is an imperfect teacher: each (prefix, chunk, sample index, seed) is, by a
 hash, noisy with probability ``noise``; a noisy thought is either **irrelevant** (a remark with no
-arithmetic, share ``irrelevant_share``) or has a **wrong step** (one claim's value is off). Reruns
-are identical; sampling parameters other than the seed change nothing.
+arithmetic, share ``irrelevant_share``) or has a **wrong step** (one claim's value is off). A chunk
+that states no result (posing sentences only) has no step to get wrong, so its noisy thought is
+always irrelevant; the checker cannot tell that apart from a plan (neither claims anything), so the
+measurable noise rate is the one on chunks that state a result. Reruns are identical; sampling
+parameters other than the seed change nothing.
 
 Rephrasing prompts (:class:`latent_thoughts.prompts.RephrasePrompt`, the WRAP baselines) get a
 deterministic restatement of each sentence in the requested style; "cot" writes the derivation
@@ -20,6 +26,7 @@ before each sentence. ``sample`` and ``score`` raise: the oracle only chats.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from latent_thoughts.engines.base import ChatMessage, ChatReply, FinishReason, Prompt, Sample, Score, Usage
 from latent_thoughts.errors import LatentThoughtsError
@@ -30,9 +37,8 @@ from latent_thoughts.testbed.world import (
     TestbedConfig,
     apply,
     claim,
-    parse_sentence,
+    last_sentence,
     parse_text,
-    split_sentences,
     uniform,
 )
 
@@ -46,39 +52,60 @@ IRRELEVANT_REMARKS: tuple[str, ...] = (
 """Thoughts an irrelevant oracle writes: true remarks that make no claim about the chunk."""
 
 
-def previous_result(prefix: str) -> int | None:
-    """The result stated by the last sentence of ``prefix``, or None if it is not a testbed sentence."""
-    sentences = split_sentences(prefix)
-    reading = parse_sentence(sentences[-1]) if sentences else None
-    return None if reading is None else reading.result
+@dataclass(frozen=True)
+class SentenceThought:
+    """The oracle's thought for one sentence: a ``plan`` (posing sentences; no arithmetic claims)
+    and ``claims`` (the derivation of a resolving sentence, the step of a continuation)."""
+
+    plan: str = ""
+    claims: tuple[str, ...] = ()
+
+    @property
+    def text(self) -> str:
+        """The thought as written: the plan, then the claims, separated by spaces."""
+        return " ".join([self.plan, *self.claims] if self.plan else self.claims)
 
 
-def sentence_claims(sentence: ParsedSentence, previous: int | None) -> list[str]:
-    """The derivation of one sentence as claims; ``previous`` is the result before a continuation
-    (None: recover it from the stated result by the inverse operation)."""
-    if sentence.statement is not None:
-        return sentence.statement.derivation()
-    assert sentence.continuation is not None
+def sentence_thought(sentence: ParsedSentence, before: ParsedSentence | None) -> SentenceThought:
+    """The thought of one sentence given the sentence ``before`` it (None: nothing in view).
+
+    Raises LatentThoughtsError for a resolving sentence not preceded by a posing sentence: the
+    expression it resolves cannot be read from its text alone.
+    """
+    if sentence.kind == "pose":
+        assert sentence.statement is not None
+        return SentenceThought(plan=sentence.statement.plan())
+    if sentence.kind == "resolve":
+        if before is None or before.statement is None or before.kind != "pose":
+            raise LatentThoughtsError(
+                f"{sentence.text!r} resolves the expression posed just before it, but the text before it "
+                "poses none (the testbed oracle needs the posing sentence in the prefix or the chunk)"
+            )
+        return SentenceThought(claims=tuple(before.statement.derivation()))
+    assert sentence.continuation is not None and sentence.result is not None
     op, operand = sentence.continuation
+    previous = before.result if before is not None else None
     if previous is None:
+        # No stated result before it: the inverse step of its own result gives the previous value.
         previous = apply(sentence.result, "-" if op == "+" else "+", operand)
-    return [claim(previous, op, operand)]
+    return SentenceThought(claims=(claim(previous, op, operand),))
 
 
-def derive_chunk(prefix: str, chunk: str) -> list[list[str]]:
-    """The correct claims of every sentence of ``chunk`` (one list per sentence).
+def derive_chunk(prefix: str, chunk: str) -> list[SentenceThought]:
+    """The correct thought of every sentence of ``chunk`` after ``prefix`` (one per sentence).
 
-    Raises LatentThoughtsError naming the first sentence that is not a testbed sentence.
+    Raises LatentThoughtsError naming the first sentence that is not a testbed sentence, or a
+    resolving sentence whose posed expression is not in view.
     """
     sentences = parse_text(chunk)
     if not sentences:
         raise LatentThoughtsError("the testbed oracle got an empty chunk")
-    previous = previous_result(prefix)
-    derivations = []
+    before = last_sentence(prefix)
+    thoughts = []
     for sentence in sentences:
-        derivations.append(sentence_claims(sentence, previous))
-        previous = sentence.result
-    return derivations
+        thoughts.append(sentence_thought(sentence, before))
+        before = sentence
+    return thoughts
 
 
 def _words(text: str) -> int:
@@ -184,22 +211,25 @@ class TestbedOracle:
         """The oracle's thought for ``chunk`` after ``prefix``: the correct derivation, or with
         probability ``noise`` (a pure function of seed, prefix, chunk and ``index``) a noisy one."""
         seed = self.seed if seed is None else seed
-        derivations = derive_chunk(prefix, chunk)
-        claims = [item for derivation in derivations for item in derivation]
+        thoughts = derive_chunk(prefix, chunk)
         if uniform("oracle-noise", seed, prefix, chunk, index) >= self.noise:
-            return " ".join(claims)
+            return " ".join(thought.text for thought in thoughts)
         pick = uniform("oracle-pick", seed, prefix, chunk, index)
-        if uniform("oracle-kind", seed, prefix, chunk, index) < self.irrelevant_share:
+        # (sentence, claim) positions of every claim; a chunk of posing sentences has none.
+        positions = [(i, j) for i, thought in enumerate(thoughts) for j in range(len(thought.claims))]
+        if not positions or uniform("oracle-kind", seed, prefix, chunk, index) < self.irrelevant_share:
             return IRRELEVANT_REMARKS[int(pick * len(IRRELEVANT_REMARKS))]
         # A wrong step: one claim's value is off by 1 to 9 in the ones place or the tens place,
         # the kind of slip a careless writer makes; the other claims stay correct.
-        position = int(pick * len(claims))
+        sentence, position = positions[int(pick * len(positions))]
+        claims = list(thoughts[sentence].claims)
         lhs, _, value = claims[position].rpartition(" = ")
         offset = 1 + int(uniform("oracle-offset", seed, prefix, chunk, index) * 9)
         if uniform("oracle-place", seed, prefix, chunk, index) < 0.5:
             offset *= 10
         claims[position] = f"{lhs} = {int(value.rstrip('.')) + offset}."
-        return " ".join(claims)
+        thoughts[sentence] = SentenceThought(thoughts[sentence].plan, tuple(claims))
+        return " ".join(thought.text for thought in thoughts)
 
 
 def _rephrase_style(user: str) -> str | None:
@@ -220,25 +250,35 @@ def _enclosed(user: str) -> str:
 def rephrase(document: str, style: str) -> str:
     """A deterministic restatement of a testbed document in a WRAP style (easy, hard, wiki, qa, cot).
 
-    Every statement and result is kept; "cot" writes each sentence's derivation before it.
+    Every posed expression and stated result is kept; "cot" writes each sentence's thought (plan,
+    derivation or step) before it.
     """
     out = []
-    previous: int | None = None
+    before: ParsedSentence | None = None
     for sentence in parse_text(document):
-        result = sentence.result
-        if sentence.statement is not None:
+        if sentence.kind == "pose":
+            assert sentence.statement is not None
             expr = sentence.statement.expression
             templates = {
-                "easy": f"If you work out {expr}, you get {result}.",
-                "hard": f"Evidently {expr} = {result}.",
-                "wiki": f"The value of {expr} is {result}.",
-                "qa": f"What is {expr}? It is {result}.",
-                "cot": f"So {expr} = {result}.",
+                "easy": f"Let us work out {expr}.",
+                "hard": f"Contemplate the quantity {expr}.",
+                "wiki": f"The expression {expr} is evaluated next.",
+                "qa": f"What is {expr}?",
+                "cot": f"Consider {expr}.",
+            }
+        elif sentence.kind == "resolve":
+            result = sentence.result
+            templates = {
+                "easy": f"You get {result}.",
+                "hard": f"It evaluates to {result}.",
+                "wiki": f"Its value is {result}.",
+                "qa": f"It is {result}.",
+                "cot": f"It equals {result}.",
             }
         else:
             assert sentence.continuation is not None
             op, operand = sentence.continuation
-            verb = CONTINUATION_VERBS[op]
+            verb, result = CONTINUATION_VERBS[op], sentence.result
             templates = {
                 "easy": f"{verb} {operand} makes {result}.",
                 "hard": f"{verb} {operand} yields {result}.",
@@ -249,7 +289,7 @@ def rephrase(document: str, style: str) -> str:
         if style not in templates:
             raise LatentThoughtsError(f"unknown rephrasing style {style!r}")
         if style == "cot":
-            out.append(" ".join(sentence_claims(sentence, previous)))
+            out.append(sentence_thought(sentence, before).text)
         out.append(templates[style])
-        previous = result
+        before = sentence
     return " ".join(out)

@@ -1,15 +1,19 @@
-"""The testbed's evaluation task: held-out statements with their result removed, graded by exact match.
+"""The testbed's evaluation task: held-out posed statements, graded by exact match of the result.
 
-A problem is a statement of the evaluation split cut before its result, in the form documents use:
-question ``So 37 x 24 + 129 =``, answer ``1017``. The evaluation module generates greedily from
+A problem is a statement of the evaluation split posed the way documents pose it: question
+``Consider 37 x 24 + 129.``, answer ``1017``. In documents the resolving sentence follows
+(``It equals 1017.``), so the evaluation module generates greedily from
 
-- raw mode: the question itself (the model continues it: `` 1017. Thus ...``);
-- latent mode: the question followed by ``SOL PRIOR`` (:func:`latent_thoughts.format.thinking_prompt`);
-  the model writes a thought until EOL and then the text, which usually restates the statement
-  (``So 37 x 24 + 129 = 1017.``).
+- raw mode: the question itself; the model continues it with the resolving sentence
+  (`` It equals 1017.``);
+- latent mode: the question, the whitespace that ends it as a chunk, then ``SOL PRIOR``
+  (:func:`latent_thoughts.format.thinking_prompt`); the model writes a thought until EOL and then
+  the resolving sentence, as in a training chunk of the prior layout (``... Consider 37 x 24 + 129.
+  SOL PRIOR <derivation> EOL It equals 1017.``).
 
-:func:`grade` handles both: it reads the text after the last EOL, takes a leading number as the
-answer, else the value the text gives for the problem's own expression, else the first ``= N``.
+:func:`grade` handles both: it reads the first sentence after the last EOL (or of the raw
+continuation) and takes its number when the sentence is words followed by one number
+(``It equals 1017.``, ``The result is 1017.``) or a bare number.
 """
 
 from __future__ import annotations
@@ -29,14 +33,20 @@ from latent_thoughts.testbed.world import (
     StatementSampler,
     TestbedConfig,
     generate_documents,
+    pose_text,
 )
 
-QUESTION_OPENER = "So"
-"""The opener of every question; it is one of the openers documents use."""
+QUESTION_OPENER = "Consider"
+"""The opener of every question; it is one of the openers documents pose statements with."""
 
-# A leading number is an answer only when no operator follows it: "37 x 4 = 148" opens a thought.
-_LEADING_ANSWER_RE = re.compile(r"\s*(-?\d+)(?!\d|\s*[-+x*×/=]\s*\d)")
-_FIRST_EQUALS_RE = re.compile(r"=\s*(-?\d+)")
+CHUNK_END = " "
+"""What ends a question as a chunk. Chunks keep the whitespace after their last sentence, so in
+training the ``SOL`` of the next chunk's thought follows ``... 129. `` (a space token); the thinking
+prompt reproduces that. A raw continuation starts with the space itself (`` It equals``)."""
+
+# The answer sentence: optional words (no digits, so "Adding 12 gives 30" and "37 x 4 = 148" are
+# no answers) and then exactly one number, ending the sentence.
+_ANSWER_RE = re.compile(r"\s*(?:[A-Za-z][A-Za-z ,']*?\s+)?(-?\d+)\s*(?:\.|$)")
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ class Problem:
         """The problem asking for ``statement``'s result."""
         return cls(
             problem_id=problem_id,
-            question=f"{QUESTION_OPENER} {statement.expression} =",
+            question=pose_text(statement, QUESTION_OPENER),
             answer=str(statement.result),
             expression=statement.expression,
             thought=" ".join(statement.derivation()),
@@ -77,7 +87,7 @@ def make_eval_problems(config: TestbedConfig, split: str = "eval") -> list[Probl
     problems = []
     for document in generate_documents(config, split):
         for position, sentence in enumerate(document.sentences):
-            if sentence.statement is not None:
+            if sentence.kind == "pose" and sentence.statement is not None:
                 problems.append(Problem.from_statement(f"{document.doc_id}-{position}", sentence.statement))
     return problems
 
@@ -88,28 +98,16 @@ def _after_thought(text: str) -> str:
 
 
 def extract_answer(generated_text: str) -> str | None:
-    """The answer in a generation: after the last EOL (if any), a leading number not followed by an
-    operator, else the first number after ``=``; None when there is none."""
-    text = _after_thought(generated_text)
-    match = _LEADING_ANSWER_RE.match(text) or _FIRST_EQUALS_RE.search(text)
+    """The answer in a generation: the number of the first sentence after the last EOL (or of the
+    whole text without EOL) when that sentence is words then one number, or a bare number
+    (``It equals 1017.`` -> ``1017``); None otherwise (a new question, a claim, no number)."""
+    match = _ANSWER_RE.match(_after_thought(generated_text))
     return str(int(match.group(1))) if match else None
 
 
 def grade(problem: Problem, generated_text: str) -> bool:
-    """Exact match of the generation's answer to ``problem.answer``.
-
-    After the last EOL, a leading number is the answer (raw continuation); otherwise the value the
-    text states for the problem's own expression (``... 37 x 24 + 129 = N``), which also works when
-    the thought was decoded without its special tokens; otherwise :func:`extract_answer`.
-    """
-    text = _after_thought(generated_text)
-    leading = _LEADING_ANSWER_RE.match(text)
-    if leading is None:
-        pattern = r"\s*".join(re.escape(part) for part in problem.expression.split())
-        stated = re.search(rf"(?<!\d){pattern}\s*=\s*(-?\d+)", text)
-        if stated is not None:
-            return str(int(stated.group(1))) == problem.answer
-    return extract_answer(text) == problem.answer
+    """Exact match of the generation's answer (:func:`extract_answer`) to ``problem.answer``."""
+    return extract_answer(generated_text) == problem.answer
 
 
 def accuracy(problems: Sequence[Problem], generations: Sequence[str]) -> float:
@@ -123,8 +121,10 @@ def accuracy(problems: Sequence[Problem], generations: Sequence[str]) -> float:
 
 def prompt_ids(problem: Problem, tokenizer: Any, thinking: bool, add_bos: bool = True) -> list[int]:
     """Token ids to generate from: BOS (if the tokenizer has one and ``add_bos``), the question, and
-    with ``thinking`` the ``SOL PRIOR`` that asks a thought-trained model to think first."""
-    ids = list(tokenizer.encode(problem.question, add_special_tokens=False))
+    with ``thinking`` the question's chunk ending (:data:`CHUNK_END`) and the ``SOL PRIOR`` that asks
+    a thought-trained model to think first, as the chunk after the question would in training."""
+    question = problem.question + CHUNK_END if thinking else problem.question
+    ids = list(tokenizer.encode(question, add_special_tokens=False))
     if add_bos and tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id, *ids]
     return thinking_prompt(SpecialIds.from_tokenizer(tokenizer), ids) if thinking else ids

@@ -1,20 +1,33 @@
 """The testbed world: procedurally generated "compressed math" documents with ground-truth thoughts.
 
-A document is one paragraph of sentences that state arithmetic results with their derivations left
-out. Two kinds of sentence occur:
+A document is one paragraph of sentences about arithmetic whose derivations are left out. Three
+kinds of sentence occur:
 
-- a **statement**: ``So 37 x 24 + 129 = 1017.`` (a product of two ``digits``-digit factors followed by
-  ``steps - 1`` additions or subtractions of ``addend_digits``-digit numbers), opened by a word such
-  as "So", "Thus" or "Note that" so that a sentence splitter sees a capital letter after each period;
+- a **posing** sentence: ``Consider 37 x 24 + 129.`` (a product of two ``digits``-digit factors
+  followed by ``steps - 1`` additions or subtractions of ``addend_digits``-digit numbers), opened
+  by a phrase such as "Consider", "Take" or "Look at"; it states no result;
+- a **resolving** sentence right after it: ``It equals 1017.`` (or "That gives", "The result is",
+  ...), which states the value of the expression posed just before;
 - a **continuation**: ``Adding 129 gives 1146.`` (or ``Subtracting 56 gives 961.``), which builds on
-  the result of the sentence before it, so the text before a chunk (its prefix) matters.
+  the result of the sentence before it.
 
-The ground-truth thought of a sentence is its left-out derivation, written as plain claims
-``a op b = c.`` that :mod:`latent_thoughts.testbed.checker` can verify: the partial products of
-the first factor with each nonzero place of the second, their running sum, then each further step::
+Why a statement is posed and resolved in two sentences: in the training format a chunk's thought
+comes before the chunk's text (``SOL PRIOR z EOL x``), and evaluation asks for a thought after a
+question (``question SOL PRIOR``). When the question (the posing sentence) ends one chunk and the
+result (the resolving sentence) opens the next, training shows exactly that situation: a thought
+conditioned on an expression in the text before it. A self-contained ``So 37 x 24 + 129 = 1017.``
+in one chunk would only ever show a thought that precedes its own operands. The testbed therefore
+recommends one sentence per chunk (:func:`testbed_chunk_config`).
 
-    So 37 x 24 + 129 = 1017.  ->  37 x 4 = 148. 37 x 20 = 740. 148 + 740 = 888. 888 + 129 = 1017.
-    Adding 129 gives 1146.    ->  1017 + 129 = 1146.
+The ground-truth thought of a resolving sentence is its left-out derivation, written as plain
+claims ``a op b = c.`` that :mod:`latent_thoughts.testbed.checker` can verify: the partial products
+of the first factor with each nonzero place of the second, their running sum, then each further
+step. A posing sentence's thought is a short plan with no arithmetic claims; a continuation's is
+its one step::
+
+    Consider 37 x 24 + 129.  ->  Multiply 37 by 24 place by place, then add 129.
+    It equals 1017.          ->  37 x 4 = 148. 37 x 20 = 740. 148 + 740 = 888. 888 + 129 = 1017.
+    Adding 129 gives 1146.   ->  1017 + 129 = 1146.
 
 Splits (warm start, bootstrap, validation documents and evaluation problems) are deterministic in
 the seed and disjoint: every statement is assigned to exactly one split by a hash of the seed and
@@ -32,12 +45,15 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from latent_thoughts.config import StageConfig
 from latent_thoughts.errors import LatentThoughtsError
+
+if TYPE_CHECKING:
+    from latent_thoughts.corpus import ChunkConfig
 
 Operation = Literal["+", "-"]
 DocumentSplit = Literal["warm_start", "bootstrap", "validation"]
@@ -45,21 +61,30 @@ DOCUMENT_SPLITS: tuple[DocumentSplit, ...] = ("warm_start", "bootstrap", "valida
 ALL_SPLITS: tuple[str, ...] = (*DOCUMENT_SPLITS, "eval")
 """Every split, in the order of the hash buckets that assign statements to them."""
 
-OPENERS: tuple[str, ...] = (
-    "So",
-    "Thus",
-    "Hence",
-    "Then",
-    "Next",
-    "Also",
-    "We have",
-    "Note that",
-    "Recall that",
-    "It follows that",
+SentenceKind = Literal["pose", "resolve", "continuation"]
+
+POSE_OPENERS: tuple[str, ...] = (
+    "Consider",
+    "Take",
+    "Look at",
+    "Now consider",
+    "Next comes",
+    "We now evaluate",
 )
-"""Words that open a statement; each starts with a capital letter and contains no period."""
+"""Phrases that open a posing sentence; each starts with a capital letter (so a sentence splitter
+sees one after every period) and holds no digit or period."""
+
+RESOLVE_PHRASES: tuple[str, ...] = (
+    "It equals",
+    "That gives",
+    "The result is",
+    "This comes to",
+    "Its value is",
+)
+"""Phrases that open a resolving sentence, followed by the result; same rules as the openers."""
 
 CONTINUATION_VERBS: dict[str, str] = {"+": "Adding", "-": "Subtracting"}
+PLAN_VERBS: dict[str, str] = {"+": "add", "-": "subtract"}
 
 
 def _default_operations() -> list[Operation]:
@@ -80,7 +105,14 @@ class TestbedConfig(StageConfig):
     bootstrap_documents: int = Field(250, ge=0, description="documents in the bootstrap (EM) split")
     validation_documents: int = Field(25, ge=0, description="held-out documents for NLL and ELBO")
     eval_problems: int = Field(200, ge=0, description="held-out problems of the evaluation task")
-    sentences_per_document: int = Field(8, ge=1, description="sentences in every document")
+    results_per_document: int = Field(
+        8,
+        ge=1,
+        description=(
+            "results stated in every document: each a posed-and-resolved statement (two sentences) "
+            "or a continuation (one sentence)"
+        ),
+    )
     digits: int = Field(2, ge=1, le=9, description="digits of each factor of a statement's product")
     steps: int = Field(2, ge=1, le=8, description="operations in a statement: the product, then steps-1 more")
     addend_digits: int = Field(3, ge=1, le=12, description="digits of each number added or subtracted")
@@ -99,9 +131,23 @@ class TestbedConfig(StageConfig):
         le=1.0,
         description="share of the oracle's noisy thoughts that are irrelevant (else a wrong step)",
     )
+    # The recommended chunking of testbed documents (see testbed_chunk_config); generation does
+    # not use it. One sentence per chunk puts every resolving sentence in a chunk of its own, right
+    # after the chunk that poses its expression, as a question is followed by a thought in evaluation.
+    chunk_mean_sentences: float = Field(
+        1.0, gt=0, description="recommended chunking: mean sentences per chunk (chunking.mean_sentences)"
+    )
+    chunk_min_sentences: int = Field(
+        1, ge=1, description="recommended chunking: fewest sentences per chunk (chunking.min_sentences)"
+    )
+    chunk_max_sentences: int = Field(
+        1, ge=1, description="recommended chunking: most sentences per chunk (chunking.max_sentences)"
+    )
 
     @model_validator(mode="after")
     def _check_space(self) -> TestbedConfig:
+        if not self.chunk_min_sentences <= self.chunk_mean_sentences <= self.chunk_max_sentences:
+            raise ValueError("need chunk_min_sentences <= chunk_mean_sentences <= chunk_max_sentences")
         for split in ALL_SPLITS:
             wanted = self.statements_needed(split)
             # A split's bucket holds about a quarter of all statements; rejection sampling needs slack.
@@ -120,10 +166,34 @@ class TestbedConfig(StageConfig):
         return pairs * addends ** (self.steps - 1)
 
     def statements_needed(self, split: str) -> int:
-        """The most statements a split can need (every sentence a statement, or one per problem)."""
+        """The most statements a split can need (every result a statement, or one per problem)."""
         if split == "eval":
             return self.eval_problems
-        return int(getattr(self, f"{split}_documents")) * self.sentences_per_document
+        return int(getattr(self, f"{split}_documents")) * self.results_per_document
+
+
+def testbed_chunk_config(config: TestbedConfig) -> ChunkConfig:
+    """The chunking recommended for ``config``'s documents, as a :class:`~latent_thoughts.corpus.ChunkConfig`
+    (the chunk stage's ``chunking.*`` options; the other options keep their defaults)."""
+    from latent_thoughts.corpus import ChunkConfig
+
+    return ChunkConfig(
+        mean_sentences=config.chunk_mean_sentences,
+        min_sentences=config.chunk_min_sentences,
+        max_sentences=config.chunk_max_sentences,
+    )
+
+
+testbed_chunk_config.__test__ = False  # type: ignore[attr-defined]  # not a pytest test despite its name
+
+
+def chunk_overrides(config: TestbedConfig) -> list[str]:
+    """The ``--set`` items of ``latent-thoughts chunk`` that apply :func:`testbed_chunk_config`."""
+    return [
+        f"chunking.mean_sentences={config.chunk_mean_sentences:g}",
+        f"chunking.min_sentences={config.chunk_min_sentences}",
+        f"chunking.max_sentences={config.chunk_max_sentences}",
+    ]
 
 
 @dataclass(frozen=True)
@@ -156,16 +226,27 @@ class Statement:
         """The ground-truth claims, one per step: partial products, their sums, then the further steps."""
         return derive_statement(self.a, self.b, self.steps)
 
+    def plan(self) -> str:
+        """The thought behind posing the statement: what to compute, with no arithmetic claims,
+        e.g. ``Multiply 37 by 24 place by place, then add 129.``"""
+        return (
+            f"Multiply {self.a} by {self.b} place by place"
+            + "".join(f", then {PLAN_VERBS[op]} {value}" for op, value in self.steps)
+            + "."
+        )
+
 
 @dataclass(frozen=True)
 class Sentence:
-    """One sentence of a document with its ground-truth thought and the result it states."""
+    """One sentence of a document with its kind, its ground-truth thought and the result it states."""
 
     text: str
     thought: str
-    result: int
+    kind: SentenceKind
+    result: int | None = None
+    """The value the sentence states; None for a posing sentence."""
     statement: Statement | None = None
-    """The statement, or None for a continuation sentence."""
+    """The statement a posing or resolving sentence is about; None for a continuation."""
 
 
 @dataclass
@@ -308,13 +389,23 @@ class StatementSampler:
         )
 
 
-def statement_sentence(statement: Statement, opener: str) -> Sentence:
-    """The sentence stating ``statement`` after ``opener``, with its ground-truth thought."""
-    return Sentence(
-        text=f"{opener} {statement.expression} = {statement.result}.",
-        thought=" ".join(statement.derivation()),
-        result=statement.result,
-        statement=statement,
+def pose_text(statement: Statement, opener: str) -> str:
+    """The posing sentence of ``statement``, e.g. ``Consider 37 x 24 + 129.``"""
+    return f"{opener} {statement.expression}."
+
+
+def statement_sentences(statement: Statement, opener: str, phrase: str) -> tuple[Sentence, Sentence]:
+    """The posing sentence (after ``opener``) and the resolving sentence (after ``phrase``) of
+    ``statement``, each with its ground-truth thought: the plan, then the derivation."""
+    return (
+        Sentence(pose_text(statement, opener), statement.plan(), "pose", None, statement),
+        Sentence(
+            f"{phrase} {statement.result}.",
+            " ".join(statement.derivation()),
+            "resolve",
+            statement.result,
+            statement,
+        ),
     )
 
 
@@ -328,17 +419,26 @@ def generate_documents(config: TestbedConfig, split: DocumentSplit) -> list[Test
     documents = []
     for index in range(count):
         document = TestbedDocument(doc_id=f"testbed-{config.seed}-{split}-{index:06d}", split=split)
-        for position in range(config.sentences_per_document):
+        for position in range(config.results_per_document):
             if position > 0 and rng.random() < config.continuation_rate:
+                # The last sentence is a resolving sentence or a continuation: it states a result.
                 previous = document.sentences[-1].result
+                assert previous is not None
                 op = rng.choice(config.operations)
                 operand = _number(rng, config.addend_digits)
                 result = apply(previous, op, operand)
                 document.sentences.append(
-                    Sentence(continuation_text(op, operand, result), claim(previous, op, operand), result)
+                    Sentence(
+                        continuation_text(op, operand, result),
+                        claim(previous, op, operand),
+                        "continuation",
+                        result,
+                    )
                 )
             else:
-                document.sentences.append(statement_sentence(sampler.draw(), rng.choice(OPENERS)))
+                statement = sampler.draw()
+                opener, phrase = rng.choice(POSE_OPENERS), rng.choice(RESOLVE_PHRASES)
+                document.sentences.extend(statement_sentences(statement, opener, phrase))
         documents.append(document)
     return documents
 
@@ -381,9 +481,13 @@ def read_ground_truth(path: str | Path) -> dict[str, list[tuple[str, str]]]:
 
 # --- reading sentences back (the oracle and the checker work from text, never from ids) ---------
 
-_STATEMENT_RE = re.compile(
-    r"^(?:[A-Z][A-Za-z ,]*?\s+)?(?P<a>-?\d+)\s*[x*×]\s*(?P<b>-?\d+)(?P<steps>(?:\s*[-+]\s*\d+)*)\s*=\s*(?P<result>-?\d+)\s*\.?$"
+# Any capitalised words without digits or periods open a posing or resolving sentence, so a model's
+# own phrasing of the same content (in an E-step or a generation) still reads back.
+_OPENER = r"[A-Z][A-Za-z ,']*?"
+_POSE_RE = re.compile(
+    rf"^(?:{_OPENER}\s+)?(?P<a>-?\d+)\s*[x*×]\s*(?P<b>-?\d+)(?P<steps>(?:\s*[-+]\s*\d+)*)\s*\.?$"
 )
+_RESOLVE_RE = re.compile(rf"^{_OPENER}\s+(?P<result>-?\d+)\s*\.?$")
 _STEP_RE = re.compile(r"([-+])\s*(\d+)")
 _CONTINUATION_RE = re.compile(
     rf"^(?P<verb>{'|'.join(CONTINUATION_VERBS.values())})\s+(?P<operand>\d+)\s+gives\s+(?P<result>-?\d+)\s*\.?$"
@@ -393,29 +497,37 @@ _SENTENCE_END_RE = re.compile(r"(?<=\.)\s+")
 
 @dataclass(frozen=True)
 class ParsedSentence:
-    """A sentence read back from text: a statement, or a continuation ``(op, operand)`` of the
-    previous result; ``result`` is the value the sentence states."""
+    """A sentence read back from text.
+
+    ``kind`` is ``pose`` (``statement`` set, ``result`` None), ``resolve`` (``result`` set: the value
+    of the expression posed before it) or ``continuation`` (``continuation`` is the ``(op, operand)``
+    applied to the previous result, ``result`` the value it gives).
+    """
 
     text: str
-    result: int
+    kind: SentenceKind
+    result: int | None = None
     statement: Statement | None = None
     continuation: tuple[str, int] | None = None
 
 
 def parse_sentence(text: str) -> ParsedSentence | None:
-    """Read one testbed sentence; None when ``text`` is not a statement or a continuation."""
+    """Read one testbed sentence; None when ``text`` is not a posing, resolving or continuation sentence."""
     text = text.strip()
-    match = _STATEMENT_RE.match(text)
-    if match is not None:
-        steps = tuple((op, int(value)) for op, value in _STEP_RE.findall(match.group("steps")))
-        statement = Statement(int(match.group("a")), int(match.group("b")), steps)
-        return ParsedSentence(text, int(match.group("result")), statement=statement)
     match = _CONTINUATION_RE.match(text)
     if match is not None:
         op = next(op for op, verb in CONTINUATION_VERBS.items() if verb == match.group("verb"))
         return ParsedSentence(
-            text, int(match.group("result")), continuation=(op, int(match.group("operand")))
+            text, "continuation", int(match.group("result")), continuation=(op, int(match.group("operand")))
         )
+    match = _POSE_RE.match(text)
+    if match is not None:
+        steps = tuple((op, int(value)) for op, value in _STEP_RE.findall(match.group("steps")))
+        statement = Statement(int(match.group("a")), int(match.group("b")), steps)
+        return ParsedSentence(text, "pose", statement=statement)
+    match = _RESOLVE_RE.match(text)
+    if match is not None:
+        return ParsedSentence(text, "resolve", int(match.group("result")))
     return None
 
 
@@ -434,3 +546,10 @@ def parse_text(text: str) -> list[ParsedSentence]:
             raise LatentThoughtsError(f"not a testbed sentence: {sentence[:80]!r}")
         parsed.append(reading)
     return parsed
+
+
+def last_sentence(text: str) -> ParsedSentence | None:
+    """The last sentence of ``text`` read back, or None when it is empty or not a testbed sentence
+    (a prefix may be cut anywhere, so this never raises)."""
+    sentences = split_sentences(text)
+    return parse_sentence(sentences[-1]) if sentences else None
