@@ -13,7 +13,7 @@ from nltk.tokenize.punkt import PunktSentenceTokenizer
 
 from latent_thoughts.cli import main
 from latent_thoughts.config import ConfigError, load_config, validate_config
-from latent_thoughts.corpus import ChunkStageConfig, chunk_document
+from latent_thoughts.corpus import ChunkStageConfig, chunk_document, read_chunks
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import LATENT_TOKENS
 from latent_thoughts.prompts import LatentThoughtPrompt, RephrasePrompt
@@ -394,3 +394,40 @@ def test_cli_generate_then_check(tmp_path: Path, capsys):
     assert "did you mean 'digits'" in capsys.readouterr().err
     assert main(["testbed", "check", str(tmp_path / "missing.parquet")]) == 2
     assert "missing.parquet: file not found" in capsys.readouterr().err
+
+
+def test_cli_check_joins_a_chunk_file_for_coverage(tmp_path: Path, capsys):
+    out = tmp_path / "world"
+    assert main(["testbed", "generate", "--out", str(out), "bootstrap_documents=6", "eval_problems=2"]) == 0
+    chunks_path = tmp_path / "chunks.parquet"
+    assert (
+        main(
+            [
+                "chunk",
+                str(out / "bootstrap.jsonl"),
+                "--out",
+                str(chunks_path),
+                "--config",
+                str(out / "chunk.yaml"),
+            ]
+        )
+        == 0
+    )
+    chunks = read_chunks(chunks_path)
+    oracle = TestbedOracle()
+    table = pa.table(
+        {
+            "doc_id": [c.doc_id for c in chunks],
+            "chunk_index": [c.chunk_index for c in chunks],
+            "thought": [oracle.thought(c.prefix, c.text) for c in chunks],
+        }
+    )
+    pq.write_table(table, tmp_path / "thoughts.parquet")
+    capsys.readouterr()
+    assert (
+        main(["testbed", "check", str(tmp_path / "thoughts.parquet"), "--chunks", str(chunks_path), "--json"])
+        == 0
+    )
+    summary = json.loads(capsys.readouterr().out)
+    # Posing-only chunks have plan thoughts without claims: valid once the chunk is known.
+    assert summary["validity_rate"] == 1.0 and summary["coverage_rate"] == 1.0

@@ -165,7 +165,10 @@ def run(args: argparse.Namespace) -> int:
             str(thoughts),
         ],
     )
-    _step("4a. check the thoughts' arithmetic", ["testbed", "check", str(thoughts)])
+    _step(
+        "4a. check the thoughts' arithmetic",
+        ["testbed", "check", str(thoughts), "--chunks", str(out / "chunks.parquet")],
+    )
     first_doc = json.loads((out / "testbed" / "bootstrap.jsonl").read_text().splitlines()[0])["id"]
     _step(
         "4b. one document with its thoughts",

@@ -59,6 +59,10 @@ def register(subparsers: Any) -> None:
         "--chunk-column", help=f"column of chunk texts (default: first of {', '.join(CHUNK_COLUMNS)})"
     )
     check.add_argument(
+        "--chunks",
+        help="chunks.parquet the thoughts belong to (joined on doc_id, chunk_index), for coverage checks",
+    )
+    check.add_argument(
         "--no-coverage", action="store_true", help="check the claims only, not coverage of the chunk"
     )
     check.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -138,6 +142,21 @@ def _pick_column(
     return next((name for name in options if name in columns), None)
 
 
+JOINED_CHUNK_COLUMN = "chunk text (from --chunks)"
+
+
+def _join_chunk_texts(path: Path, rows: list[dict[str, Any]], chunks_path: Path) -> None:
+    """Add each row's chunk text from ``chunks_path``, matched on (doc_id, chunk_index)."""
+    from latent_thoughts.corpus import iter_chunks
+
+    texts = {(chunk.doc_id, chunk.chunk_index): chunk.text for chunk in iter_chunks(chunks_path)}
+    for number, row in enumerate(rows, start=1):
+        key = (row.get("doc_id"), row.get("chunk_index"))
+        if key not in texts:
+            raise LatentThoughtsError(f"{path}: row {number}: chunk {key} is not in {chunks_path}")
+        row[JOINED_CHUNK_COLUMN] = texts[key]
+
+
 def run_check(args: argparse.Namespace) -> int:
     """Check every thought of a file and print the validity rate and claim counts."""
     from latent_thoughts.testbed.checker import check_thought
@@ -151,6 +170,9 @@ def run_check(args: argparse.Namespace) -> int:
         raise LatentThoughtsError(
             f"{path}: no thought column (tried {', '.join(THOUGHT_COLUMNS)}; columns: {', '.join(rows[0])})"
         )
+    if args.chunks and not args.no_coverage:
+        _join_chunk_texts(path, rows, Path(args.chunks))
+        args.chunk_column = JOINED_CHUNK_COLUMN
     chunk_column = None if args.no_coverage else _pick_column(path, rows, args.chunk_column, CHUNK_COLUMNS)
     if chunk_column == thought_column:
         chunk_column = None
