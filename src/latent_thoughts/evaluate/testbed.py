@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from tqdm import tqdm
 
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import LATENT_TOKENS, SpecialIds
@@ -70,13 +71,16 @@ def greedy_generate(
     batch_size: int = 32,
     stop_strings: Sequence[str] = (),
     tokenizer: Any = None,
+    progress: str | None = None,
 ) -> list[list[int]]:
     """Greedy continuations of token-id ``prompts`` (batched, left-padded); each stops after the first
     of ``stop_ids`` (kept), once its text ends with one of ``stop_strings`` (needs ``tokenizer``), or
-    after ``max_new_tokens``. ``banned_ids`` are never generated."""
+    after ``max_new_tokens``. ``banned_ids`` are never generated. ``progress`` labels a progress bar
+    over the batches (none when None)."""
     outputs: list[list[int]] = []
     stops = set(stop_ids)
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, dynamic_ncols=True):
         batch = prompts[start : start + batch_size]
         ids, mask = _left_pad(batch, pad_id)
         generated = model.generate(
@@ -111,6 +115,7 @@ def evaluate_testbed(
     max_answer_tokens: int = 32,
     answer_stop: Sequence[str] = (".",),
     batch_size: int = 32,
+    progress: bool = True,
 ) -> TestbedEvalResult:
     """Greedy accuracy of ``model`` on ``problems`` in ``mode`` (``raw`` or ``latent``, see module notes).
 
@@ -141,11 +146,19 @@ def evaluate_testbed(
                 batch_size,
                 answer_stop,
                 tokenizer,
+                progress="answering" if progress else None,
             )
             texts = [_decode(tokenizer, answer, latent_ids) for answer in answers]
         else:
             thoughts = greedy_generate(
-                model, prompts, max_thought_tokens, pad_id, [special.eol], [], batch_size
+                model,
+                prompts,
+                max_thought_tokens,
+                pad_id,
+                [special.eol],
+                [],
+                batch_size,
+                progress="thinking" if progress else None,
             )
             thoughts = [
                 thought if thought[-1:] == [special.eol] else [*thought, special.eol] for thought in thoughts
@@ -161,6 +174,7 @@ def evaluate_testbed(
                 batch_size,
                 answer_stop,
                 tokenizer,
+                progress="answering" if progress else None,
             )
             texts = [
                 _decode(tokenizer, thought[:-1], latent_ids)
