@@ -133,22 +133,26 @@ def evaluate_testbed(
     answer_stops = [special.eos] if special.eos is not None else []
     was_training = model.training
     model.eval()
+
+    def answer(contexts: list[list[int]]) -> list[list[int]]:
+        """The answer phase, the same in both modes: latent tokens banned, stop at the first sentence."""
+        return greedy_generate(
+            model,
+            contexts,
+            max_answer_tokens,
+            pad_id,
+            answer_stops,
+            latent_ids,
+            batch_size,
+            answer_stop,
+            tokenizer,
+            progress="answering" if progress else None,
+        )
+
     try:
         prompts = [prompt_ids(problem, tokenizer, thinking=mode == "latent") for problem in problems]
         if mode == "raw":
-            answers = greedy_generate(
-                model,
-                prompts,
-                max_answer_tokens,
-                pad_id,
-                answer_stops,
-                latent_ids,
-                batch_size,
-                answer_stop,
-                tokenizer,
-                progress="answering" if progress else None,
-            )
-            texts = [_decode(tokenizer, answer, latent_ids) for answer in answers]
+            texts = [_decode(tokenizer, ids, latent_ids) for ids in answer(prompts)]
         else:
             thoughts = greedy_generate(
                 model,
@@ -163,24 +167,12 @@ def evaluate_testbed(
             thoughts = [
                 thought if thought[-1:] == [special.eol] else [*thought, special.eol] for thought in thoughts
             ]
-            continued = [[*prompt, *thought] for prompt, thought in zip(prompts, thoughts, strict=True)]
-            answers = greedy_generate(
-                model,
-                continued,
-                max_answer_tokens,
-                pad_id,
-                answer_stops,
-                latent_ids,
-                batch_size,
-                answer_stop,
-                tokenizer,
-                progress="answering" if progress else None,
-            )
+            answers = answer([[*prompt, *thought] for prompt, thought in zip(prompts, thoughts, strict=True)])
             texts = [
                 _decode(tokenizer, thought[:-1], latent_ids)
                 + LATENT_TOKENS.eol
-                + _decode(tokenizer, answer, latent_ids)
-                for thought, answer in zip(thoughts, answers, strict=True)
+                + _decode(tokenizer, ids, latent_ids)
+                for thought, ids in zip(thoughts, answers, strict=True)
             ]
     finally:
         model.train(was_training)
