@@ -34,18 +34,31 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 
 def train_bpe_tokenizer(
-    texts: Iterable[str], vocab_size: int, min_frequency: int = 2
+    texts: Iterable[str], vocab_size: int, min_frequency: int = 2, split_digits: bool = True
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer of at most ``vocab_size`` ids on ``texts`` (seconds).
 
     Decoding is exact (byte-level, no added prefix space). The tokenizer has ``<s>``, ``</s>`` and
     ``<pad>``; the latent tokens are added separately by :func:`add_latent_tokens`.
+
+    ``split_digits`` (the default) makes every digit its own token, as the Llama, Qwen and DeepSeek
+    tokenizers do. Without it BPE merges frequent digit strings ("20", "767") into single ids, so
+    the same number is spelled by different, arbitrary pieces depending on its neighbours: a model
+    then has to memorise arithmetic per piece instead of learning it digit by digit, and copying a
+    number means copying ids it may rarely have seen. With one token per digit, an operand is copied
+    digit by digit and a partial product is written in a fixed place-value order.
     """
     specials = list(BPE_SPECIAL_TOKENS.values())
     if vocab_size < 256 + len(specials):
         raise LatentThoughtsError(f"vocab_size must be at least {256 + len(specials)}, got {vocab_size}")
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if split_digits:
+        backend.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
+    else:
+        backend.pre_tokenizer = byte_level
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -187,12 +187,15 @@ def _decode(tokenizer: Any, ids: Sequence[int], drop: Sequence[int]) -> str:
 
 
 def evaluate_model_dir(
-    path: str | Path, problems: Sequence[Problem], mode: EvalMode, **options: Any
+    path: str | Path, problems: Sequence[Problem], mode: EvalMode, device: str | None = None, **options: Any
 ) -> TestbedEvalResult:
-    """:func:`evaluate_testbed` for a saved model folder (model and tokenizer, as ``train`` writes)."""
+    """:func:`evaluate_testbed` for a saved model folder (model and tokenizer, as ``train`` writes),
+    on ``device`` (default: CPU)."""
     from latent_thoughts.modeling import load_causal_lm
     from latent_thoughts.tokenizer import load_tokenizer
 
     model = load_causal_lm(path)
+    if device is not None:
+        model = model.to(device)
     tokenizer = load_tokenizer(path)
     return evaluate_testbed(model, tokenizer, problems, mode, **options)

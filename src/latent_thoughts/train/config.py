@@ -52,6 +52,7 @@ class ModelConfig(StageConfig):
         None, description="tokenizer folder (default: the model folder, or train BPE)"
     )
     bpe_vocab_size: int = Field(8192, ge=262, description="vocabulary of the BPE trained for a scratch model")
+    bpe_split_digits: bool = Field(True, description="the trained BPE gives every digit its own token")
     init_seed: int | None = Field(None, description="seed of new weights (default: the run seed)")
 
 

@@ -1,0 +1,226 @@
+"""The testbed recipe: the paper's first experiment (raw documents vs the same documents with thoughts).
+
+One :class:`TestbedRecipe` fixes everything both arms share: the world, the tokenizer, the model
+shape, the optimiser and the training tokens. The arms differ only in their data source:
+
+- ``raw``: the bootstrap split's documents as plain text;
+- ``thoughts``: the same documents, one sentence a chunk (:func:`testbed_chunk_config`), with the
+  oracle teacher's thought for every chunk in the prior/posterior layouts of METHOD section 2.
+
+Functions, in the order a run uses them: :func:`prepare_data` (chunks, thoughts and one shared
+tokenizer, written once), :func:`train_config` (the ``TrainConfig`` of one arm and seed) and
+:func:`evaluate_arm` (accuracy on held-out problems, and the share of true arithmetic claims in the
+thoughts the model writes). ``latent-thoughts demo``, ``bench/thoughts_vs_raw.py`` and
+``bench/testbed_recipe.py`` all run this recipe; ``docs/testbed.md`` records how its defaults were
+chosen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from latent_thoughts.config import StageConfig
+from latent_thoughts.testbed.checker import check_thought
+from latent_thoughts.testbed.task import Problem
+from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
+
+Arm = Literal["raw", "thoughts"]
+ARMS: tuple[Arm, ...] = ("raw", "thoughts")
+EVAL_MODE: dict[Arm, str] = {"raw": "raw", "thoughts": "latent"}
+"""How each arm is evaluated: the raw model with the latent tokens banned, the thought model thinking."""
+
+
+class TestbedRecipe(StageConfig):
+    """Everything the two arms share. Defaults: see ``docs/testbed.md`` for how they were chosen."""
+
+    __test__ = False  # not a pytest test class despite its name
+
+    world: TestbedConfig = Field(default_factory=TestbedConfig)
+    vocab_size: int = Field(512, ge=262, description="byte-level BPE shared by both arms (digits split)")
+    split_digits: bool = True
+    width: int = Field(192, gt=0)
+    layers: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)
+    seq_len: int = Field(256, gt=0)
+    tokens: int = Field(2_000_000, gt=0, description="training tokens per arm")
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(20, ge=0)
+    batch: int = Field(16, gt=0, description="windows per optimizer step")
+    weight_decay: float = Field(0.01, ge=0)
+    posterior_probability: float = Field(0.5, ge=0.0, le=1.0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _token_count(cls, value: Any) -> Any:
+        from latent_thoughts.train.config import parse_token_count
+
+        return parse_token_count(value)
+
+
+@dataclass
+class RecipeData:
+    """Files :func:`prepare_data` wrote: the bootstrap chunks, the oracle's thoughts, the tokenizer."""
+
+    chunks: Path
+    thoughts: Path
+    tokenizer: Path
+
+
+def prepare_data(recipe: TestbedRecipe, out: str | Path) -> RecipeData:
+    """Write the bootstrap split's chunks, the oracle's thought for each chunk and the shared tokenizer
+    under ``out`` (skipped when already there). The tokenizer is trained on the raw texts and the
+    thoughts, so both arms count their token budgets in the same units."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from latent_thoughts.corpus import chunk_document, write_chunks
+    from latent_thoughts.testbed.oracle import TestbedOracle
+    from latent_thoughts.tokenizer import add_latent_tokens, train_bpe_tokenizer
+
+    out = Path(out)
+    files = RecipeData(out / "chunks.parquet", out / "thoughts.parquet", out / "tokenizer")
+    if (files.tokenizer / "tokenizer_config.json").exists() and files.thoughts.exists():
+        return files
+    out.mkdir(parents=True, exist_ok=True)
+    chunking = testbed_chunk_config(recipe.world)
+    oracle = TestbedOracle.from_config(recipe.world)
+    chunks = [
+        chunk
+        for document in generate_documents(recipe.world, "bootstrap")
+        for chunk in chunk_document(document.doc_id, document.text, chunking)
+    ]
+    write_chunks(chunks, files.chunks)
+    thoughts = [oracle.thought(chunk.prefix, chunk.text) for chunk in chunks]
+    table = {
+        "doc_id": [chunk.doc_id for chunk in chunks],
+        "chunk_index": [chunk.chunk_index for chunk in chunks],
+        "thought": thoughts,
+        "teacher": [oracle.identity] * len(chunks),
+    }
+    pq.write_table(pa.table(table), files.thoughts)
+    texts = [*(chunk.text for chunk in chunks), *thoughts]
+    tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size, split_digits=recipe.split_digits)
+    add_latent_tokens(tokenizer)
+    tokenizer.save_pretrained(str(files.tokenizer))
+    return files
+
+
+def train_config(
+    recipe: TestbedRecipe, arm: Arm, seed: int, data: RecipeData, output_dir: str | Path, **extra: Any
+) -> Any:
+    """The :class:`~latent_thoughts.train.TrainConfig` of one arm and seed; ``extra`` sets further
+    top-level options (``progress_bar``, ``logging_steps``...)."""
+    from latent_thoughts.train import TrainConfig
+
+    source: dict[str, Any] = {"kind": "raw", "chunks": str(data.chunks)}
+    if arm == "thoughts":
+        source = {"kind": "thoughts", "chunks": str(data.chunks), "thoughts": str(data.thoughts)}
+    return TrainConfig.model_validate(
+        {
+            "output_dir": str(output_dir),
+            "seed": seed,
+            "model": {
+                "tokenizer": str(data.tokenizer),
+                "scratch": {
+                    "hidden_size": recipe.width,
+                    "num_layers": recipe.layers,
+                    "num_heads": recipe.heads,
+                    "num_kv_heads": recipe.heads,
+                    "intermediate_size": recipe.width * 8 // 3,
+                    "max_position_embeddings": recipe.seq_len,
+                },
+            },
+            "data": {
+                "sources": [source],
+                "format": {
+                    "seq_len": recipe.seq_len,
+                    "seed": seed,
+                    "posterior_probability": recipe.posterior_probability,
+                },
+            },
+            "budget": {"tokens": recipe.tokens},
+            "optim": {
+                "lr": recipe.lr,
+                "warmup_steps": recipe.warmup_steps,
+                "global_batch": recipe.batch,
+                "micro_batch": recipe.batch,
+                "weight_decay": recipe.weight_decay,
+                "betas": [0.9, 0.95],
+            },
+            "precision": recipe.precision,
+            "save_steps": 1_000_000,
+            "save_total_limit": 1,
+            **extra,
+        }
+    )
+
+
+@dataclass
+class ArmEvaluation:
+    """One model in one mode: accuracy on the held-out problems, and for latent mode the thoughts'
+    arithmetic (claims made, claims true) as the testbed checker reads them."""
+
+    mode: str
+    accuracy: float
+    problems: int
+    claims: int
+    true_claims: int
+    copied_operands: int
+    example: str
+
+    @property
+    def true_claim_share(self) -> float:
+        """Share of the thoughts' arithmetic claims that are true (0 when none were made)."""
+        return self.true_claims / self.claims if self.claims else 0.0
+
+    @property
+    def copied_operand_share(self) -> float:
+        """Share of thoughts whose first claim starts from the question's first factor (copying)."""
+        return self.copied_operands / self.problems if self.problems else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form."""
+        shares = {
+            "true_claim_share": self.true_claim_share,
+            "copied_operand_share": self.copied_operand_share,
+        }
+        return {**self.__dict__, **shares}
+
+
+def evaluate_arm(
+    model_dir: str | Path,
+    problems: list[Problem],
+    mode: str,
+    progress: bool = False,
+    device: str | None = None,
+) -> ArmEvaluation:
+    """Greedy accuracy of a saved model on ``problems`` in ``mode``; in latent mode also the checker's
+    verdict on the arithmetic claims of every thought the model wrote."""
+    from latent_thoughts.evaluate.testbed import evaluate_model_dir
+    from latent_thoughts.format import LATENT_TOKENS
+
+    options: dict[str, Any] = {"progress": progress}
+    if device is not None:
+        options["device"] = device
+    result = evaluate_model_dir(model_dir, problems, mode, **options)  # type: ignore[arg-type]
+    claims = true_claims = copied = 0
+    if mode == "latent":
+        for problem, text in zip(problems, result.generations, strict=True):
+            thought = text.partition(LATENT_TOKENS.eol)[0]
+            checked = check_thought(thought)
+            claims += checked.claims
+            true_claims += checked.valid_claims
+            copied += thought.lstrip().startswith(problem.expression.split()[0] + " x ")
+    example = result.generations[0] if result.generations else ""
+    return ArmEvaluation(mode, result.accuracy, result.total, claims, true_claims, copied, example)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON (results files of the recipe's runs)."""
+    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
