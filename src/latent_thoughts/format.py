@@ -10,13 +10,28 @@ A chunk without a thought is written as its raw text. BOS and EOS wrap each docu
 are packed back to back into fixed windows. Every built document records which token spans are
 thought, text or special tokens, so tests (and the viewer) can check and show them.
 
+Tokenization (:func:`tokenize_chunks`): a document's text is tokenized ONCE, whole, and the token
+sequence is cut at the chunks' character offsets, so the text tokens of a document with thoughts
+are exactly the tokens of the same document without them (:meth:`DocumentBuilder.build_plain`),
+for SentencePiece tokenizers (Llama-2) as for byte-level BPE. A token whose characters lie in two
+chunks (`` Then`` after ``... 888. | Then``: the space ends one chunk, the word starts the next)
+belongs to the chunk that holds its LAST character, so the whitespace between two chunks travels
+with the next chunk's first word, as the tokenizer wrote it; such tokens are counted
+(:attr:`BuiltDocument.straddling`), never doubled. A thought is tokenized on its own, after its
+surrounding whitespace is stripped, the way the tokenizer starts a text: a SentencePiece tokenizer
+gives its first word the word-start marker (``▁The``), a byte-level BPE no leading space
+(``The``); decoding the thought span gives back the stripped thought. Text that spells a special
+token (``</s>``, ``<|END_OF_LATENT|>``) is tokenized as plain characters, never as the token.
+
 This module knows nothing of engines; the E-step and evaluation build their prompts with the
 functions at the end of this module so that the layout lives in one place.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,15 +84,82 @@ class Span:
 
 @dataclass
 class BuiltDocument:
-    """A training document as token ids, with its spans and the layout drawn for each chunk."""
+    """A training document as token ids, with its spans and the layout drawn for each chunk.
+
+    ``straddling`` counts the text tokens whose characters lie in two chunks (see the module notes).
+    """
 
     input_ids: list[int]
     spans: list[Span] = field(default_factory=list)
     layouts: list[Layout] = field(default_factory=list)
+    straddling: int = 0
 
     def ids_of(self, kind: SpanKind) -> list[list[int]]:
         """The token ids of every span of ``kind``, in document order."""
         return [self.input_ids[span.start : span.end] for span in self.spans if span.kind == kind]
+
+    def text_ids(self) -> list[int]:
+        """The document without its thoughts and special tokens: its text spans joined, in order."""
+        return [token for ids in self.ids_of("text") for token in ids]
+
+
+@dataclass(frozen=True)
+class ChunkTokens:
+    """A document's token ids cut into its chunks (``ids[i]`` for chunk i), and how many tokens
+    straddle a chunk boundary (each is in exactly one chunk: the one holding its last character)."""
+
+    ids: list[list[int]]
+    straddling: int
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` with no special tokens added and none read from the text itself."""
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def tokenize_chunks(tokenizer: Any, chunks: Sequence[str]) -> ChunkTokens:
+    """Tokenize the document ``"".join(chunks)`` once and cut its tokens at the chunk boundaries.
+
+    Chunk i covers characters ``[start_i, end_i)`` of the document (the ``start``/``end`` columns of a
+    chunk file, i.e. the running sums of the chunk lengths). A token belongs to the chunk holding its
+    last character. Needs a tokenizer that reports character offsets (a "fast" tokenizer).
+    """
+    text = "".join(chunks)
+    if not text:
+        return ChunkTokens([[] for _ in chunks], 0)
+    try:
+        encoding = tokenizer(
+            text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+        )
+    except NotImplementedError:
+        raise LatentThoughtsError(
+            f"{type(tokenizer).__name__} reports no character offsets; use a fast (tokenizers) tokenizer"
+        ) from None
+    ids = list(encoding["input_ids"])
+    offsets = list(encoding["offset_mapping"])
+    # The position of a token is its last character (its first for a token that covers none);
+    # a running maximum keeps the cut points in order whatever a tokenizer reports.
+    positions: list[int] = []
+    last = 0
+    for start, end in offsets:
+        last = max(last, end - 1 if end > start else start)
+        positions.append(last)
+    boundaries = [0]
+    for chunk in chunks:
+        boundaries.append(boundaries[-1] + len(chunk))
+    inner = boundaries[1:-1]
+    cuts = [0, *(bisect.bisect_left(positions, boundary) for boundary in inner), len(ids)]
+    # Only the first token of a chunk can have begun in an earlier one.
+    straddling = len(
+        {
+            cut
+            for cut, boundary in zip(cuts[1:-1], inner, strict=True)
+            if cut < len(ids) and offsets[cut][0] < boundary
+        }
+    )
+    return ChunkTokens([ids[a:b] for a, b in itertools.pairwise(cuts)], straddling)
 
 
 class FormatConfig(StageConfig):
@@ -135,42 +217,50 @@ class DocumentBuilder:
         self.special = SpecialIds.from_tokenizer(tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without any special tokens added by the tokenizer."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+        """Token ids of ``text`` on its own, without any special tokens (see :func:`encode_text`)."""
+        return encode_text(self.tokenizer, text)
+
+    def encode_thought(self, thought: str) -> list[int]:
+        """Token ids of a thought: its text without surrounding whitespace, tokenized on its own."""
+        return self.encode(thought.strip())
 
     def build(
         self, doc_id: str, chunks: Sequence[str], thoughts: Sequence[str | None] | None = None
     ) -> BuiltDocument:
         """Build a document from its chunk texts and, optionally, one thought per chunk.
 
-        A chunk whose thought is ``None`` (or every chunk, when ``thoughts`` is None) is written raw.
+        ``chunks`` concatenate to the document's text; their tokens are cut from one tokenization of
+        that text (:func:`tokenize_chunks`). A chunk whose thought is ``None`` (or every chunk, when
+        ``thoughts`` is None) is written raw.
         """
         if thoughts is not None and len(thoughts) != len(chunks):
             raise LatentThoughtsError(
                 f"document {doc_id!r}: {len(chunks)} chunks but {len(thoughts)} thoughts"
             )
-        doc = BuiltDocument(input_ids=[])
+        tokens = tokenize_chunks(self.tokenizer, chunks)
+        doc = BuiltDocument(input_ids=[], straddling=tokens.straddling)
         s = self.special
         if self.config.add_bos and s.bos is not None:
             self._append(doc, "special", [s.bos], -1)
-        for index, text in enumerate(chunks):
+        for index, text_ids in enumerate(tokens.ids):
             thought = thoughts[index] if thoughts is not None else None
             if thought is None:
                 doc.layouts.append(Layout.RAW)
-                self._append(doc, "text", self.encode(text), index)
+                self._append(doc, "text", text_ids, index)
                 continue
             layout = choose_layout(self.config.seed, doc_id, index, self.config.posterior_probability)
             doc.layouts.append(layout)
+            thought_ids = self.encode_thought(thought)
             if layout is Layout.PRIOR:
                 self._append(doc, "special", [s.sol, s.prior], index)
-                self._append(doc, "thought", self.encode(thought), index)
+                self._append(doc, "thought", thought_ids, index)
                 self._append(doc, "special", [s.eol], index)
-                self._append(doc, "text", self.encode(text), index)
+                self._append(doc, "text", text_ids, index)
             else:
                 self._append(doc, "special", [s.sol, s.eol], index)
-                self._append(doc, "text", self.encode(text), index)
+                self._append(doc, "text", text_ids, index)
                 self._append(doc, "special", [s.sol, s.post], index)
-                self._append(doc, "thought", self.encode(thought), index)
+                self._append(doc, "thought", thought_ids, index)
                 self._append(doc, "special", [s.eol], index)
         if self.config.add_eos and s.eos is not None:
             self._append(doc, "special", [s.eos], -1)
