@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import LATENT_TOKENS
+from latent_thoughts.format import LATENT_TOKENS, SpecialIds
 
 BPE_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
@@ -93,7 +93,8 @@ def resize_model_embeddings(model: Any, tokenizer: PreTrainedTokenizerBase, seed
     rows were initialised.
     """
     old_size = model.get_input_embeddings().weight.shape[0]
-    latent_ids = [int(i) for i in tokenizer.convert_tokens_to_ids(LATENT_TOKENS.all())]
+    special = SpecialIds.from_tokenizer(tokenizer)
+    latent_ids = [special.sol, special.eol, special.prior, special.post]
     known = {int(i) for i in getattr(model.config, LATENT_ROWS_KEY, None) or []}
     spare = old_size > len(tokenizer)
     rows = set(range(old_size, len(tokenizer)))
