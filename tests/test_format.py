@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 import pytest
@@ -10,17 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from latent_thoughts.corpus import chunk_document, read_documents
+from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import (
     LATENT_TOKENS,
     DocumentBuilder,
     FormatConfig,
     Layout,
     SpecialIds,
+    TruncationCounter,
     choose_layout,
-    joint_context,
-    joint_continuation,
+    e_step_layout,
     pack_documents,
-    posterior_prompt,
     tokenize_chunks,
 )
 from latent_thoughts.tokenizer import add_latent_tokens, load_tokenizer
@@ -131,11 +132,75 @@ def test_position_ids_restart_at_document_boundaries_when_asked() -> None:
     assert [w.position_ids for w in plain] == [[0, 1, 2, 3], [0, 1, 2, 3]]
 
 
-def test_e_step_prompts_use_the_layouts(tiny_tokenizer) -> None:
+def test_e_step_layout_is_the_method_layout_when_everything_fits(tiny_tokenizer) -> None:
     s = SpecialIds.from_tokenizer(tiny_tokenizer)
-    assert posterior_prompt(s, [1, 2], [3]) == [1, 2, s.sol, s.eol, 3, s.sol, s.post]
-    assert joint_context(s, [1, 2]) + joint_continuation(s, [9], [3]) == [1, 2, s.sol, s.prior, 9, s.eol, 3]
+    layout = e_step_layout(s, [1, 2], [3, 4], context_tokens=64, thought_tokens=16)
+    assert not layout.truncated
+    assert layout.posterior_prompt == [s.bos, 1, 2, s.sol, s.eol, 3, 4, s.sol, s.post]
+    assert layout.joint_context == [s.bos, 1, 2, s.sol]
+    # a sampled thought ends with its EOL; the joint continuation does not repeat it
+    assert layout.joint_continuation([9, 8, s.eol]) == [s.prior, 9, 8, s.eol, 3, 4]
+    assert layout.joint_continuation([9, 8]) == [s.prior, 9, 8, s.eol, 3, 4]
+    assert e_step_layout(s, [1], [3], 64, 16, add_bos=False).joint_context == [1, s.sol]
     assert len(LATENT_TOKENS.all()) == 4
+
+
+def test_e_step_truncation_drops_the_oldest_prefix_tokens_first_then_the_end_of_the_chunk(
+    tiny_tokenizer,
+) -> None:
+    s = SpecialIds.from_tokenizer(tiny_tokenizer)
+    prefix, chunk = list(range(10, 20)), list(range(30, 36))
+    # 26 positions - 5 special tokens - 8 thought tokens leave 13 for the 16 prefix and chunk tokens
+    layout = e_step_layout(s, prefix, chunk, context_tokens=26, thought_tokens=8)
+    assert (layout.dropped_prefix, layout.dropped_chunk) == (3, 0)
+    assert layout.prefix_ids == prefix[3:] and layout.chunk_ids == chunk
+    assert layout.joint_context == [s.bos, *prefix[3:], s.sol]
+    # a smaller budget empties the prefix and then cuts the end of the chunk
+    layout = e_step_layout(s, prefix, chunk, context_tokens=17, thought_tokens=8)
+    assert (layout.dropped_prefix, layout.dropped_chunk) == (10, 2)
+    assert layout.prefix_ids == [] and layout.chunk_ids == chunk[:4]
+    assert layout.posterior_prompt == [s.bos, s.sol, s.eol, *chunk[:4], s.sol, s.post]
+    assert layout.joint_continuation([7]) == [s.prior, 7, s.eol, *chunk[:4]]
+    with pytest.raises(LatentThoughtsError, match="no room for a chunk"):
+        e_step_layout(s, prefix, chunk, context_tokens=13, thought_tokens=8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prefix=st.integers(0, 40),
+    chunk=st.integers(1, 40),
+    thought=st.integers(1, 20),
+    budget=st.integers(26, 120),
+)
+def test_both_e_step_sequences_fit_the_budget_and_share_c_and_x(
+    tiny_tokenizer, prefix, chunk, thought, budget
+) -> None:
+    s = SpecialIds.from_tokenizer(tiny_tokenizer)
+    c, x = list(range(100, 100 + prefix)), list(range(200, 200 + chunk))
+    layout = e_step_layout(s, c, x, budget, thought)
+    z = [7] * (thought - 1) + [s.eol]  # the longest thought, with its EOL
+    assert len(layout.posterior_prompt) + len(z) <= budget
+    assert len(layout.joint_context) + len(layout.joint_continuation(z)) <= budget
+    assert layout.prefix_ids == c[len(c) - len(layout.prefix_ids) :]  # the newest prefix tokens stay
+    assert layout.chunk_ids == x[: len(layout.chunk_ids)]  # the start of the chunk stays
+    assert layout.dropped_chunk == 0 or layout.prefix_ids == []
+    assert layout.posterior_prompt[1 : 1 + len(layout.prefix_ids)] == layout.joint_context[1:-1]
+    fits = prefix + chunk + thought + 5 <= budget
+    assert layout.truncated != fits
+
+
+def test_truncated_chunks_are_logged_once_per_run_with_their_number(tiny_tokenizer, caplog) -> None:
+    s = SpecialIds.from_tokenizer(tiny_tokenizer)
+    counter = TruncationCounter()
+    for prefix in (0, 30, 40, 5):
+        counter.add(e_step_layout(s, list(range(prefix)), [1, 2, 3], context_tokens=40, thought_tokens=8))
+    with caplog.at_level(logging.WARNING, logger="latent_thoughts.format"):
+        counter.log()
+        counter.log()
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "2 of 4 chunks truncated" in record.getMessage()
+    assert counter.dropped_tokens == (30 + 3 - 27) + (40 + 3 - 27)  # 40 - 5 special - 8 thought = 27
 
 
 # --- tokenization: one pass over the whole text, cut at the chunks' character offsets ----------

@@ -24,7 +24,9 @@ gives its first word the word-start marker (``▁The``), a byte-level BPE no lea
 token (``</s>``, ``<|END_OF_LATENT|>``) is tokenized as plain characters, never as the token.
 
 This module knows nothing of engines; the E-step and evaluation build their prompts with the
-functions at the end of this module so that the layout lives in one place.
+functions at the end of this module so that the layout lives in one place: :func:`e_step_layout`
+makes the one truncation decision of a chunk and returns both the posterior sampling prompt and
+the joint scoring context, so log q and log p always see the same c and x.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import logging
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +45,8 @@ from pydantic import Field
 
 from latent_thoughts.config import StageConfig
 from latent_thoughts.errors import LatentThoughtsError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -354,21 +359,113 @@ def _window_positions(positions: list[int], reset: bool) -> list[int]:
 # --- prompts in the latent layouts (used by the E-step and by evaluation) ---------------------
 
 
-def posterior_prompt(special: SpecialIds, prefix_ids: Sequence[int], chunk_ids: Sequence[int]) -> list[int]:
-    """``c SOL EOL x SOL POST``: the prompt from which the model samples a thought q(z | c, x)."""
-    return [*prefix_ids, special.sol, special.eol, *chunk_ids, special.sol, special.post]
+@dataclass(frozen=True)
+class EStepLayout:
+    """The token layouts of one chunk in the E-step (METHOD section 5), from ONE truncation decision.
+
+    ``prefix_ids`` (c) and ``chunk_ids`` (x) are what is left after truncation;
+    ``dropped_prefix`` tokens were cut from the front of the prefix and ``dropped_chunk`` from the end
+    of the chunk. ``posterior_prompt`` is ``BOS c SOL EOL x SOL POST`` (sample z ~ q(z | c, x) from it,
+    stopping at EOL); ``joint_context`` is ``BOS c SOL``, after which :meth:`joint_continuation`
+    ``PRIOR z EOL x`` is scored to give log p(z, x | c).
+    """
+
+    special: SpecialIds
+    prefix_ids: list[int]
+    chunk_ids: list[int]
+    dropped_prefix: int
+    dropped_chunk: int
+    posterior_prompt: list[int]
+    joint_context: list[int]
+
+    @property
+    def truncated(self) -> bool:
+        """Whether any prefix or chunk token was cut."""
+        return bool(self.dropped_prefix or self.dropped_chunk)
+
+    def joint_continuation(self, thought_ids: Sequence[int]) -> list[int]:
+        """``PRIOR z EOL x`` for a thought's token ids (a trailing EOL in them is not repeated)."""
+        thought = list(thought_ids)
+        if thought[-1:] == [self.special.eol]:
+            thought = thought[:-1]
+        return [self.special.prior, *thought, self.special.eol, *self.chunk_ids]
 
 
-def joint_context(special: SpecialIds, prefix_ids: Sequence[int]) -> list[int]:
-    """``c SOL``: the context after which the joint continuation is scored."""
-    return [*prefix_ids, special.sol]
+def e_step_layout(
+    special: SpecialIds,
+    prefix_ids: Sequence[int],
+    chunk_ids: Sequence[int],
+    context_tokens: int,
+    thought_tokens: int,
+    add_bos: bool = True,
+) -> EStepLayout:
+    """Lay out one chunk for the E-step within ``context_tokens`` positions (METHOD section 5).
+
+    ``prefix_ids`` and ``chunk_ids`` are the tokens of the prefix and the chunk as the training format
+    cuts them from their document (:func:`tokenize_chunks`); ``thought_tokens`` is the longest thought,
+    its EOL included. The posterior prompt plus a thought is the longer of the two sequences (two
+    special tokens more than the joint one), so it sets the budget: when it does not fit, the oldest
+    prefix tokens are dropped first, then the end of the chunk (METHOD 5.5). Both layouts are built
+    from the same truncated c and x, and begin with BOS (when ``add_bos`` and the tokenizer has one)
+    as every training document does. A budget that leaves no chunk token is an error.
+    """
+    bos = [special.bos] if add_bos and special.bos is not None else []
+    fixed = len(bos) + 4  # SOL EOL ... SOL POST around the chunk
+    room = context_tokens - fixed - thought_tokens
+    if room < 1:
+        raise LatentThoughtsError(
+            f"an E-step context of {context_tokens} tokens leaves no room for a chunk after "
+            f"{fixed} special tokens and a thought of {thought_tokens}"
+        )
+    prefix, chunk = list(prefix_ids), list(chunk_ids)
+    overflow = max(len(prefix) + len(chunk) - room, 0)
+    dropped_prefix = min(overflow, len(prefix))
+    dropped_chunk = overflow - dropped_prefix
+    prefix = prefix[dropped_prefix:]
+    chunk = chunk[: len(chunk) - dropped_chunk]
+    s = special
+    return EStepLayout(
+        special=s,
+        prefix_ids=prefix,
+        chunk_ids=chunk,
+        dropped_prefix=dropped_prefix,
+        dropped_chunk=dropped_chunk,
+        posterior_prompt=[*bos, *prefix, s.sol, s.eol, *chunk, s.sol, s.post],
+        joint_context=[*bos, *prefix, s.sol],
+    )
 
 
-def joint_continuation(
-    special: SpecialIds, thought_ids: Sequence[int], chunk_ids: Sequence[int]
-) -> list[int]:
-    """``PRIOR z EOL x``: scored after :func:`joint_context` to give log p(z, x | c)."""
-    return [special.prior, *thought_ids, special.eol, *chunk_ids]
+@dataclass
+class TruncationCounter:
+    """Counts E-step layouts that were truncated over a run and logs them once, at warning level."""
+
+    chunks: int = 0
+    truncated_chunks: int = 0
+    cut_chunks: int = 0
+    dropped_tokens: int = 0
+    logged: bool = False
+
+    def add(self, layout: EStepLayout) -> EStepLayout:
+        """Count ``layout`` (returned unchanged, so that calls can be chained)."""
+        self.chunks += 1
+        if layout.truncated:
+            self.truncated_chunks += 1
+            self.cut_chunks += bool(layout.dropped_chunk)
+            self.dropped_tokens += layout.dropped_prefix + layout.dropped_chunk
+        return layout
+
+    def log(self) -> None:
+        """Log the truncation summary once per run (nothing when no chunk was truncated)."""
+        if self.truncated_chunks and not self.logged:
+            logger.warning(
+                "E-step context budget: %d of %d chunks truncated (%d of them lost the end of the chunk, "
+                "not only prefix), %d tokens dropped",
+                self.truncated_chunks,
+                self.chunks,
+                self.cut_chunks,
+                self.dropped_tokens,
+            )
+            self.logged = True
 
 
 def thinking_prompt(special: SpecialIds, question_ids: Sequence[int]) -> list[int]:
