@@ -108,6 +108,25 @@ def test_stop_token_ids_over_http(remote: HTTPEngine, local: TransformersEngine)
     assert sample.finish_reason == "stop"
 
 
+def test_banned_ids_and_no_eos_stop_over_http(remote: HTTPEngine, local: TransformersEngine) -> None:
+    prompt = local.encode("The derivative")
+    banned = [5, 6, 7, *local.sample([prompt], max_new_tokens=4, temperature=0)[0][0].token_ids]
+    got = remote.sample([prompt], n=2, max_new_tokens=8, seed=3, banned_ids=banned, stop_on_eos=False)[0]
+    want = local.sample([prompt], n=2, max_new_tokens=8, seed=3, banned_ids=banned, stop_on_eos=False)[0]
+    assert [s.token_ids for s in got] == [s.token_ids for s in want]
+    assert not set(banned) & {token for s in got for token in s.token_ids}
+    assert all(len(s.token_ids) == 8 for s in got)  # ignore_eos: only the length ends them
+
+
+def test_score_many_falls_back_to_echo_scoring(remote: HTTPEngine, local: TransformersEngine) -> None:
+    context = local.encode("We know that 37 x 24 = 888.")
+    continuations = [[5, 6, 7], [300], [], [17, 18, 19, 20, 21]]
+    got = remote.score_many(context, continuations)
+    want = local.score_many(context, continuations)
+    assert [s.token_logprobs for s in got] == [pytest.approx(s.token_logprobs, abs=1e-4) for s in want]
+    assert remote.device == "remote"
+
+
 def test_chat_over_http(remote: HTTPEngine) -> None:
     before = remote.usage.prompt_tokens
     replies = remote.chat(

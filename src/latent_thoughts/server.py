@@ -1,8 +1,8 @@
 """An OpenAI-compatible HTTP server over a :class:`TransformersEngine` (``latent-thoughts serve``).
 
 Endpoints (under ``/v1``): ``models``; ``completions`` (prompt as text, token ids or lists of either;
-``n``, ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``, ``logprobs``, ``echo``, and
-vLLM's ``prompt_logprobs``, ``stop_token_ids``, ``ignore_eos``); ``chat/completions``; and the Files
+``n``, ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``seed``, ``logprobs``, ``echo``,
+``logit_bias`` bans (-100), and vLLM's ``prompt_logprobs``, ``stop_token_ids``, ``ignore_eos``); ``chat/completions``; and the Files
 and Batches endpoints that the synthesis stage's batch mode uses with the official ``openai``
 client (``files``, ``files/{id}``, ``files/{id}/content``, ``batches``, ``batches/{id}``,
 ``batches/{id}/cancel``).
@@ -111,6 +111,7 @@ class SamplingParams:
     stop: tuple[str | int, ...]
     seed: int | None
     ignore_eos: bool
+    banned_ids: tuple[int, ...] = ()
 
 
 def _sampling(body: dict[str, Any], default_max_tokens: int) -> SamplingParams:
@@ -136,6 +137,7 @@ def _sampling(body: dict[str, Any], default_max_tokens: int) -> SamplingParams:
     if max_tokens < 0:
         raise APIError(f"max_tokens must be >= 0, got {max_tokens}", param="max_tokens")
     return SamplingParams(
+        banned_ids=_banned(body),
         n=n,
         temperature=temperature,
         top_p=top_p,
@@ -144,6 +146,25 @@ def _sampling(body: dict[str, Any], default_max_tokens: int) -> SamplingParams:
         seed=_get(body, "seed", int, None),
         ignore_eos=bool(_get(body, "ignore_eos", bool, False)),
     )
+
+
+def _banned(body: dict[str, Any]) -> tuple[int, ...]:
+    """The token ids banned by ``logit_bias`` (``{"id": -100}``, as the OpenAI API spells a ban).
+
+    Only bans are supported: a bias above -100 would change the law that sampled tokens'
+    log-probabilities are reported under, so it is a 400 rather than silently ignored.
+    """
+    bias = _get(body, "logit_bias", dict, {})
+    banned = []
+    for key, value in bias.items():
+        if not str(key).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise APIError("logit_bias must map token ids to numbers", param="logit_bias")
+        if value > -100:
+            raise APIError(
+                f"logit_bias: only bans (-100) are supported, got {value} for token {key}", param="logit_bias"
+            )
+        banned.append(int(key))
+    return tuple(sorted(banned))
 
 
 def _prompts(body: dict[str, Any]) -> list[str | list[int]]:
@@ -252,6 +273,7 @@ class ModelAPI:
                     stop=params.stop,
                     seed=params.seed,
                     stop_on_eos=not params.ignore_eos,
+                    banned_ids=params.banned_ids,
                 )
         except LatentThoughtsError as exc:
             raise APIError(str(exc), param="prompt") from None
@@ -316,6 +338,7 @@ class ModelAPI:
                     max_new_tokens=params.max_tokens,
                     seed=params.seed,
                     stop=params.stop,
+                    banned_ids=params.banned_ids,
                 )
             except LatentThoughtsError as exc:
                 for i, _ in members:
