@@ -18,6 +18,7 @@ from latent_thoughts.engines import Engine
 from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig, RateLimiter, parse_retry_after
 from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.synthesis.teachers import engine_options, load_teacher
 from tests.test_server import free_port, serve_subprocess
 
 
@@ -63,13 +64,16 @@ def test_resolves_the_model_name(remote: HTTPEngine, tiny_model_dir: Path) -> No
     assert remote.model == tiny_model_dir.name and remote.identity.endswith(tiny_model_dir.name)
 
 
-@pytest.mark.parametrize("vllm_extras", [True, False])
+@pytest.mark.parametrize(("vllm_extras", "score_max_tokens"), [(True, 0), (False, 0), (True, 1), (False, 1)])
 def test_scores_equal_the_transformers_engine(
-    server: str, local: TransformersEngine, vllm_extras: bool
+    server: str, local: TransformersEngine, vllm_extras: bool, score_max_tokens: int
 ) -> None:
-    """Both the vLLM prompt_logprobs path and the plain echo path give the in-process scores."""
+    """Both the vLLM prompt_logprobs path and the plain echo path give the in-process scores, also
+    with one generated token per scoring request (what vLLM needs, configs/teachers/vllm.yaml)."""
     contexts, continuations = _pairs(local)
-    config = HTTPEngineConfig(base_url=server, vllm_extras=vllm_extras, prompts_per_request=3)
+    config = HTTPEngineConfig(
+        base_url=server, vllm_extras=vllm_extras, prompts_per_request=3, score_max_tokens=score_max_tokens
+    )
     with HTTPEngine(config) as remote:
         scores = remote.score(contexts, continuations)
         assert remote.usage.requests == 3  # /models, then 4 pairs in requests of 3 and 1
@@ -78,6 +82,13 @@ def test_scores_equal_the_transformers_engine(
         assert len(got.token_logprobs) == len(continuation)
         assert got.logprob == pytest.approx(want.logprob, abs=1e-4)
         assert got.token_logprobs == pytest.approx(want.token_logprobs, abs=1e-4)
+
+
+def test_the_vllm_teacher_config_carries_the_scoring_settings() -> None:
+    config = load_teacher(Path(__file__).resolve().parents[1] / "configs" / "teachers" / "vllm.yaml")
+    options = engine_options(config)
+    assert isinstance(options, HTTPEngineConfig)
+    assert options.vllm_extras and options.score_max_tokens == 1
 
 
 def test_text_scoring(remote: HTTPEngine) -> None:
