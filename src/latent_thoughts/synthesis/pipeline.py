@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from latent_thoughts.atomic import atomic_write
 from latent_thoughts.config import StageConfig
 from latent_thoughts.corpus import Chunk, read_chunks
 from latent_thoughts.engines.base import ChatMessage, ChatReply, Engine
@@ -552,20 +552,16 @@ def output_paths(out: str | Path, shard: tuple[int, int] | None = None) -> Outpu
     )
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    pq.write_table(table.combine_chunks(), partial)
-    os.replace(partial, path)
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` as Parquet, atomically (:func:`~latent_thoughts.atomic.atomic_write`)."""
+    with atomic_write(path) as partial:
+        pq.write_table(table.combine_chunks(), partial)
 
 
-def write_json_atomic(data: Any, path: Path) -> None:
-    """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+def write_json(data: Any, path: Path) -> None:
+    """Write ``data`` as indented JSON to ``path``, atomically (:func:`~latent_thoughts.atomic.atomic_write`)."""
+    with atomic_write(path) as partial:
+        partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def with_metadata(table: pa.Table, metadata: dict[str, Any]) -> pa.Table:
@@ -637,9 +633,9 @@ def write_outputs(
     table, failures, missing = build_tables(items, cache, mode)
     if missing:
         return OutputCounts(missing=missing)
-    write_table_atomic(with_metadata(failures, metadata), paths.failures)
+    write_table(with_metadata(failures, metadata), paths.failures)
     # The result goes last: its presence means the run finished.
-    write_table_atomic(with_metadata(table, metadata), paths.result)
+    write_table(with_metadata(table, metadata), paths.result)
     return OutputCounts(written=table.num_rows, failures=failures.num_rows)
 
 

@@ -41,9 +41,9 @@ from latent_thoughts.synthesis.pipeline import (
     summary_record,
     synthesize_online,
     with_metadata,
-    write_json_atomic,
+    write_json,
     write_outputs,
-    write_table_atomic,
+    write_table,
 )
 from latent_thoughts.synthesis.teachers import (
     TeacherConfig,
@@ -240,7 +240,7 @@ def run_synthesis(request: SynthesisRequest) -> dict[str, Any]:
         batch_api=request.batch_api,
         paths=plan.paths,
     )
-    write_json_atomic(summary, plan.paths.summary)
+    write_json(summary, plan.paths.summary)
     return summary
 
 
@@ -341,10 +341,10 @@ def merge_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
     if absent:
         raise LatentThoughtsError(f"{absent[0]}: failures file of a shard is missing")
     failures = pa.concat_tables([pq.read_table(p) for p in failure_paths]).replace_schema_metadata(None)
-    write_table_atomic(with_metadata(failures, metadata), paths.failures)
-    write_table_atomic(with_metadata(results, metadata), paths.result)
+    write_table(with_metadata(failures, metadata), paths.failures)
+    write_table(with_metadata(results, metadata), paths.result)
     summary = _merged_summary(ordered, results.num_rows, failures.num_rows, metadata, paths)
-    write_json_atomic(summary, paths.summary)
+    write_json(summary, paths.summary)
     return summary
 
 
