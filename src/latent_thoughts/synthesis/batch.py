@@ -20,7 +20,7 @@ from typing import Any
 
 from latent_thoughts.engines.base import ChatReply, FinishReason
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.synthesis.cache import CacheRecord, ResultCache
+from latent_thoughts.generation.cache import CacheRecord, ResultCache
 from latent_thoughts.synthesis.pipeline import (
     RunStats,
     Sampling,

@@ -35,8 +35,9 @@ from latent_thoughts.config import StageConfig
 from latent_thoughts.corpus import Chunk, read_chunks
 from latent_thoughts.engines.base import ChatMessage, ChatReply, Engine
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.generation.cache import CacheRecord, ResultCache, cache_key
+from latent_thoughts.generation.shards import shard_writer
 from latent_thoughts.prompts import WRAP_STYLES, LatentThoughtPrompt, RephrasePrompt
-from latent_thoughts.synthesis.cache import CacheRecord, ResultCache, cache_key
 from latent_thoughts.synthesis.costs import Prices
 from latent_thoughts.tables import open_parquet
 
@@ -125,45 +126,6 @@ def chunks_fingerprint(chunks: Sequence[Chunk]) -> str:
     for chunk in chunks:
         digest.update(json.dumps([chunk.doc_id, chunk.chunk_index, chunk.prefix, chunk.text]).encode("utf-8"))
     return digest.hexdigest()[:16]
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    """``"i/N"`` (0-based ``i``) as ``(i, N)``; anything else is a one-line error naming the option."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-    if match is None:
-        raise LatentThoughtsError(f"--shard {spec!r}: expected i/N with 0 <= i < N, e.g. 0/4")
-    index, count = int(match.group(1)), int(match.group(2))
-    if count < 1 or index >= count:
-        raise LatentThoughtsError(
-            f"--shard {spec!r}: need 0 <= i < N and N >= 1 (shards are numbered from 0)"
-        )
-    return index, count
-
-
-def select_shard(chunks: Sequence[Chunk], index: int, count: int) -> list[Chunk]:
-    """The chunks of shard ``index`` of ``count``: whole documents, contiguous in file order.
-
-    Shards are balanced by characters (the teacher's work grows with the text) and cut only between
-    documents, so the shards' outputs concatenated in shard order are the unsharded output, and a
-    rephrasing run sees whole documents. The split is a pure function of the chunk file.
-    """
-    if count == 1:
-        return list(chunks)
-    documents: list[list[Chunk]] = []
-    for chunk in chunks:
-        if not documents or documents[-1][0].doc_id != chunk.doc_id:
-            documents.append([])
-        documents[-1].append(chunk)
-    sizes = [sum(len(c.text) for c in doc) for doc in documents]
-    total = sum(sizes) or 1
-    selected: list[Chunk] = []
-    done = 0
-    for doc, size in zip(documents, sizes, strict=True):
-        # A document belongs to the shard in which its midpoint falls.
-        if min(count - 1, int((done + size / 2) * count / total)) == index:
-            selected.extend(doc)
-        done += size
-    return selected
 
 
 @dataclass(frozen=True)
@@ -540,7 +502,7 @@ def output_paths(out: str | Path, shard: tuple[int, int] | None = None) -> Outpu
     if out.suffix != ".parquet":
         raise LatentThoughtsError(f"--out {out}: the output must be a .parquet file")
     stem = out.with_suffix("")
-    writer = "all" if shard is None or shard[1] == 1 else f"shard-{shard[0]}-of-{shard[1]}"
+    writer = shard_writer(shard)
     base = stem if writer == "all" else stem.with_name(f"{stem.name}.{writer}")
     return OutputPaths(
         result=base.with_name(base.name + ".parquet"),
