@@ -10,6 +10,7 @@ import pytest
 from latent_thoughts.cli import main
 from latent_thoughts.testbed import TestbedConfig, make_eval_problems
 from latent_thoughts.testbed.task import write_problems
+from tests.test_server import serve_subprocess
 
 
 @pytest.mark.parametrize("mode", ["raw", "latent"])
@@ -32,3 +33,16 @@ def test_evaluate_names_a_missing_model_folder(tmp_path: Path, capsys: pytest.Ca
     write_problems(make_eval_problems(TestbedConfig(eval_problems=1)), problems)
     assert main(["evaluate", str(tmp_path / "nope"), "--problems", str(problems), "--mode", "raw"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_evaluate_a_served_model(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    problems = tmp_path / "eval.jsonl"
+    write_problems(make_eval_problems(TestbedConfig(eval_problems=3)), problems)
+    local, remote = tmp_path / "local.json", tmp_path / "remote.json"
+    argv = ["evaluate", str(tiny_model_dir), "--problems", str(problems), "--mode", "latent"]
+    assert main([*argv, "--device", "cpu", "--dtype", "fp32", "--out", str(local)]) == 0
+    with serve_subprocess(tiny_model_dir, tmp_path) as base_url:
+        assert main([*argv, "--base-url", base_url, "--out", str(remote)]) == 0
+    assert json.loads(remote.read_text())["generations"] == json.loads(local.read_text())["generations"]

@@ -18,6 +18,7 @@ from latent_thoughts.engines import Engine
 from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig, RateLimiter, parse_retry_after
 from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.synthesis.teachers import engine_options, load_teacher
 from tests.test_server import free_port, serve_subprocess
 
 
@@ -63,13 +64,16 @@ def test_resolves_the_model_name(remote: HTTPEngine, tiny_model_dir: Path) -> No
     assert remote.model == tiny_model_dir.name and remote.identity.endswith(tiny_model_dir.name)
 
 
-@pytest.mark.parametrize("vllm_extras", [True, False])
+@pytest.mark.parametrize(("vllm_extras", "score_max_tokens"), [(True, 0), (False, 0), (True, 1), (False, 1)])
 def test_scores_equal_the_transformers_engine(
-    server: str, local: TransformersEngine, vllm_extras: bool
+    server: str, local: TransformersEngine, vllm_extras: bool, score_max_tokens: int
 ) -> None:
-    """Both the vLLM prompt_logprobs path and the plain echo path give the in-process scores."""
+    """Both the vLLM prompt_logprobs path and the plain echo path give the in-process scores, also
+    with one generated token per scoring request (what vLLM needs, configs/teachers/vllm.yaml)."""
     contexts, continuations = _pairs(local)
-    config = HTTPEngineConfig(base_url=server, vllm_extras=vllm_extras, prompts_per_request=3)
+    config = HTTPEngineConfig(
+        base_url=server, vllm_extras=vllm_extras, prompts_per_request=3, score_max_tokens=score_max_tokens
+    )
     with HTTPEngine(config) as remote:
         scores = remote.score(contexts, continuations)
         assert remote.usage.requests == 3  # /models, then 4 pairs in requests of 3 and 1
@@ -78,6 +82,13 @@ def test_scores_equal_the_transformers_engine(
         assert len(got.token_logprobs) == len(continuation)
         assert got.logprob == pytest.approx(want.logprob, abs=1e-4)
         assert got.token_logprobs == pytest.approx(want.token_logprobs, abs=1e-4)
+
+
+def test_the_vllm_teacher_config_carries_the_scoring_settings() -> None:
+    config = load_teacher(Path(__file__).resolve().parents[1] / "configs" / "teachers" / "vllm.yaml")
+    options = engine_options(config)
+    assert isinstance(options, HTTPEngineConfig)
+    assert options.vllm_extras and options.score_max_tokens == 1
 
 
 def test_text_scoring(remote: HTTPEngine) -> None:
@@ -106,6 +117,25 @@ def test_stop_token_ids_over_http(remote: HTTPEngine, local: TransformersEngine)
     sample = remote.sample([[9, 8, 7]], max_new_tokens=8, seed=2, stop=[stop_id])[0][0]
     assert sample.token_ids == free.token_ids[: free.token_ids.index(stop_id) + 1]
     assert sample.finish_reason == "stop"
+
+
+def test_banned_ids_and_no_eos_stop_over_http(remote: HTTPEngine, local: TransformersEngine) -> None:
+    prompt = local.encode("The derivative")
+    banned = [5, 6, 7, *local.sample([prompt], max_new_tokens=4, temperature=0)[0][0].token_ids]
+    got = remote.sample([prompt], n=2, max_new_tokens=8, seed=3, banned_ids=banned, stop_on_eos=False)[0]
+    want = local.sample([prompt], n=2, max_new_tokens=8, seed=3, banned_ids=banned, stop_on_eos=False)[0]
+    assert [s.token_ids for s in got] == [s.token_ids for s in want]
+    assert not set(banned) & {token for s in got for token in s.token_ids}
+    assert all(len(s.token_ids) == 8 for s in got)  # ignore_eos: only the length ends them
+
+
+def test_score_many_falls_back_to_echo_scoring(remote: HTTPEngine, local: TransformersEngine) -> None:
+    context = local.encode("We know that 37 x 24 = 888.")
+    continuations = [[5, 6, 7], [300], [], [17, 18, 19, 20, 21]]
+    got = remote.score_many(context, continuations)
+    want = local.score_many(context, continuations)
+    assert [s.token_logprobs for s in got] == [pytest.approx(s.token_logprobs, abs=1e-4) for s in want]
+    assert remote.device == "remote"
 
 
 def test_chat_over_http(remote: HTTPEngine) -> None:

@@ -251,6 +251,62 @@ def test_usage_is_counted(engine):
     assert engine.usage.completion_tokens - before == sum(len(s.token_ids) for s in samples[0]) == 6
 
 
+# ---------------------------------------------------------------------- shared-context scoring
+CONTINUATIONS = [[5, 17, 42, 9], [5], [], [33, 33, 12, 81, 7, 64, 3], [250, 1]]
+
+
+@pytest.mark.parametrize("batch_tokens", [16384, 40])
+def test_score_many_equals_separate_score_calls(engine, tiny_model_dir, batch_tokens):
+    """One context, K continuations: the same log-probs as K score calls, within 1e-4 in fp32
+    (40 batch tokens split the K continuations into several groups sharing the one prefill)."""
+    shared = TransformersEngine(
+        TransformersEngineConfig(dtype="fp32", device="cpu", batch_tokens=batch_tokens),
+        model=engine.model,
+        tokenizer=engine.tokenizer,
+    )
+    context = engine.encode(PROMPTS[1])
+    many = shared.score_many(context, CONTINUATIONS)
+    separate = [engine.score([context], [cont])[0] for cont in CONTINUATIONS]
+    assert [len(s.token_logprobs) for s in many] == [len(c) for c in CONTINUATIONS]
+    for got, expected in zip(many, separate, strict=True):
+        assert got.token_logprobs == pytest.approx(expected.token_logprobs, abs=1e-4)
+
+
+def test_score_many_prefills_the_context_once(engine):
+    seen: list[tuple[int, ...]] = []
+    embeddings = engine.model.get_input_embeddings()
+    handle = embeddings.register_forward_hook(lambda module, args, output: seen.append(tuple(args[0].shape)))
+    try:
+        context = engine.encode(PROMPTS[0])
+        engine.score_many(context, CONTINUATIONS)
+    finally:
+        handle.remove()
+    # the context once, then the four non-empty continuations together (right-padded to 7 tokens)
+    assert seen == [(1, len(context)), (4, 7)]
+
+
+def test_banned_ids_are_never_generated_and_the_law_is_renormalised(engine):
+    prompt = engine.encode(PROMPTS[0])
+    free = engine.sample([prompt], n=1, max_new_tokens=1, temperature=0, stop_on_eos=False)[0][0]
+    banned = [free.token_ids[0], *torch.topk(_next_logits(engine.model, prompt), 5).indices.tolist()]
+    greedy = engine.sample([prompt], n=1, max_new_tokens=1, temperature=0, banned_ids=banned)[0][0]
+    logits = _next_logits(engine.model, prompt).clone()
+    logits[banned] = float("-inf")
+    assert greedy.token_ids == [int(logits.argmax())]
+    drawn = engine.sample([prompt], n=64, max_new_tokens=3, seed=4, banned_ids=banned, stop_on_eos=False)[0]
+    assert not {token for s in drawn for token in s.token_ids} & set(banned)
+    first = drawn[0]
+    expected = torch.log_softmax(logits, -1)[first.token_ids[0]].item()
+    assert first.token_logprobs[0] == pytest.approx(expected, abs=1e-5)
+    with pytest.raises(LatentThoughtsError, match="banned_ids: token id 99999"):
+        engine.sample([prompt], max_new_tokens=1, banned_ids=[99999])
+
+
+def test_the_engine_says_where_it_runs(engine):
+    assert engine.device == "cpu"
+    assert str(next(engine.model.parameters()).device) == "cpu"
+
+
 # ---------------------------------------------------------------------- the sampling law
 VOCAB = 12
 

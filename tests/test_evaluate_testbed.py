@@ -1,18 +1,24 @@
-"""Greedy testbed evaluation: raw mode bans the latent tokens, latent mode thinks then answers."""
+"""Greedy testbed evaluation through the engine protocol: raw mode bans the latent tokens, latent mode
+thinks until EOL then answers; a local model and the same model behind a server give the same results."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from latent_thoughts.engines import Engine, HTTPEngine, HTTPEngineConfig, Sample, Score, Usage
+from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.evaluate.testbed import evaluate_model_dir, evaluate_testbed, greedy_generate
+from latent_thoughts.evaluate.testbed import evaluate_model_dir, evaluate_testbed
 from latent_thoughts.format import LATENT_TOKENS, SpecialIds
 from latent_thoughts.modeling import load_causal_lm
-from latent_thoughts.testbed import TestbedConfig, make_eval_problems
+from latent_thoughts.testbed import TestbedConfig, make_eval_problems, prompt_ids
+from latent_thoughts.tokenizer import load_tokenizer
+from tests.test_server import serve_subprocess
 
 
 @pytest.fixture(scope="module")
@@ -20,96 +26,152 @@ def problems():  # type: ignore[no-untyped-def]
     return make_eval_problems(TestbedConfig(eval_problems=6))
 
 
-class ScriptedModel:
-    """A stand-in for a causal LM whose ``generate`` writes a scripted continuation per prompt.
+class ScriptedEngine:
+    """An :class:`Engine` whose greedy continuation of each prompt is scripted, recording each call.
 
-    After ``... SOL PRIOR`` it writes the problem's thought and EOL; after EOL it writes the resolving
-    sentence ``It equals <answer>.``, after a plain question `` It equals <answer>.`` (a raw
-    continuation); the answer comes from ``answers`` keyed by the question ids (a prefix of the prompt).
+    After ``... SOL PRIOR`` it writes the problem's thought and EOL; after EOL or after a plain question
+    the resolving sentence `` It equals <answer>.`` (the space before "It" travels with the next
+    chunk's first word, as training cuts documents); answers are keyed by the question's ids.
     """
 
     def __init__(self, tokenizer: Any, answers: dict[tuple[int, ...], tuple[str, str]]) -> None:
         self.tokenizer = tokenizer
         self.special = SpecialIds.from_tokenizer(tokenizer)
         self.answers = answers
-        self.device = torch.device("cpu")
-        self.training = False
+        self.identity, self.usage, self.device = "scripted", Usage(), "cpu"
         self.calls: list[dict[str, Any]] = []
 
-    def eval(self) -> ScriptedModel:
-        return self
-
-    def train(self, mode: bool = True) -> ScriptedModel:
-        self.training = mode
-        return self
-
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        self.calls.append(kwargs)
-        rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
-            prompt = [token for token, keep in zip(ids, mask, strict=True) if keep]
-            question = tuple(
-                t for t in prompt if t not in (self.special.sol, self.special.prior, self.special.eol)
-            )
+    def sample(self, prompts: Sequence[Any], n: int = 1, **options: Any) -> list[list[Sample]]:
+        self.calls.append(options)
+        out = []
+        for prompt in prompts:
+            latent = (self.special.sol, self.special.prior, self.special.eol)
+            question = tuple(t for t in prompt if t not in latent)
             thought, answer = next(v for k, v in self.answers.items() if question[: len(k)] == k)
             if prompt[-1] == self.special.prior:
                 new = [*self.tokenizer.encode(thought, add_special_tokens=False), self.special.eol]
-            elif prompt[-1] == self.special.eol:
-                new = self.tokenizer.encode(f"It equals {answer}.", add_special_tokens=False)
             else:
                 new = self.tokenizer.encode(f" It equals {answer}.", add_special_tokens=False)
-            rows.append(ids + new)
-        width = max(len(row) for row in rows)
-        pad = self.tokenizer.pad_token_id
-        return torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+            out.append([Sample(new, self.tokenizer.decode(new), [0.0] * len(new), "stop")] * n)
+        return out
+
+    def score(self, contexts: Sequence[Any], continuations: Sequence[Any]) -> list[Score]:
+        raise NotImplementedError
+
+    def score_many(self, context: Any, continuations: Sequence[Any]) -> list[Score]:
+        raise NotImplementedError
+
+    def chat(self, conversations: Sequence[Any], n: int = 1, **options: Any) -> list[list[Any]]:
+        raise NotImplementedError
 
 
-def scripted(tokenizer: Any, problems: list, wrong: int = -1) -> ScriptedModel:  # type: ignore[type-arg]
-    from latent_thoughts.testbed import prompt_ids
-
+def scripted(tokenizer: Any, problems: list, wrong: int = -1) -> ScriptedEngine:  # type: ignore[type-arg]
     answers = {}
     for index, problem in enumerate(problems):
         key = tuple(prompt_ids(problem, tokenizer, thinking=False))
         answer = str(int(problem.answer) + 1) if index == wrong else problem.answer
         answers[key] = (problem.thought, answer)
-    return ScriptedModel(tokenizer, answers)
+    return ScriptedEngine(tokenizer, answers)
 
 
 def test_raw_mode_grades_the_continuation_and_bans_latent_tokens(tiny_tokenizer, problems) -> None:  # type: ignore[no-untyped-def]
-    model = scripted(tiny_tokenizer, problems, wrong=2)
-    result = evaluate_testbed(model, tiny_tokenizer, problems, "raw", batch_size=4)
+    engine = scripted(tiny_tokenizer, problems, wrong=2)
+    assert isinstance(engine, Engine)
+    result = evaluate_testbed(engine, tiny_tokenizer, problems, "raw", batch_size=4)
     assert result.correct == len(problems) - 1 and result.accuracy == pytest.approx(5 / 6)
     special = SpecialIds.from_tokenizer(tiny_tokenizer)
-    banned = {tuple(ids) for ids in model.calls[0]["bad_words_ids"]}
-    assert banned == {(special.sol,), (special.eol,), (special.prior,), (special.post,)}
+    assert set(engine.calls[0]["banned_ids"]) == {special.sol, special.eol, special.prior, special.post}
+    assert engine.calls[0]["temperature"] == 0.0 and engine.calls[0]["stop"] == (".",)
 
 
 def test_latent_mode_thinks_until_eol_then_answers(tiny_tokenizer, problems) -> None:  # type: ignore[no-untyped-def]
-    model = scripted(tiny_tokenizer, problems)
-    result = evaluate_testbed(model, tiny_tokenizer, problems, "latent", batch_size=4)
+    engine = scripted(tiny_tokenizer, problems)
+    result = evaluate_testbed(engine, tiny_tokenizer, problems, "latent", batch_size=4)
     assert result.accuracy == 1.0
     thought, _, answer = result.generations[0].partition(LATENT_TOKENS.eol)
-    assert thought == problems[0].thought and answer == f"It equals {problems[0].answer}."
+    assert thought == problems[0].thought and answer == f" It equals {problems[0].answer}."
     special = SpecialIds.from_tokenizer(tiny_tokenizer)
-    assert model.calls[0]["eos_token_id"] == [special.eol]  # phase 1 stops at EOL
-    assert model.calls[-1]["bad_words_ids"] is not None  # phase 2 bans the latent tokens
+    thinking = engine.calls[0]
+    assert thinking["stop"] == [special.eol] and thinking["stop_on_eos"] is False  # phase 1: EOL, not EOS
+    assert "banned_ids" not in thinking
+    assert engine.calls[-1]["banned_ids"]  # phase 2 bans the latent tokens
 
 
-def test_batched_left_padded_generation_equals_one_prompt_at_a_time(
-    tiny_model_dir: Path, tiny_tokenizer
-) -> None:  # type: ignore[no-untyped-def]
-    model = load_causal_lm(tiny_model_dir).eval()
-    prompts = [tiny_tokenizer.encode(text) for text in ["Take 12 x 3", "Consider 37 x 24 + 129.", "It"]]
-    batched = greedy_generate(model, prompts, 6, tiny_tokenizer.pad_token_id, batch_size=3)
-    single = [greedy_generate(model, [prompt], 6, tiny_tokenizer.pad_token_id)[0] for prompt in prompts]
-    assert batched == single and all(len(row) == 6 for row in batched)
+# ---------------------------------------------------------------------- real models
 
 
-def test_a_real_model_folder_is_evaluated_in_both_modes(tiny_model_dir: Path, problems) -> None:  # type: ignore[no-untyped-def]
-    raw = evaluate_model_dir(tiny_model_dir, problems, "raw", max_answer_tokens=4)
-    latent = evaluate_model_dir(tiny_model_dir, problems, "latent", max_thought_tokens=4, max_answer_tokens=4)
-    assert raw.total == latent.total == len(problems)
+def hf_greedy(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    banned: Sequence[int] = (),
+    stop_strings: Sequence[str] = (),
+) -> list[list[int]]:
+    """The reference: ``model.generate`` greedy, one prompt at a time (what evaluation did before engines)."""
+    out = []
+    for prompt in prompts:
+        generated = model.generate(
+            input_ids=torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=list(stop_ids),
+            pad_token_id=tokenizer.pad_token_id,
+            bad_words_ids=[[t] for t in banned] or None,
+            stop_strings=list(stop_strings) or None,
+            tokenizer=tokenizer if stop_strings else None,
+        )[0, len(prompt) :].tolist()
+        kept: list[int] = []
+        for token in generated:
+            kept.append(token)
+            if token in stop_ids:
+                break
+        out.append(kept)
+    return out
+
+
+def test_a_model_folder_gives_what_model_generate_gives(tiny_model_dir: Path, problems) -> None:  # type: ignore[no-untyped-def]
+    model, tokenizer = load_causal_lm(tiny_model_dir).eval(), load_tokenizer(tiny_model_dir)
+    special = SpecialIds.from_tokenizer(tokenizer)
+    latent = [special.sol, special.eol, special.prior, special.post]
+    raw = evaluate_model_dir(tiny_model_dir, problems, "raw", max_answer_tokens=6, progress=False)
+    prompts = [prompt_ids(p, tokenizer, thinking=False) for p in problems]
+    expected = hf_greedy(model, tokenizer, prompts, 6, [tokenizer.eos_token_id], latent, ["."])
+    assert raw.generations == [tokenizer.decode([t for t in ids if t not in latent]) for ids in expected]
     assert not any(token in text for text in raw.generations for token in LATENT_TOKENS.all())
-    assert all(LATENT_TOKENS.eol in text for text in latent.generations)
+
+    options = {"max_thought_tokens": 5, "max_answer_tokens": 4, "progress": False}
+    latent_result = evaluate_model_dir(tiny_model_dir, problems, "latent", **options)
+    prompts = [prompt_ids(p, tokenizer, thinking=True) for p in problems]
+    thoughts = hf_greedy(model, tokenizer, prompts, 5, [special.eol])
+    assert [g.partition(LATENT_TOKENS.eol)[0] for g in latent_result.generations] == [
+        tokenizer.decode([t for t in ids if t not in latent]) for ids in thoughts
+    ]
+    assert latent_result.total == len(problems)
     with pytest.raises(LatentThoughtsError, match="mode must be 'raw' or 'latent'"):
         evaluate_model_dir(tiny_model_dir, problems, "cot")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HTTPEngine]:
+    with (
+        serve_subprocess(tiny_model_dir, tmp_path_factory.mktemp("serve-eval")) as base_url,
+        HTTPEngine(HTTPEngineConfig(base_url=base_url, timeout_s=60)) as engine,
+    ):
+        yield engine
+
+
+@pytest.mark.parametrize("mode", ["raw", "latent"])
+def test_a_served_model_is_evaluated_by_the_same_code(
+    served: HTTPEngine, tiny_model_dir: Path, problems, mode
+) -> None:  # type: ignore[no-untyped-def]
+    tokenizer = load_tokenizer(tiny_model_dir)
+    local = TransformersEngine(
+        TransformersEngineConfig(model=str(tiny_model_dir), dtype="fp32", device="cpu")
+    )
+    options = {"max_thought_tokens": 6, "max_answer_tokens": 5, "progress": False}
+    remote = evaluate_testbed(served, tokenizer, problems, mode, **options)  # type: ignore[arg-type]
+    here = evaluate_testbed(local, tokenizer, problems, mode, **options)  # type: ignore[arg-type]
+    assert remote.generations == here.generations and remote.correct == here.correct

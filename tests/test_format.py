@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
+from typing import Any
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from latent_thoughts.corpus import chunk_document, read_documents
+from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import (
     LATENT_TOKENS,
     DocumentBuilder,
     FormatConfig,
     Layout,
     SpecialIds,
+    TruncationCounter,
     choose_layout,
-    joint_context,
-    joint_continuation,
+    e_step_layout,
     pack_documents,
-    posterior_prompt,
+    tokenize_chunks,
 )
+from latent_thoughts.tokenizer import add_latent_tokens, load_tokenizer
+from tests.conftest import SHARED
+
+LLAMA2 = SHARED / "tokenizers" / "llama2"
+CORPUS = SHARED / "corpus" / "math_textbooks.jsonl"
+needs_llama2 = pytest.mark.skipif(
+    not (LLAMA2 / "tokenizer.model").exists(), reason="shared Llama-2 tokenizer not present"
+)
+needs_corpus = pytest.mark.skipif(not CORPUS.exists(), reason="shared corpus not present")
 
 PIECE = st.text(alphabet=st.sampled_from(list("ab 12=.x\né")), min_size=1, max_size=30)
 
@@ -36,9 +52,12 @@ def test_every_raw_sentence_appears_once_in_order_whatever_the_layouts(
         tiny_tokenizer, FormatConfig(seed=seed, posterior_probability=posterior_probability)
     )
     doc = builder.build("doc", chunks, thoughts)
-    texts = [tiny_tokenizer.decode(ids) for ids in doc.ids_of("text")]
-    assert texts == chunks
-    assert [tiny_tokenizer.decode(ids) for ids in doc.ids_of("thought")] == [t for t in thoughts if t]
+    # the text spans are the whole text tokenized once, and decode to it exactly
+    assert doc.text_ids() == builder.build_plain("".join(chunks)).text_ids()
+    assert tiny_tokenizer.decode(doc.text_ids()) == "".join(chunks)
+    assert [tiny_tokenizer.decode(ids) for ids in doc.ids_of("thought")] == [
+        t.strip() for t in thoughts if t and t.strip()
+    ]
     # spans tile the whole document in order
     assert [s.start for s in doc.spans] == [0] + [s.end for s in doc.spans[:-1]]
     assert doc.spans[-1].end == len(doc.input_ids)
@@ -113,8 +132,169 @@ def test_position_ids_restart_at_document_boundaries_when_asked() -> None:
     assert [w.position_ids for w in plain] == [[0, 1, 2, 3], [0, 1, 2, 3]]
 
 
-def test_e_step_prompts_use_the_layouts(tiny_tokenizer) -> None:
+def test_e_step_layout_is_the_method_layout_when_everything_fits(tiny_tokenizer) -> None:
     s = SpecialIds.from_tokenizer(tiny_tokenizer)
-    assert posterior_prompt(s, [1, 2], [3]) == [1, 2, s.sol, s.eol, 3, s.sol, s.post]
-    assert joint_context(s, [1, 2]) + joint_continuation(s, [9], [3]) == [1, 2, s.sol, s.prior, 9, s.eol, 3]
+    layout = e_step_layout(s, [1, 2], [3, 4], context_tokens=64, thought_tokens=16)
+    assert not layout.truncated
+    assert layout.posterior_prompt == [s.bos, 1, 2, s.sol, s.eol, 3, 4, s.sol, s.post]
+    assert layout.joint_context == [s.bos, 1, 2, s.sol]
+    # a sampled thought ends with its EOL; the joint continuation does not repeat it
+    assert layout.joint_continuation([9, 8, s.eol]) == [s.prior, 9, 8, s.eol, 3, 4]
+    assert layout.joint_continuation([9, 8]) == [s.prior, 9, 8, s.eol, 3, 4]
+    assert e_step_layout(s, [1], [3], 64, 16, add_bos=False).joint_context == [1, s.sol]
     assert len(LATENT_TOKENS.all()) == 4
+
+
+def test_e_step_truncation_drops_the_oldest_prefix_tokens_first_then_the_end_of_the_chunk(
+    tiny_tokenizer,
+) -> None:
+    s = SpecialIds.from_tokenizer(tiny_tokenizer)
+    prefix, chunk = list(range(10, 20)), list(range(30, 36))
+    # 26 positions - 5 special tokens - 8 thought tokens leave 13 for the 16 prefix and chunk tokens
+    layout = e_step_layout(s, prefix, chunk, context_tokens=26, thought_tokens=8)
+    assert (layout.dropped_prefix, layout.dropped_chunk) == (3, 0)
+    assert layout.prefix_ids == prefix[3:] and layout.chunk_ids == chunk
+    assert layout.joint_context == [s.bos, *prefix[3:], s.sol]
+    # a smaller budget empties the prefix and then cuts the end of the chunk
+    layout = e_step_layout(s, prefix, chunk, context_tokens=17, thought_tokens=8)
+    assert (layout.dropped_prefix, layout.dropped_chunk) == (10, 2)
+    assert layout.prefix_ids == [] and layout.chunk_ids == chunk[:4]
+    assert layout.posterior_prompt == [s.bos, s.sol, s.eol, *chunk[:4], s.sol, s.post]
+    assert layout.joint_continuation([7]) == [s.prior, 7, s.eol, *chunk[:4]]
+    with pytest.raises(LatentThoughtsError, match="no room for a chunk"):
+        e_step_layout(s, prefix, chunk, context_tokens=13, thought_tokens=8)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prefix=st.integers(0, 40),
+    chunk=st.integers(1, 40),
+    thought=st.integers(1, 20),
+    budget=st.integers(26, 120),
+)
+def test_both_e_step_sequences_fit_the_budget_and_share_c_and_x(
+    tiny_tokenizer, prefix, chunk, thought, budget
+) -> None:
+    s = SpecialIds.from_tokenizer(tiny_tokenizer)
+    c, x = list(range(100, 100 + prefix)), list(range(200, 200 + chunk))
+    layout = e_step_layout(s, c, x, budget, thought)
+    z = [7] * (thought - 1) + [s.eol]  # the longest thought, with its EOL
+    assert len(layout.posterior_prompt) + len(z) <= budget
+    assert len(layout.joint_context) + len(layout.joint_continuation(z)) <= budget
+    assert layout.prefix_ids == c[len(c) - len(layout.prefix_ids) :]  # the newest prefix tokens stay
+    assert layout.chunk_ids == x[: len(layout.chunk_ids)]  # the start of the chunk stays
+    assert layout.dropped_chunk == 0 or layout.prefix_ids == []
+    assert layout.posterior_prompt[1 : 1 + len(layout.prefix_ids)] == layout.joint_context[1:-1]
+    fits = prefix + chunk + thought + 5 <= budget
+    assert layout.truncated != fits
+
+
+def test_truncated_chunks_are_logged_once_per_run_with_their_number(tiny_tokenizer, caplog) -> None:
+    s = SpecialIds.from_tokenizer(tiny_tokenizer)
+    counter = TruncationCounter()
+    for prefix in (0, 30, 40, 5):
+        counter.add(e_step_layout(s, list(range(prefix)), [1, 2, 3], context_tokens=40, thought_tokens=8))
+    with caplog.at_level(logging.WARNING, logger="latent_thoughts.format"):
+        counter.log()
+        counter.log()
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "2 of 4 chunks truncated" in record.getMessage()
+    assert counter.dropped_tokens == (30 + 3 - 27) + (40 + 3 - 27)  # 40 - 5 special - 8 thought = 27
+
+
+# --- tokenization: one pass over the whole text, cut at the chunks' character offsets ----------
+
+
+@pytest.fixture(scope="module")
+def llama2() -> Any:
+    tokenizer = load_tokenizer(LLAMA2)
+    add_latent_tokens(tokenizer)
+    return tokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus_documents() -> list[list[str]]:
+    """The chunk texts of 24 documents of the shared corpus, from all four sources, short and long."""
+    documents = [doc for doc in read_documents([CORPUS]) if len(doc.text) < 30_000]
+    return [[chunk.text for chunk in chunk_document(doc.doc_id, doc.text)] for doc in documents[::25][:24]]
+
+
+def check_text_spans_are_the_plain_document(tokenizer: Any, chunks: list[str]) -> int:
+    """Build ``chunks`` with a thought on every chunk and check METHOD's 'every raw token once'
+    against ``build_plain``; returns the document's straddling-token count."""
+    text = "".join(chunks)
+    builder = DocumentBuilder(tokenizer, FormatConfig(posterior_probability=0.5))
+    doc = builder.build(
+        "doc", chunks, [f"Thought {i}: the step behind chunk {i}." for i in range(len(chunks))]
+    )
+    plain = builder.build_plain(text)
+    # the text spans concatenate to exactly the tokens of the plain document ...
+    assert doc.text_ids() == plain.text_ids()
+    # ... one span per chunk, in order, so no token is doubled or dropped at a boundary
+    assert [span.chunk for span in doc.spans if span.kind == "text"] == sorted(
+        {span.chunk for span in doc.spans if span.kind == "text"}
+    )
+    # decoding the document without its thought spans (and markers) gives the text byte for byte
+    assert tokenizer.decode(doc.text_ids(), clean_up_tokenization_spaces=False).encode() == text.encode()
+    return doc.straddling
+
+
+@needs_llama2
+@needs_corpus
+def test_llama2_text_spans_of_corpus_documents_are_the_plain_tokens(llama2, corpus_documents) -> None:
+    straddling = [check_text_spans_are_the_plain_document(llama2, chunks) for chunks in corpus_documents]
+    boundaries = sum(len(chunks) - 1 for chunks in corpus_documents)
+    # SentencePiece writes the space before a word into the word's token: a sentence-ending space is
+    # in one chunk and its word in the next, so most boundaries have one straddling token, counted once
+    assert 0 < sum(straddling) <= boundaries
+
+
+@needs_corpus
+def test_byte_level_bpe_text_spans_of_corpus_documents_are_the_plain_tokens(
+    tiny_tokenizer, corpus_documents
+) -> None:
+    straddling = [
+        check_text_spans_are_the_plain_document(tiny_tokenizer, chunks) for chunks in corpus_documents
+    ]
+    assert 0 < sum(straddling) <= sum(len(chunks) - 1 for chunks in corpus_documents)
+
+
+@needs_llama2
+def test_a_straddling_token_goes_to_the_chunk_holding_its_last_character(llama2, tiny_tokenizer) -> None:
+    chunks = ["We know that 37 x 24 = 888. ", "Then add 129.\n\n", "So the total is 1017."]
+    for tokenizer, then in [(llama2, "▁Then"), (tiny_tokenizer, "ĠThen")]:
+        cut = tokenize_chunks(tokenizer, chunks)
+        pieces = [tokenizer.convert_ids_to_tokens(ids) for ids in cut.ids]
+        assert pieces[0][-1] == "." and pieces[1][0] == then  # the space travels with "Then"
+        assert pieces[2][0] == "So"  # a newline is a token of its own: nothing straddles there
+        assert cut.straddling == 1
+        assert list(itertools.chain(*cut.ids)) == DocumentBuilder(tokenizer).encode("".join(chunks))
+
+
+@needs_llama2
+def test_before_the_fix_per_chunk_encoding_gave_llama2_an_extra_token_per_boundary(llama2) -> None:
+    chunks = ["We know that 37 x 24 = 888. ", "Then add 129. ", "So the total is 1017."]
+    per_chunk = [token for chunk in chunks for token in llama2.encode(chunk, add_special_tokens=False)]
+    whole = DocumentBuilder(llama2).build("d", chunks, ["z", "z", "z"]).text_ids()
+    assert len(per_chunk) == len(whole) + 2  # a lone "▁" at each boundary
+    assert llama2.decode(per_chunk) != "".join(chunks) == llama2.decode(whole)
+
+
+@needs_llama2
+def test_a_thought_is_tokenized_stripped_and_on_its_own(llama2, tiny_tokenizer) -> None:
+    thought = "  The derivative of x^2 is 2x.\n"
+    for tokenizer, first in [(llama2, "▁The"), (tiny_tokenizer, "The")]:
+        builder = DocumentBuilder(tokenizer, FormatConfig(posterior_probability=0.0))
+        doc = builder.build("d", ["So the slope at 3 is 6."], [thought])
+        (ids,) = doc.ids_of("thought")
+        assert ids == builder.encode("The derivative of x^2 is 2x.")
+        assert tokenizer.convert_ids_to_tokens(ids)[0] == first
+        assert tokenizer.decode(ids) == thought.strip()
+
+
+def test_text_spelling_a_special_token_stays_plain_characters(tiny_tokenizer) -> None:
+    special = SpecialIds.from_tokenizer(tiny_tokenizer)
+    doc = DocumentBuilder(tiny_tokenizer).build("d", ["a </s> b ", "<|END_OF_LATENT|> c"], None)
+    assert not {special.eos, special.eol, special.sol} & set(doc.text_ids())
+    assert tiny_tokenizer.decode(doc.text_ids()) == "a </s> b <|END_OF_LATENT|> c"

@@ -159,6 +159,7 @@ def test_chat(client: openai.OpenAI, tiny_model_dir: Path) -> None:
         ("/completions", {"prompt": "x", "n": "two"}, 400, "n"),
         ("/completions", {"prompt": [1, 999999]}, 400, "prompt"),
         ("/completions", {"prompt": "x", "model": "other"}, 404, "model"),
+        ("/completions", {"prompt": "x", "logit_bias": {"5": 2.0}}, 400, "logit_bias"),
         ("/chat/completions", {"messages": "hi"}, 400, "messages"),
         (
             "/batches",

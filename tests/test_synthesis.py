@@ -145,7 +145,10 @@ def test_cache_reads_every_writer_and_a_success_outlives_a_failure(tmp_path: Pat
 
 
 def test_two_runs_of_one_shard_cannot_write_the_same_cache(tmp_path: Path) -> None:
-    with ResultCache(tmp_path, "all"), pytest.raises(LatentThoughtsError, match="another synthesis run"):
+    with (
+        ResultCache(tmp_path, "all"),
+        pytest.raises(LatentThoughtsError, match="another run is writing this cache"),
+    ):
         ResultCache(tmp_path, "all")
 
 

@@ -15,7 +15,7 @@ from latent_thoughts.cli import main
 from latent_thoughts.config import ConfigError, load_config, validate_config
 from latent_thoughts.corpus import ChunkStageConfig, chunk_document, read_chunks
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import LATENT_TOKENS
+from latent_thoughts.format import LATENT_TOKENS, DocumentBuilder, FormatConfig
 from latent_thoughts.prompts import LatentThoughtPrompt, RephrasePrompt
 from latent_thoughts.testbed import (
     TestbedConfig,
@@ -351,11 +351,16 @@ def test_prompt_ids_end_with_the_thinking_tokens(tiny_tokenizer):
     latent = prompt_ids(problem, tiny_tokenizer, thinking=True)
     assert raw[0] == tiny_tokenizer.bos_token_id
     assert tiny_tokenizer.decode(raw[1:]) == problem.question
-    # The thinking prompt is the question as a training chunk ends (with its trailing space), then
-    # SOL PRIOR: the same ids the training format puts before the next chunk's thought.
+    # The thinking prompt is the question's tokens as training cuts them from a document (the space
+    # after it goes with the next chunk's first word), then SOL PRIOR: the same ids the training
+    # format puts before the next chunk's thought.
     assert tiny_tokenizer.convert_ids_to_tokens(latent[-2:]) == [LATENT_TOKENS.sol, LATENT_TOKENS.prior]
-    assert tiny_tokenizer.decode(latent[1:-2]) == problem.question + " "
-    assert latent[1:-2] == tiny_tokenizer.encode(problem.question + " ", add_special_tokens=False)
+    assert tiny_tokenizer.decode(latent[1:-2]).rstrip() == problem.question
+    document = [problem.question + " ", "It equals 1017. "]
+    built = DocumentBuilder(tiny_tokenizer, FormatConfig(posterior_probability=0.0)).build(
+        "d", document, [None, "z"]
+    )
+    assert built.input_ids[: len(latent)] == latent
 
 
 # --- the command line ----------------------------------------------------------------------------

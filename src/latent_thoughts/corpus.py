@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import re
 from collections import Counter
@@ -29,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
+from latent_thoughts.atomic import atomic_write
 from latent_thoughts.config import StageConfig
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.tables import open_parquet
@@ -381,12 +381,9 @@ CHUNK_SCHEMA = pa.schema(
 
 def write_chunks(chunks: Iterable[Chunk], path: str | Path, rows_per_group: int = 10_000) -> int:
     """Stream chunks into a Parquet file (written to a temporary name, then renamed); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     count = 0
     buffer: list[Chunk] = []
-    with pq.ParquetWriter(partial, CHUNK_SCHEMA) as writer:
+    with atomic_write(path) as partial, pq.ParquetWriter(partial, CHUNK_SCHEMA) as writer:
         for chunk in chunks:
             buffer.append(chunk)
             if len(buffer) >= rows_per_group:
@@ -396,7 +393,6 @@ def write_chunks(chunks: Iterable[Chunk], path: str | Path, rows_per_group: int 
         if buffer or count == 0:
             writer.write_table(_chunk_table(buffer))
             count += len(buffer)
-    os.replace(partial, path)
     return count
 
 

@@ -10,13 +10,31 @@ A chunk without a thought is written as its raw text. BOS and EOS wrap each docu
 are packed back to back into fixed windows. Every built document records which token spans are
 thought, text or special tokens, so tests (and the viewer) can check and show them.
 
+Tokenization (:func:`tokenize_chunks`): a document's text is tokenized ONCE, whole, and the token
+sequence is cut at the chunks' character offsets, so the text tokens of a document with thoughts
+are exactly the tokens of the same document without them (:meth:`DocumentBuilder.build_plain`),
+for SentencePiece tokenizers (Llama-2) as for byte-level BPE. A token whose characters lie in two
+chunks (`` Then`` after ``... 888. | Then``: the space ends one chunk, the word starts the next)
+belongs to the chunk that holds its LAST character, so the whitespace between two chunks travels
+with the next chunk's first word, as the tokenizer wrote it; such tokens are counted
+(:attr:`BuiltDocument.straddling`), never doubled. A thought is tokenized on its own, after its
+surrounding whitespace is stripped, the way the tokenizer starts a text: a SentencePiece tokenizer
+gives its first word the word-start marker (``▁The``), a byte-level BPE no leading space
+(``The``); decoding the thought span gives back the stripped thought. Text that spells a special
+token (``</s>``, ``<|END_OF_LATENT|>``) is tokenized as plain characters, never as the token.
+
 This module knows nothing of engines; the E-step and evaluation build their prompts with the
-functions at the end of this module so that the layout lives in one place.
+functions at the end of this module so that the layout lives in one place: :func:`e_step_layout`
+makes the one truncation decision of a chunk and returns both the posterior sampling prompt and
+the joint scoring context, so log q and log p always see the same c and x.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
+import logging
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +45,8 @@ from pydantic import Field
 
 from latent_thoughts.config import StageConfig
 from latent_thoughts.errors import LatentThoughtsError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,15 +89,82 @@ class Span:
 
 @dataclass
 class BuiltDocument:
-    """A training document as token ids, with its spans and the layout drawn for each chunk."""
+    """A training document as token ids, with its spans and the layout drawn for each chunk.
+
+    ``straddling`` counts the text tokens whose characters lie in two chunks (see the module notes).
+    """
 
     input_ids: list[int]
     spans: list[Span] = field(default_factory=list)
     layouts: list[Layout] = field(default_factory=list)
+    straddling: int = 0
 
     def ids_of(self, kind: SpanKind) -> list[list[int]]:
         """The token ids of every span of ``kind``, in document order."""
         return [self.input_ids[span.start : span.end] for span in self.spans if span.kind == kind]
+
+    def text_ids(self) -> list[int]:
+        """The document without its thoughts and special tokens: its text spans joined, in order."""
+        return [token for ids in self.ids_of("text") for token in ids]
+
+
+@dataclass(frozen=True)
+class ChunkTokens:
+    """A document's token ids cut into its chunks (``ids[i]`` for chunk i), and how many tokens
+    straddle a chunk boundary (each is in exactly one chunk: the one holding its last character)."""
+
+    ids: list[list[int]]
+    straddling: int
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of ``text`` with no special tokens added and none read from the text itself."""
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+def tokenize_chunks(tokenizer: Any, chunks: Sequence[str]) -> ChunkTokens:
+    """Tokenize the document ``"".join(chunks)`` once and cut its tokens at the chunk boundaries.
+
+    Chunk i covers characters ``[start_i, end_i)`` of the document (the ``start``/``end`` columns of a
+    chunk file, i.e. the running sums of the chunk lengths). A token belongs to the chunk holding its
+    last character. Needs a tokenizer that reports character offsets (a "fast" tokenizer).
+    """
+    text = "".join(chunks)
+    if not text:
+        return ChunkTokens([[] for _ in chunks], 0)
+    try:
+        encoding = tokenizer(
+            text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True
+        )
+    except NotImplementedError:
+        raise LatentThoughtsError(
+            f"{type(tokenizer).__name__} reports no character offsets; use a fast (tokenizers) tokenizer"
+        ) from None
+    ids = list(encoding["input_ids"])
+    offsets = list(encoding["offset_mapping"])
+    # The position of a token is its last character (its first for a token that covers none);
+    # a running maximum keeps the cut points in order whatever a tokenizer reports.
+    positions: list[int] = []
+    last = 0
+    for start, end in offsets:
+        last = max(last, end - 1 if end > start else start)
+        positions.append(last)
+    boundaries = [0]
+    for chunk in chunks:
+        boundaries.append(boundaries[-1] + len(chunk))
+    inner = boundaries[1:-1]
+    cuts = [0, *(bisect.bisect_left(positions, boundary) for boundary in inner), len(ids)]
+    # Only the first token of a chunk can have begun in an earlier one.
+    straddling = len(
+        {
+            cut
+            for cut, boundary in zip(cuts[1:-1], inner, strict=True)
+            if cut < len(ids) and offsets[cut][0] < boundary
+        }
+    )
+    return ChunkTokens([ids[a:b] for a, b in itertools.pairwise(cuts)], straddling)
 
 
 class FormatConfig(StageConfig):
@@ -135,42 +222,50 @@ class DocumentBuilder:
         self.special = SpecialIds.from_tokenizer(tokenizer)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without any special tokens added by the tokenizer."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False)) if text else []
+        """Token ids of ``text`` on its own, without any special tokens (see :func:`encode_text`)."""
+        return encode_text(self.tokenizer, text)
+
+    def encode_thought(self, thought: str) -> list[int]:
+        """Token ids of a thought: its text without surrounding whitespace, tokenized on its own."""
+        return self.encode(thought.strip())
 
     def build(
         self, doc_id: str, chunks: Sequence[str], thoughts: Sequence[str | None] | None = None
     ) -> BuiltDocument:
         """Build a document from its chunk texts and, optionally, one thought per chunk.
 
-        A chunk whose thought is ``None`` (or every chunk, when ``thoughts`` is None) is written raw.
+        ``chunks`` concatenate to the document's text; their tokens are cut from one tokenization of
+        that text (:func:`tokenize_chunks`). A chunk whose thought is ``None`` (or every chunk, when
+        ``thoughts`` is None) is written raw.
         """
         if thoughts is not None and len(thoughts) != len(chunks):
             raise LatentThoughtsError(
                 f"document {doc_id!r}: {len(chunks)} chunks but {len(thoughts)} thoughts"
             )
-        doc = BuiltDocument(input_ids=[])
+        tokens = tokenize_chunks(self.tokenizer, chunks)
+        doc = BuiltDocument(input_ids=[], straddling=tokens.straddling)
         s = self.special
         if self.config.add_bos and s.bos is not None:
             self._append(doc, "special", [s.bos], -1)
-        for index, text in enumerate(chunks):
+        for index, text_ids in enumerate(tokens.ids):
             thought = thoughts[index] if thoughts is not None else None
             if thought is None:
                 doc.layouts.append(Layout.RAW)
-                self._append(doc, "text", self.encode(text), index)
+                self._append(doc, "text", text_ids, index)
                 continue
             layout = choose_layout(self.config.seed, doc_id, index, self.config.posterior_probability)
             doc.layouts.append(layout)
+            thought_ids = self.encode_thought(thought)
             if layout is Layout.PRIOR:
                 self._append(doc, "special", [s.sol, s.prior], index)
-                self._append(doc, "thought", self.encode(thought), index)
+                self._append(doc, "thought", thought_ids, index)
                 self._append(doc, "special", [s.eol], index)
-                self._append(doc, "text", self.encode(text), index)
+                self._append(doc, "text", text_ids, index)
             else:
                 self._append(doc, "special", [s.sol, s.eol], index)
-                self._append(doc, "text", self.encode(text), index)
+                self._append(doc, "text", text_ids, index)
                 self._append(doc, "special", [s.sol, s.post], index)
-                self._append(doc, "thought", self.encode(thought), index)
+                self._append(doc, "thought", thought_ids, index)
                 self._append(doc, "special", [s.eol], index)
         if self.config.add_eos and s.eos is not None:
             self._append(doc, "special", [s.eos], -1)
@@ -264,21 +359,113 @@ def _window_positions(positions: list[int], reset: bool) -> list[int]:
 # --- prompts in the latent layouts (used by the E-step and by evaluation) ---------------------
 
 
-def posterior_prompt(special: SpecialIds, prefix_ids: Sequence[int], chunk_ids: Sequence[int]) -> list[int]:
-    """``c SOL EOL x SOL POST``: the prompt from which the model samples a thought q(z | c, x)."""
-    return [*prefix_ids, special.sol, special.eol, *chunk_ids, special.sol, special.post]
+@dataclass(frozen=True)
+class EStepLayout:
+    """The token layouts of one chunk in the E-step (METHOD section 5), from ONE truncation decision.
+
+    ``prefix_ids`` (c) and ``chunk_ids`` (x) are what is left after truncation;
+    ``dropped_prefix`` tokens were cut from the front of the prefix and ``dropped_chunk`` from the end
+    of the chunk. ``posterior_prompt`` is ``BOS c SOL EOL x SOL POST`` (sample z ~ q(z | c, x) from it,
+    stopping at EOL); ``joint_context`` is ``BOS c SOL``, after which :meth:`joint_continuation`
+    ``PRIOR z EOL x`` is scored to give log p(z, x | c).
+    """
+
+    special: SpecialIds
+    prefix_ids: list[int]
+    chunk_ids: list[int]
+    dropped_prefix: int
+    dropped_chunk: int
+    posterior_prompt: list[int]
+    joint_context: list[int]
+
+    @property
+    def truncated(self) -> bool:
+        """Whether any prefix or chunk token was cut."""
+        return bool(self.dropped_prefix or self.dropped_chunk)
+
+    def joint_continuation(self, thought_ids: Sequence[int]) -> list[int]:
+        """``PRIOR z EOL x`` for a thought's token ids (a trailing EOL in them is not repeated)."""
+        thought = list(thought_ids)
+        if thought[-1:] == [self.special.eol]:
+            thought = thought[:-1]
+        return [self.special.prior, *thought, self.special.eol, *self.chunk_ids]
 
 
-def joint_context(special: SpecialIds, prefix_ids: Sequence[int]) -> list[int]:
-    """``c SOL``: the context after which the joint continuation is scored."""
-    return [*prefix_ids, special.sol]
+def e_step_layout(
+    special: SpecialIds,
+    prefix_ids: Sequence[int],
+    chunk_ids: Sequence[int],
+    context_tokens: int,
+    thought_tokens: int,
+    add_bos: bool = True,
+) -> EStepLayout:
+    """Lay out one chunk for the E-step within ``context_tokens`` positions (METHOD section 5).
+
+    ``prefix_ids`` and ``chunk_ids`` are the tokens of the prefix and the chunk as the training format
+    cuts them from their document (:func:`tokenize_chunks`); ``thought_tokens`` is the longest thought,
+    its EOL included. The posterior prompt plus a thought is the longer of the two sequences (two
+    special tokens more than the joint one), so it sets the budget: when it does not fit, the oldest
+    prefix tokens are dropped first, then the end of the chunk (METHOD 5.5). Both layouts are built
+    from the same truncated c and x, and begin with BOS (when ``add_bos`` and the tokenizer has one)
+    as every training document does. A budget that leaves no chunk token is an error.
+    """
+    bos = [special.bos] if add_bos and special.bos is not None else []
+    fixed = len(bos) + 4  # SOL EOL ... SOL POST around the chunk
+    room = context_tokens - fixed - thought_tokens
+    if room < 1:
+        raise LatentThoughtsError(
+            f"an E-step context of {context_tokens} tokens leaves no room for a chunk after "
+            f"{fixed} special tokens and a thought of {thought_tokens}"
+        )
+    prefix, chunk = list(prefix_ids), list(chunk_ids)
+    overflow = max(len(prefix) + len(chunk) - room, 0)
+    dropped_prefix = min(overflow, len(prefix))
+    dropped_chunk = overflow - dropped_prefix
+    prefix = prefix[dropped_prefix:]
+    chunk = chunk[: len(chunk) - dropped_chunk]
+    s = special
+    return EStepLayout(
+        special=s,
+        prefix_ids=prefix,
+        chunk_ids=chunk,
+        dropped_prefix=dropped_prefix,
+        dropped_chunk=dropped_chunk,
+        posterior_prompt=[*bos, *prefix, s.sol, s.eol, *chunk, s.sol, s.post],
+        joint_context=[*bos, *prefix, s.sol],
+    )
 
 
-def joint_continuation(
-    special: SpecialIds, thought_ids: Sequence[int], chunk_ids: Sequence[int]
-) -> list[int]:
-    """``PRIOR z EOL x``: scored after :func:`joint_context` to give log p(z, x | c)."""
-    return [special.prior, *thought_ids, special.eol, *chunk_ids]
+@dataclass
+class TruncationCounter:
+    """Counts E-step layouts that were truncated over a run and logs them once, at warning level."""
+
+    chunks: int = 0
+    truncated_chunks: int = 0
+    cut_chunks: int = 0
+    dropped_tokens: int = 0
+    logged: bool = False
+
+    def add(self, layout: EStepLayout) -> EStepLayout:
+        """Count ``layout`` (returned unchanged, so that calls can be chained)."""
+        self.chunks += 1
+        if layout.truncated:
+            self.truncated_chunks += 1
+            self.cut_chunks += bool(layout.dropped_chunk)
+            self.dropped_tokens += layout.dropped_prefix + layout.dropped_chunk
+        return layout
+
+    def log(self) -> None:
+        """Log the truncation summary once per run (nothing when no chunk was truncated)."""
+        if self.truncated_chunks and not self.logged:
+            logger.warning(
+                "E-step context budget: %d of %d chunks truncated (%d of them lost the end of the chunk, "
+                "not only prefix), %d tokens dropped",
+                self.truncated_chunks,
+                self.chunks,
+                self.cut_chunks,
+                self.dropped_tokens,
+            )
+            self.logged = True
 
 
 def thinking_prompt(special: SpecialIds, question_ids: Sequence[int]) -> list[int]:

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import LATENT_TOKENS
+from latent_thoughts.format import LATENT_TOKENS, SpecialIds
 
 BPE_SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
@@ -83,18 +83,43 @@ def add_latent_tokens(tokenizer: PreTrainedTokenizerBase) -> int:
     return int(added)
 
 
+LATENT_ROWS_KEY = "latent_token_rows"
+"""The model-config attribute listing the embedding rows of the latent tokens that have been
+initialised (saved in ``config.json``), so that a trained model's rows are never drawn again."""
+
+
 @torch.no_grad()
 def resize_model_embeddings(model: Any, tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> int:
-    """Resize ``model``'s input and output embeddings to ``len(tokenizer)`` and initialise new rows.
+    """Give ``model`` a row for every id of ``tokenizer`` and the METHOD initialisation to new rows.
 
-    Old rows are kept unchanged; new rows are drawn from N(0, d^-1/2) clipped at 3 standard
-    deviations with a generator seeded by ``seed``. Returns how many rows were added.
+    New rows are drawn from N(0, d^-1/2) clipped at 3 standard deviations, with a generator seeded
+    by ``seed``, in the input and (when untied) output embeddings. They are:
+
+    - the rows appended when the tokenizer has more ids than the model has rows (Llama-2: 32,000
+      rows, 32,004 ids);
+    - the rows of the four latent tokens when the model already has them as spare rows of a padded
+      embedding matrix (Qwen: 151,936 rows for a smaller tokenizer), unless its config records them
+      as initialised (:data:`LATENT_ROWS_KEY`). A model without spare rows whose tokenizer already
+      holds the latent tokens (one trained here) keeps its rows.
+
+    Every other row is unchanged. The latent rows are recorded in ``model.config``. Returns how many
+    rows were initialised.
     """
     old_size = model.get_input_embeddings().weight.shape[0]
-    new_size = len(tokenizer)
-    if new_size <= old_size:
+    special = SpecialIds.from_tokenizer(tokenizer)
+    latent_ids = [special.sol, special.eol, special.prior, special.post]
+    known = {int(i) for i in getattr(model.config, LATENT_ROWS_KEY, None) or []}
+    spare = old_size > len(tokenizer)
+    rows = set(range(old_size, len(tokenizer)))
+    if spare:
+        rows |= {i for i in latent_ids if i < old_size and i not in known}
+    if len(tokenizer) > old_size:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        model.config.vocab_size = len(tokenizer)
+    setattr(model.config, LATENT_ROWS_KEY, sorted(known | set(latent_ids)))
+    if not rows:
         return 0
-    model.resize_token_embeddings(new_size, mean_resizing=False)
+    index = torch.tensor(sorted(rows))
     generator = torch.Generator().manual_seed(seed)
     matrices = [model.get_input_embeddings().weight]
     output = model.get_output_embeddings()
@@ -103,7 +128,6 @@ def resize_model_embeddings(model: Any, tokenizer: PreTrainedTokenizerBase, seed
     for weight in matrices:
         hidden = weight.shape[1]
         std = hidden**-0.5
-        rows = torch.randn(new_size - old_size, hidden, generator=generator) * std
-        weight[old_size:] = rows.clamp(-3 * std, 3 * std).to(weight.dtype)
-    model.config.vocab_size = new_size
-    return new_size - old_size
+        drawn = torch.randn(len(index), hidden, generator=generator) * std
+        weight[index.to(weight.device)] = drawn.clamp(-3 * std, 3 * std).to(weight.dtype).to(weight.device)
+    return len(index)

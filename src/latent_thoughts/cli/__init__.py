@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per verb module in this package."""
     parser = argparse.ArgumentParser(
         prog="latent-thoughts",
-        description="Learn from the latent thoughts behind text: chunk, synthesize, train, bootstrap, evaluate.",
+        description="Learn from the latent thoughts behind text: chunk, synthesize, train, evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"latent-thoughts {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

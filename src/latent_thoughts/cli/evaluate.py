@@ -14,8 +14,9 @@ def register(subparsers: Any) -> None:
         "evaluate",
         help="greedy exact-match accuracy of a model on testbed problems",
         description=(
-            "Evaluate a saved model on held-out testbed problems: raw mode (the model continues the "
-            "question, latent tokens banned) or latent mode (question, SOL PRIOR, thought, then answer)."
+            "Evaluate a saved model (or one served over HTTP, --base-url) on held-out testbed problems: "
+            "raw mode (the model continues the question, latent tokens banned) or latent mode (question, "
+            "SOL PRIOR, thought, then answer)."
         ),
     )
     parser.add_argument(
@@ -26,6 +27,13 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--mode", choices=["raw", "latent"], required=True, help="how the model is prompted")
     parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="compute dtype")
+    parser.add_argument(
+        "--base-url",
+        help="evaluate the model served at this OpenAI-compatible API root instead (e.g. "
+        "http://127.0.0.1:8000/v1 from `latent-thoughts serve` or vLLM); MODEL_DIR then gives the tokenizer",
+    )
     parser.add_argument("--out", help="write accuracy and generations to this JSON file")
     parser.add_argument("--show", type=int, default=3, help="print this many generations (default 3)")
     parser.set_defaults(handler=run)
@@ -33,11 +41,20 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the accuracy and a few generations, optionally save them."""
-    from latent_thoughts.evaluate.testbed import evaluate_model_dir
+    from latent_thoughts.evaluate.testbed import evaluate_model_dir, evaluate_testbed
     from latent_thoughts.testbed.task import grade, read_problems
 
     problems = read_problems(args.problems)[: args.limit]
-    result = evaluate_model_dir(args.model, problems, args.mode)
+    if args.base_url:
+        from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig
+        from latent_thoughts.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+        with HTTPEngine(HTTPEngineConfig(base_url=args.base_url)) as engine:
+            result = evaluate_testbed(engine, tokenizer, problems, args.mode)
+    else:
+        engine_options = {"device": args.device, "dtype": args.dtype}
+        result = evaluate_model_dir(args.model, problems, args.mode, engine_options=engine_options)
     print(f"{args.mode} mode: {result.correct}/{result.total} correct, accuracy {result.accuracy:.3f}")
     for problem, generation in list(zip(problems, result.generations, strict=True))[: args.show]:
         mark = "right" if grade(problem, generation) else "wrong"

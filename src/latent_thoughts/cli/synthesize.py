@@ -91,7 +91,7 @@ def register(subparsers: Any) -> None:
 
 
 def _request(args: argparse.Namespace) -> Any:
-    from latent_thoughts.synthesis.pipeline import parse_shard
+    from latent_thoughts.generation.shards import parse_shard
     from latent_thoughts.synthesis.stage import SynthesisRequest
 
     return SynthesisRequest(

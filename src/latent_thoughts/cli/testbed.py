@@ -7,12 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from latent_thoughts.errors import LatentThoughtsError
-
-THOUGHT_COLUMNS = ("thought", "thoughts", "completion")
-"""Columns tried, in order, for the thoughts when ``--thought-column`` is not given."""
-CHUNK_COLUMNS = ("text", "chunk", "suffix")
-"""Columns tried, in order, for the chunk text each thought explains (for the coverage check)."""
+from latent_thoughts.report.thought_checks import CHUNK_COLUMNS, THOUGHT_COLUMNS
 
 
 def register(subparsers: Any) -> None:
@@ -109,110 +104,16 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a Parquet or JSONL file as dicts."""
-    if not path.exists():
-        raise LatentThoughtsError(f"{path}: file not found")
-    if path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            return list(pq.read_table(path).to_pylist())
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise LatentThoughtsError(f"{path}: not a readable Parquet file ({exc})") from None
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise LatentThoughtsError(f"{path}:{number}: not a JSON line") from None
-    return rows
-
-
-def _pick_column(
-    path: Path, rows: list[dict[str, Any]], wanted: str | None, options: tuple[str, ...]
-) -> str | None:
-    columns = list(rows[0]) if rows else []
-    if wanted is not None:
-        if wanted not in columns:
-            raise LatentThoughtsError(f"{path}: no column {wanted!r} (columns: {', '.join(columns)})")
-        return wanted
-    return next((name for name in options if name in columns), None)
-
-
-JOINED_CHUNK_COLUMN = "chunk text (from --chunks)"
-
-
-def _join_chunk_texts(path: Path, rows: list[dict[str, Any]], chunks_path: Path) -> None:
-    """Add each row's chunk text from ``chunks_path``, matched on (doc_id, chunk_index)."""
-    from latent_thoughts.corpus import iter_chunks
-
-    texts = {(chunk.doc_id, chunk.chunk_index): chunk.text for chunk in iter_chunks(chunks_path)}
-    for number, row in enumerate(rows, start=1):
-        key = (row.get("doc_id"), row.get("chunk_index"))
-        if key not in texts:
-            raise LatentThoughtsError(f"{path}: row {number}: chunk {key} is not in {chunks_path}")
-        row[JOINED_CHUNK_COLUMN] = texts[key]
-
-
 def run_check(args: argparse.Namespace) -> int:
     """Check every thought of a file and print the validity rate and claim counts."""
-    from latent_thoughts.testbed.checker import check_thought
+    from latent_thoughts.report.thought_checks import check_thoughts_file
 
-    path = Path(args.path)
-    rows = _read_rows(path)
-    if not rows:
-        raise LatentThoughtsError(f"{path}: no rows")
-    thought_column = _pick_column(path, rows, args.thought_column, THOUGHT_COLUMNS)
-    if thought_column is None:
-        raise LatentThoughtsError(
-            f"{path}: no thought column (tried {', '.join(THOUGHT_COLUMNS)}; columns: {', '.join(rows[0])})"
-        )
-    if args.chunks and not args.no_coverage:
-        _join_chunk_texts(path, rows, Path(args.chunks))
-        args.chunk_column = JOINED_CHUNK_COLUMN
-    chunk_column = None if args.no_coverage else _pick_column(path, rows, args.chunk_column, CHUNK_COLUMNS)
-    if chunk_column == thought_column:
-        chunk_column = None
-    thoughts = valid = claims = true_claims = covered = 0
-    for number, row in enumerate(rows, start=1):
-        value = row[thought_column]
-        # E-step sample files may hold K thoughts per chunk as a list.
-        for thought in value if isinstance(value, list) else [value]:
-            if thought is None:
-                continue
-            chunk = row.get(chunk_column) if chunk_column else None
-            try:
-                result = check_thought(str(thought), chunk)
-            except LatentThoughtsError as exc:
-                raise LatentThoughtsError(f"{path}: row {number}: {exc}") from None
-            thoughts += 1
-            valid += result.valid
-            claims += result.claims
-            true_claims += result.valid_claims
-            covered += bool(result.covered)
-    if thoughts == 0:
-        raise LatentThoughtsError(f"{path}: no thoughts in column {thought_column!r}")
-    claim_accuracy = true_claims / claims if claims else 0.0
-    summary = {
-        "thoughts": thoughts,
-        "valid": valid,
-        "validity_rate": valid / thoughts,
-        "claims": claims,
-        "true_claims": true_claims,
-        "claim_accuracy": claim_accuracy,
-        "coverage_rate": covered / thoughts if chunk_column else None,
-    }
-    if args.json:
-        print(json.dumps(summary))
-        return 0
-    print(f"thoughts: {thoughts:,} (column {thought_column!r})")
-    print(f"valid: {valid:,} ({100 * valid / thoughts:.1f}%)")
-    print(f"claims: {claims:,}, true: {true_claims:,} ({100 * claim_accuracy:.1f}%)")
-    if chunk_column:
-        print(f"cover their chunk (column {chunk_column!r}): {covered:,} ({100 * covered / thoughts:.1f}%)")
-    else:
-        print("coverage not checked (no chunk column)")
+    summary = check_thoughts_file(
+        args.path,
+        thought_column=args.thought_column,
+        chunk_column=args.chunk_column,
+        chunks=args.chunks,
+        coverage=not args.no_coverage,
+    )
+    print(json.dumps(summary.as_dict()) if args.json else "\n".join(summary.lines()))
     return 0

@@ -8,6 +8,10 @@ Implementations (imported on first use, so that importing this package stays lig
 - :class:`~latent_thoughts.engines.http_engine.HTTPEngine` with
   :class:`~latent_thoughts.engines.http_engine.HTTPEngineConfig`: an OpenAI-compatible server
   (OpenAI, vLLM, ``latent-thoughts serve``).
+
+The transformers engine's parts: :mod:`~latent_thoughts.engines.sampling` (seeded draws, batch
+planning, the decode loop with a shared prefill), :mod:`~latent_thoughts.engines.cache` (the
+preallocated KV-cache layer) and :mod:`~latent_thoughts.engines.padding` (left padding).
 """
 
 from __future__ import annotations

@@ -91,11 +91,14 @@ class Engine(Protocol):
     """A language model that can sample, score and chat.
 
     ``identity`` names the model and its settings stably (used in cache keys); ``usage`` accumulates
-    requests and tokens.
+    requests and tokens; ``device`` says where the model runs: a torch device (``cpu``, ``cuda:0``)
+    for a model in this process, ``remote`` for one behind a server (placement is then the
+    server's own device option).
     """
 
     identity: str
     usage: Usage
+    device: str
 
     def sample(
         self,
@@ -107,12 +110,25 @@ class Engine(Protocol):
         max_new_tokens: int = 256,
         stop: Sequence[str | int] = (),
         seed: int | None = None,
+        stop_on_eos: bool | None = None,
+        banned_ids: Sequence[int] = (),
     ) -> list[list[Sample]]:
-        """Draw ``n`` samples for each prompt; returns one list of ``n`` samples per prompt."""
+        """Draw ``n`` samples for each prompt; returns one list of ``n`` samples per prompt.
+
+        ``temperature`` 0 is greedy decoding. ``stop`` holds token ids (the sample ends with that
+        token) and strings. ``stop_on_eos`` says whether the model's end-of-sequence token also ends a
+        sample (None: the engine's default, normally yes); pass False to stop only at ``stop``, as the
+        E-step does (thoughts end at EOL, never at EOS). ``banned_ids`` are never generated.
+        """
         ...
 
     def score(self, contexts: Sequence[Prompt], continuations: Sequence[Prompt]) -> list[Score]:
         """Log-probability of each continuation given its context (pairs matched by position)."""
+        ...
+
+    def score_many(self, context: Prompt, continuations: Sequence[Prompt]) -> list[Score]:
+        """Log-probability of each of several continuations of ONE context (the K thoughts of a
+        chunk), computing the context once where the engine can; equal to ``score`` of the pairs."""
         ...
 
     def chat(

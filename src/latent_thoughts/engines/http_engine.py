@@ -3,8 +3,12 @@
 - ``chat`` uses ``/chat/completions`` (the teacher);
 - ``sample`` uses ``/completions`` with ``logprobs`` (prompts as text or token-id lists, both of which
   the completions API accepts);
-- ``score`` uses ``/completions`` with ``echo=True``, ``logprobs`` and ``max_tokens=0``, and also asks
-  for vLLM's ``prompt_logprobs`` so that a vLLM server gives the same answer.
+- ``score`` uses ``/completions`` with ``echo=True``, ``logprobs`` and ``max_tokens`` (``score_max_tokens``:
+  0, or 1 for vLLM, which needs at least one generated token), and also asks for vLLM's
+  ``prompt_logprobs`` so that a vLLM server gives the same answer; ``score_many`` (one context,
+  several continuations) falls back to ``score`` of the pairs (the server computes each context);
+- banned token ids are sent as ``logit_bias`` of -100 (a ban in the OpenAI API and in vLLM);
+  ``stop_on_eos=False`` as vLLM's ``ignore_eos``.
 
 Against vLLM, start the server with ``--logprobs-mode processed_logprobs`` so that sampled tokens'
 log-probabilities are under the sampling distribution (after temperature and top-p), as the engine
@@ -194,6 +198,7 @@ class HTTPEngine:
         )
         self._model = self.config.model
         self.identity = f"http:{self.base_url}:{self._model or '?'}"
+        self.device = "remote"  # the server places the model (``latent-thoughts serve --set device=...``)
 
     def __enter__(self) -> HTTPEngine:
         return self
@@ -367,11 +372,14 @@ class HTTPEngine:
         max_new_tokens: int = 256,
         stop: Sequence[str | int] = (),
         seed: int | None = None,
+        stop_on_eos: bool | None = None,
+        banned_ids: Sequence[int] = (),
     ) -> list[list[Sample]]:
         """Draw ``n`` samples per prompt through ``/completions`` with log-probabilities.
 
-        Stop token ids need a vLLM-compatible server (``vllm_extras``); token ids of the samples
-        come back from vLLM and ``latent-thoughts serve`` (empty from servers that do not send them).
+        Stop token ids and ``stop_on_eos=False`` need a vLLM-compatible server (``vllm_extras``);
+        token ids of the samples come back from vLLM and ``latent-thoughts serve`` (empty from
+        servers that do not send them). ``banned_ids`` go as ``logit_bias`` -100.
         """
         if n < 1:
             raise LatentThoughtsError(f"n must be at least 1, got {n}")
@@ -383,8 +391,13 @@ class HTTPEngine:
             extra = {"return_token_ids": True, "skip_special_tokens": False}
             if stop_ids:
                 extra["stop_token_ids"] = stop_ids
-        elif stop_ids:
-            raise LatentThoughtsError("stop token ids need a vLLM-compatible server: set vllm_extras=true")
+            if stop_on_eos is False:
+                extra["ignore_eos"] = True
+        elif stop_ids or stop_on_eos is False:
+            raise LatentThoughtsError(
+                "stop token ids and stop_on_eos=False need a vLLM-compatible server: set vllm_extras=true"
+            )
+        logit_bias = {str(int(token)): -100 for token in banned_ids} or None
         model = self.model
 
         def job(group: list[int]) -> list[list[Sample]]:
@@ -401,6 +414,7 @@ class HTTPEngine:
                     stop=stop_strings or None,
                     seed=seed,
                     logprobs=1,
+                    logit_bias=logit_bias,
                     extra_body=extra or None,
                 )
 
@@ -500,6 +514,11 @@ class HTTPEngine:
             for index, score in zip(group, answer, strict=True):
                 scores[index] = score
         return scores
+
+    def score_many(self, context: Prompt, continuations: Sequence[Prompt]) -> list[Score]:
+        """Log-probabilities of several continuations of one context: echo scoring of each pair
+        (an OpenAI-compatible server has no shared-context form; vLLM's prefix cache shares the work)."""
+        return self.score([context] * len(continuations), continuations)
 
     @staticmethod
     def _continuation_logprobs(

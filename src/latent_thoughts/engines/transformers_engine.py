@@ -2,43 +2,37 @@
 
 Why not ``model.generate``: the E-step needs (a) the log-probability of every sampled token under
 exactly the distribution it was drawn from, (b) the K samples of one prompt to share one prefill of
-that prompt, and (c) stopping on the end-of-latent token. A custom loop over a ``DynamicCache`` gives
-all three and lets several prompts' samples share one batch:
+that prompt, and (c) stopping on the end-of-latent token; evaluation needs banned tokens. The decode
+loop (:mod:`latent_thoughts.engines.sampling`) over a preallocated ``DynamicCache``
+(:mod:`latent_thoughts.engines.cache`) gives all of it and lets several prompts' samples share one
+batch. Scoring has two forms: :meth:`TransformersEngine.score` (pairs, one left-padded forward pass
+per batch) and :meth:`TransformersEngine.score_many` (one context prefilled once, its cache shared
+by all continuations: the K thoughts of a chunk).
 
-1. prompts are sorted by length and packed into batches of at most ``batch_tokens`` cached tokens
-   (rows x (longest prompt + max_new_tokens));
-2. each batch's distinct prompts are left-padded and prefilled ONCE; the cache rows are then copied
-   to the prompt's sample rows (``Cache.batch_select_indices`` with repeated indices);
-3. one token per row per step is drawn by inverse-CDF sampling from per-row uniforms; finished rows
-   are dropped from the batch (cache included) so long and short samples do not cost the same.
-
-Randomness is a pure function of (seed, prompt token ids, sample index): each row draws its uniforms
-from its own ``torch.Generator`` seeded from a hash of the three. So a sample does not depend on
-which other prompts share its batch, on ``batch_tokens``, or on sharding -- a restarted or re-sharded
-E-step job reproduces the same thoughts, and batched calls equal per-prompt calls.
+Randomness is a pure function of (seed, prompt token ids, sample index), so a restarted or
+re-sharded E-step job reproduces the same thoughts, and batched calls equal per-prompt calls.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import copy
 import inspect
 import logging
 import secrets
-import struct
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from latent_thoughts.config import StageConfig
 from latent_thoughts.engines.base import ChatMessage, ChatReply, Prompt, Sample, Score, Usage
+from latent_thoughts.engines.cache import new_cache
+from latent_thoughts.engines.padding import left_pad
+from latent_thoughts.engines.sampling import Row, SamplingSettings, plan_batches, sample_batch
 from latent_thoughts.errors import LatentThoughtsError
 
 log = logging.getLogger(__name__)
@@ -109,108 +103,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
-def row_seed(seed: int, prompt_ids: Sequence[int], sample_index: int) -> int:
-    """A 63-bit seed for one sample, a pure function of the call seed, the prompt and the sample index."""
-    digest = hashlib.sha256()
-    digest.update(struct.pack("<qQ", int(seed) & 0x7FFFFFFFFFFFFFFF, sample_index))
-    digest.update(struct.pack(f"<{len(prompt_ids)}q", *prompt_ids))
-    return int.from_bytes(digest.digest()[:8], "little") & 0x7FFFFFFFFFFFFFFF
-
-
-class GrowingLayer(DynamicLayer):
-    """A DynamicLayer whose keys and values live in buffers allocated once per batch.
-
-    ``keys``/``values`` are views of the first ``length`` positions, so everything that reads
-    a DynamicLayer (masks, sequence length) works unchanged; ``update`` copies only the new
-    positions. Selecting batch rows (sample expansion, dropping finished rows) re-indexes the
-    buffers.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        """A layer for at most ``capacity`` positions (it grows, by copying, if ever asked for more)."""
-        super().__init__()
-        self.capacity = max(int(capacity), 1)
-        self.length = 0
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        self.device = key_states.device
-        batch, heads = key_states.shape[:2]
-        self.key_buffer = key_states.new_empty((batch, heads, self.capacity, key_states.shape[-1]))
-        self.value_buffer = value_states.new_empty(
-            (batch, value_states.shape[1], self.capacity, value_states.shape[-1])
-        )
-        self.length = 0
-        self._refresh()
-        self.is_initialized = True
-
-    def _refresh(self) -> None:
-        self.keys = self.key_buffer[:, :, : self.length]
-        self.values = self.value_buffer[:, :, : self.length]
-
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        end = self.length + key_states.shape[-2]
-        if end > self.capacity:  # not expected (capacity is prompt + max_new_tokens), but stay correct
-            self.capacity = max(end, 2 * self.capacity)
-            key_buffer = self.key_buffer.new_empty(
-                (*self.key_buffer.shape[:2], self.capacity, self.key_buffer.shape[-1])
-            )
-            value_buffer = self.value_buffer.new_empty(
-                (*self.value_buffer.shape[:2], self.capacity, self.value_buffer.shape[-1])
-            )
-            key_buffer[:, :, : self.length] = self.key_buffer[:, :, : self.length]
-            value_buffer[:, :, : self.length] = self.value_buffer[:, :, : self.length]
-            self.key_buffer, self.value_buffer = key_buffer, value_buffer
-        self.key_buffer[:, :, self.length : end] = key_states
-        self.value_buffer[:, :, self.length : end] = value_states
-        self.length = end
-        self._refresh()
-        return self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
-
-    def get_seq_length(self) -> int:
-        return self.length if self.is_initialized else 0
-
-    def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self.is_initialized:
-            self.key_buffer = self.key_buffer.index_select(0, indices.to(self.key_buffer.device))
-            self.value_buffer = self.value_buffer.index_select(0, indices.to(self.value_buffer.device))
-            self._refresh()
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        if self.is_initialized:
-            self.key_buffer = self.key_buffer.repeat_interleave(repeats, dim=0)
-            self.value_buffer = self.value_buffer.repeat_interleave(repeats, dim=0)
-            self._refresh()
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove < 0 and self.is_initialized:
-            self.length = max(self.length + tokens_to_remove, 0)
-            self._refresh()
-
-    def reset(self) -> None:
-        self.length = 0
-        if self.is_initialized:
-            self._refresh()
-
-
-@dataclass
-class _Row:
-    """Book-keeping of one sample being generated."""
-
-    prompt: int
-    sample: int
-    tokens: list[int]
-    logprobs: list[float]
-    finish: str | None = None
-    stopped_on_token: bool = False
-
-
 class TransformersEngine:
     """The :class:`~latent_thoughts.engines.base.Engine` protocol over a Hugging Face causal LM.
 
@@ -229,8 +121,9 @@ class TransformersEngine:
     ) -> None:
         """Load the model and tokenizer named by ``config`` unless given as objects."""
         self.config = config or TransformersEngineConfig()
-        self.device = resolve_device(self.config.device)
-        self.compute_dtype = resolve_dtype(self.config.dtype, self.device)
+        self.torch_device = resolve_device(self.config.device)
+        self.device = str(self.torch_device)
+        self.compute_dtype = resolve_dtype(self.config.dtype, self.torch_device)
         if model is None:
             if not self.config.model:
                 raise LatentThoughtsError("model: no model folder configured (set model=PATH)")
@@ -239,7 +132,7 @@ class TransformersEngine:
             from latent_thoughts.tokenizer import load_tokenizer
 
             tokenizer = load_tokenizer(self.config.tokenizer or self.config.model)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.torch_device).eval()
         self.tokenizer = tokenizer
         self.usage = Usage()
         self._lock = threading.Lock()
@@ -272,7 +165,7 @@ class TransformersEngine:
         from latent_thoughts.modeling import load_causal_lm
 
         kwargs: dict[str, Any] = {}
-        if self.device.type == "cuda" and self.compute_dtype == torch.bfloat16:
+        if self.torch_device.type == "cuda" and self.compute_dtype == torch.bfloat16:
             kwargs["dtype"] = torch.bfloat16
         if self.config.attn_implementation:
             kwargs["attn_implementation"] = self.config.attn_implementation
@@ -335,7 +228,7 @@ class TransformersEngine:
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """bf16 autocast where configured; weights stay as loaded (fp32 on CPU)."""
         if self.compute_dtype == torch.bfloat16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.torch_device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _forward(
@@ -363,32 +256,6 @@ class TransformersEngine:
             logits = logits[:, -keep:]
         return logits
 
-    def _new_cache(self, capacity: int = 0) -> Any:
-        """A DynamicCache; with ``capacity``, its full-attention layers write into preallocated buffers.
-
-        ``DynamicLayer.update`` concatenates the whole cache at every step (quadratic copying, the
-        largest cost of decoding on CPU); :class:`GrowingLayer` keeps the same semantics without it.
-        Models with other layer kinds (sliding windows, linear attention) keep their own layers.
-        """
-        cache = DynamicCache(config=self.model.config)
-        if capacity and cache.layers and all(type(layer) is DynamicLayer for layer in cache.layers):
-            cache.layers = [GrowingLayer(capacity) for _ in cache.layers]
-        return cache
-
-    def _left_pad(
-        self, sequences: Sequence[Sequence[int]]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Left-pad ``sequences``; returns input ids, attention mask and position ids (0 at the first real token)."""
-        width = max(len(seq) for seq in sequences)
-        ids = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            if seq:
-                ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
-                mask[row, width - len(seq) :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
-
     # ------------------------------------------------------------------ sampling
     def _truncate_prompt(self, ids: list[int], max_new_tokens: int, index: int) -> list[int]:
         """Keep the end of a prompt so that prompt + max_new_tokens fits the context."""
@@ -414,6 +281,7 @@ class TransformersEngine:
         stop: Sequence[str | int] = (),
         seed: int | None = None,
         stop_on_eos: bool | None = None,
+        banned_ids: Sequence[int] = (),
     ) -> list[list[Sample]]:
         """Draw ``n`` samples for each prompt; returns one list of ``n`` samples per prompt.
 
@@ -421,8 +289,8 @@ class TransformersEngine:
         distribution is a point mass). ``stop`` holds token ids (the sample ends with that token,
         included) and strings (the text is cut before the string; the token ids run through the
         token that completed it). ``token_logprobs`` are under the sampling distribution after
-        temperature and top-p. Prompts longer than the context are cut from the front.
-        ``stop_on_eos`` overrides the configured choice of stopping at EOS.
+        banning ``banned_ids``, temperature and top-p. Prompts longer than the context are cut from
+        the front. ``stop_on_eos`` overrides the configured choice of stopping at EOS.
         """
         self._check_sampling(n, temperature, top_p, max_new_tokens)
         stop_ids = {int(s) for s in stop if not isinstance(s, str)}
@@ -431,6 +299,7 @@ class TransformersEngine:
             stop_ids |= self.eos_ids
         if stop_strings:
             self._require_tokenizer("a stop string")
+        banned = tuple(self.encode(list(banned_ids), where="banned_ids")) if banned_ids else ()
         encoded = [
             self._truncate_prompt(self.encode(p, where=f"prompt {i}"), max_new_tokens, i)
             for i, p in enumerate(prompts)
@@ -445,11 +314,32 @@ class TransformersEngine:
         base_seed = seed if seed is not None else self.config.seed
         if base_seed is None:
             base_seed = secrets.randbits(63)
+        settings = SamplingSettings(
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=base_seed,
+            stop_ids=frozenset(stop_ids),
+            banned_ids=banned,
+        )
+        max_stop_chars = max((len(s) for s in stop_strings), default=0)
+
+        def stop_check(tokens: list[int]) -> bool:
+            return self._tail_has_stop(tokens, stop_strings, max_stop_chars)
+
         results: list[list[Sample | None]] = [[None] * n for _ in prompts]
         with self._lock, torch.inference_mode():
-            for batch in self._sampling_batches(encoded, n, max_new_tokens):
-                rows = self._sample_batch(
-                    encoded, batch, temperature, top_p, max_new_tokens, stop_ids, stop_strings, base_seed
+            lengths = [len(ids) for ids in encoded]
+            for batch in plan_batches(lengths, n, max_new_tokens, self.config.batch_tokens):
+                rows = sample_batch(
+                    self._forward,
+                    self._new_cache,
+                    encoded,
+                    batch,
+                    settings,
+                    self.pad_id,
+                    self.torch_device,
+                    stop_check if stop_strings else None,
                 )
                 for row in rows:
                     results[row.prompt][row.sample] = self._finish_sample(row, stop_strings)
@@ -469,134 +359,9 @@ class TransformersEngine:
         if max_new_tokens < 0:
             raise LatentThoughtsError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
 
-    def _sampling_batches(
-        self, encoded: Sequence[Sequence[int]], n: int, max_new_tokens: int
-    ) -> Iterator[list[tuple[int, list[int]]]]:
-        """Pack (prompt, sample indices) jobs into batches of at most ``batch_tokens`` cached positions.
-
-        Longest prompts first so that a batch's left padding stays small; a prompt whose ``n`` rows do
-        not fit one batch is split over several (each re-prefills it, the price of the memory bound).
-        """
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        batch: list[tuple[int, list[int]]] = []
-        capacity = used = 0
-        for index in order:
-            remaining = list(range(n))
-            while remaining:
-                if not batch:
-                    width = len(encoded[index]) + max_new_tokens
-                    capacity, used = max(1, self.config.batch_tokens // max(width, 1)), 0
-                take = min(len(remaining), capacity - used)
-                if take <= 0:
-                    yield batch
-                    batch = []
-                    continue
-                batch.append((index, remaining[:take]))
-                used += take
-                remaining = remaining[take:]
-        if batch:
-            yield batch
-
-    def _sample_batch(
-        self,
-        encoded: Sequence[Sequence[int]],
-        batch: list[tuple[int, list[int]]],
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        stop_ids: set[int],
-        stop_strings: list[str],
-        base_seed: int,
-    ) -> list[_Row]:
-        """Prefill the batch's prompts once, copy each prompt's cache to its sample rows, decode."""
-        rows = [
-            _Row(prompt=index, sample=s, tokens=[], logprobs=[]) for index, samples in batch for s in samples
-        ]
-        if max_new_tokens == 0:
-            for row in rows:
-                row.finish = "length"
-            return rows
-        input_ids, mask, positions = self._left_pad([encoded[index] for index, _ in batch])
-        cache = self._new_cache(capacity=input_ids.shape[1] + max_new_tokens)
-        logits = self._forward(input_ids, mask, positions, cache, keep=1)[:, -1]
-        # Shared prefill: row r of the decode batch reads prompt expand[r]'s cache.
-        counts = torch.tensor([len(samples) for _, samples in batch], device=self.device)
-        expand = torch.repeat_interleave(torch.arange(len(batch), device=self.device), counts)
-        cache.batch_select_indices(expand)
-        logits, mask = logits[expand], mask[expand]
-        next_position = positions[expand, -1] + 1
-        uniforms = torch.stack(
-            [
-                torch.rand(
-                    max_new_tokens,
-                    generator=torch.Generator().manual_seed(
-                        row_seed(base_seed, encoded[row.prompt], row.sample)
-                    ),
-                    dtype=torch.float64,
-                )
-                for row in rows
-            ]
-        ).to(self.device)
-        active = list(range(len(rows)))  # decode-batch position -> index into rows
-        max_stop_chars = max((len(s) for s in stop_strings), default=0)
-        for step in range(max_new_tokens):
-            tokens, logprobs = self._draw(logits, uniforms[active, step], temperature, top_p)
-            token_list, logprob_list = tokens.tolist(), logprobs.tolist()
-            keep: list[int] = []
-            for position, row_index in enumerate(active):
-                row = rows[row_index]
-                row.tokens.append(token_list[position])
-                row.logprobs.append(logprob_list[position])
-                if token_list[position] in stop_ids:
-                    row.finish, row.stopped_on_token = "stop", True
-                elif stop_strings and self._tail_has_stop(row.tokens, stop_strings, max_stop_chars):
-                    row.finish = "stop"
-                elif step == max_new_tokens - 1:
-                    row.finish = "length"
-                else:
-                    keep.append(position)
-            if not keep:
-                break
-            if len(keep) < len(active):
-                # Drop finished rows so that the rest decode in a smaller batch.
-                selected = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(selected)
-                mask, next_position, tokens = mask[selected], next_position[selected], tokens[selected]
-                active = [active[p] for p in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
-            logits = self._forward(tokens[:, None], mask, next_position[:, None], cache, keep=1)[:, -1]
-            next_position = next_position + 1
-        return rows
-
-    @staticmethod
-    def _draw(
-        logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw one token per row by inverse CDF; returns the tokens and their log-probabilities.
-
-        The log-probability is under the distribution actually sampled from (temperature, then
-        top-p renormalised). Cumulative sums are in float64 so that a large vocabulary cannot
-        push the total away from 1 and make a zero-probability token reachable.
-        """
-        logits = logits.float()
-        if temperature == 0:
-            return logits.argmax(dim=-1), torch.zeros(logits.shape[0], device=logits.device)
-        logprobs = torch.log_softmax(logits / temperature, dim=-1)
-        if top_p < 1.0:
-            sorted_lp, order = logprobs.sort(dim=-1, descending=True)
-            sorted_p = sorted_lp.double().exp()
-            # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
-            outside = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
-            sorted_lp = sorted_lp.masked_fill(outside, float("-inf"))
-            sorted_lp = sorted_lp - torch.logsumexp(sorted_lp, dim=-1, keepdim=True)
-            cdf = sorted_lp.double().exp().cumsum(dim=-1)
-            pick = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-            pick = pick.clamp(max=cdf.shape[1] - 1)
-            return order.gather(1, pick[:, None]).squeeze(1), sorted_lp.gather(1, pick[:, None]).squeeze(1)
-        cdf = logprobs.double().exp().cumsum(dim=-1)
-        tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
-        tokens = tokens.clamp(max=cdf.shape[1] - 1)
-        return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+    def _new_cache(self, capacity: int) -> Any:
+        """An empty KV cache for this model, preallocated for ``capacity`` positions."""
+        return new_cache(self.model.config, capacity)
 
     def _tail_has_stop(self, tokens: list[int], stop_strings: list[str], max_chars: int) -> bool:
         """Whether the text of the last few tokens contains a stop string (cheap per-step check)."""
@@ -605,7 +370,7 @@ class TransformersEngine:
         tail = self.decode(tokens[-(max_chars + 4) :])
         return any(s in tail for s in stop_strings)
 
-    def _finish_sample(self, row: _Row, stop_strings: list[str]) -> Sample:
+    def _finish_sample(self, row: Row, stop_strings: list[str]) -> Sample:
         """Turn a finished row into a Sample: text without the stop token or stop string."""
         ids = row.tokens
         text = self.decode(ids[:-1] if row.stopped_on_token else ids)
@@ -630,20 +395,10 @@ class TransformersEngine:
             )
         pairs: list[tuple[list[int], list[int]]] = []
         for i, (context, continuation) in enumerate(zip(contexts, continuations, strict=True)):
-            ctx = self.encode(context, where=f"context {i}")
             cont = self.encode(continuation, bos=False, where=f"continuation {i}")
-            if not ctx:
-                if self.bos_id is None:
-                    raise LatentThoughtsError(
-                        f"context {i} is empty and the model has no BOS token to condition on"
-                    )
-                ctx = [self.bos_id]
-            room = self.max_context_tokens - len(cont)
-            if room < 1:
-                raise LatentThoughtsError(
-                    f"continuation {i} has {len(cont)} tokens, more than max_context_tokens={self.max_context_tokens} - 1"
-                )
-            pairs.append((ctx[-room:], cont))
+            pairs.append(
+                (self._scoring_context(context, len(cont), f"context {i}", f"continuation {i}"), cont)
+            )
         scores: list[Score | None] = [None] * len(pairs)
         with self._lock, torch.inference_mode():
             for batch in self._scoring_batches(pairs):
@@ -652,6 +407,92 @@ class TransformersEngine:
             self.usage.requests += len(pairs)
             self.usage.prompt_tokens += sum(len(c) + len(x) for c, x in pairs)
         return [s if s is not None else Score(token_logprobs=[]) for s in scores]
+
+    def _scoring_context(self, context: Prompt, longest: int, where: str, continuation: str) -> list[int]:
+        """The ids of a scoring context, cut from the front to leave room for ``longest`` continuation
+        tokens; ``where`` and ``continuation`` name the two in error messages."""
+        ctx = self.encode(context, where=where)
+        if not ctx:
+            if self.bos_id is None:
+                raise LatentThoughtsError(f"{where} is empty and the model has no BOS token to condition on")
+            ctx = [self.bos_id]
+        room = self.max_context_tokens - longest
+        if room < 1:
+            raise LatentThoughtsError(
+                f"{continuation} has {longest} tokens, more than max_context_tokens={self.max_context_tokens} - 1"
+            )
+        return ctx[-room:]
+
+    def score_many(self, context: Prompt, continuations: Sequence[Prompt]) -> list[Score]:
+        """Log-probability of each continuation token after ONE shared context (the K thoughts of a chunk).
+
+        The context goes through the model once (one prefill); its KV cache is copied to one row per
+        continuation and the continuations, right-padded, go through together in batches of at most
+        ``batch_tokens`` cached positions. Equal to :meth:`score` of the pairs up to float rounding.
+        """
+        conts = [self.encode(c, bos=False, where=f"continuation {i}") for i, c in enumerate(continuations)]
+        longest = max((len(c) for c in conts), default=0)
+        ctx = self._scoring_context(context, longest, "context", "the longest continuation")
+        scores = [Score(token_logprobs=[]) for _ in conts]
+        todo = [i for i, cont in enumerate(conts) if cont]
+        with self._lock, torch.inference_mode():
+            if todo:
+                ids, mask, positions = left_pad([ctx], self.pad_id, self.torch_device)
+                cache = self._new_cache(len(ctx) + longest)
+                first = torch.log_softmax(self._forward(ids, mask, positions, cache, 1)[0, -1].float(), -1)
+                groups = list(self._shared_groups([len(conts[i]) for i in todo], len(ctx)))
+                for number, group in enumerate(groups):
+                    # Every group but the last works on a copy, so the prefill is never repeated.
+                    group_cache = cache if number == len(groups) - 1 else copy.deepcopy(cache)
+                    members = [todo[k] for k in group]
+                    for index, logprobs in zip(
+                        members,
+                        self._score_shared(group_cache, len(ctx), [conts[i] for i in members], first),
+                        strict=True,
+                    ):
+                        scores[index] = Score(token_logprobs=logprobs)
+            self.usage.requests += 1
+            self.usage.prompt_tokens += len(ctx) + sum(len(c) for c in conts)
+        return scores
+
+    def _shared_groups(self, lengths: Sequence[int], context: int) -> Iterator[list[int]]:
+        """Positions of ``lengths`` in groups whose rows x (context + longest) stay within ``batch_tokens``."""
+        group: list[int] = []
+        width = 0
+        for position, length in enumerate(lengths):
+            wider = max(width, length)
+            if group and (len(group) + 1) * (context + wider) > self.config.batch_tokens:
+                yield group
+                group, wider = [], length
+            group.append(position)
+            width = wider
+        if group:
+            yield group
+
+    def _score_shared(
+        self, cache: Any, context: int, conts: Sequence[list[int]], first: torch.Tensor
+    ) -> list[list[float]]:
+        """Per-token log-probs of ``conts`` after a prefilled context of ``context`` tokens in ``cache``.
+
+        ``first`` holds the log-probs of the token after the context (the first continuation token).
+        """
+        rows, width = len(conts), max(len(c) for c in conts)
+        cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=self.torch_device))
+        ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        mask = torch.ones((rows, context + width), dtype=torch.long)
+        for row, cont in enumerate(conts):
+            ids[row, : len(cont)] = torch.tensor(cont, dtype=torch.long)
+            mask[row, context + len(cont) :] = 0  # right padding: never attended to by real tokens
+        positions = torch.arange(context, context + width).expand(rows, width)
+        logits = self._forward(
+            ids.to(self.torch_device), mask.to(self.torch_device), positions.to(self.torch_device), cache, 0
+        )
+        out: list[list[float]] = []
+        for row, cont in enumerate(conts):
+            rest = torch.log_softmax(logits[row, : len(cont) - 1].float(), dim=-1)
+            targets = torch.tensor(cont[1:], device=rest.device)[:, None]
+            out.append([float(first[cont[0]]), *rest.gather(1, targets).squeeze(1).tolist()])
+        return out
 
     def _scoring_batches(self, pairs: Sequence[tuple[list[int], list[int]]]) -> Iterator[list[int]]:
         """Indices of pairs in batches of at most ``batch_tokens`` padded tokens, longest first."""
@@ -672,7 +513,9 @@ class TransformersEngine:
 
     def _score_batch(self, pairs: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
         """Per-token log-probs of each continuation; with left padding every continuation ends the row."""
-        input_ids, mask, positions = self._left_pad([ctx + cont for ctx, cont in pairs])
+        input_ids, mask, positions = left_pad(
+            [ctx + cont for ctx, cont in pairs], self.pad_id, self.torch_device
+        )
         longest = max(len(cont) for _, cont in pairs)
         # Only the positions that predict continuation tokens need logits: the last longest + 1.
         logits = self._forward(input_ids, mask, positions, None, keep=longest + 1)[:, :-1]
@@ -713,6 +556,7 @@ class TransformersEngine:
         max_new_tokens: int = 1024,
         seed: int | None = None,
         stop: Sequence[str | int] = (),
+        banned_ids: Sequence[int] = (),
     ) -> list[list[ChatReply]]:
         """Answer each conversation ``n`` times; returns one list of ``n`` replies per conversation."""
         prompts: list[list[int]] = []
@@ -729,6 +573,7 @@ class TransformersEngine:
             max_new_tokens=max_new_tokens,
             stop=[*stop, *sorted(stops)],
             seed=seed,
+            banned_ids=banned_ids,
         )
         replies: list[list[ChatReply]] = []
         for ids, group in zip(prompts, samples, strict=True):

@@ -20,7 +20,7 @@ from typing import Any
 
 from latent_thoughts.engines.base import ChatReply, FinishReason
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.synthesis.cache import CacheRecord, ResultCache
+from latent_thoughts.generation.cache import CacheRecord, ResultCache
 from latent_thoughts.synthesis.pipeline import (
     RunStats,
     Sampling,
@@ -28,7 +28,7 @@ from latent_thoughts.synthesis.pipeline import (
     failed_record,
     one_line,
     record_for,
-    write_json_atomic,
+    write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def load_jobs(path: Path) -> list[BatchJob]:
 
 def save_jobs(path: Path, jobs: Sequence[BatchJob]) -> None:
     """Record the batches atomically."""
-    write_json_atomic({"jobs": [asdict(job) for job in jobs]}, path)
+    write_json({"jobs": [asdict(job) for job in jobs]}, path)
 
 
 def request_line(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,12 +30,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from latent_thoughts.atomic import atomic_write
 from latent_thoughts.config import StageConfig
 from latent_thoughts.corpus import Chunk, read_chunks
 from latent_thoughts.engines.base import ChatMessage, ChatReply, Engine
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.generation.cache import CacheRecord, ResultCache, cache_key
+from latent_thoughts.generation.shards import shard_writer
 from latent_thoughts.prompts import WRAP_STYLES, LatentThoughtPrompt, RephrasePrompt
-from latent_thoughts.synthesis.cache import CacheRecord, ResultCache, cache_key
 from latent_thoughts.synthesis.costs import Prices
 from latent_thoughts.tables import open_parquet
 
@@ -125,45 +126,6 @@ def chunks_fingerprint(chunks: Sequence[Chunk]) -> str:
     for chunk in chunks:
         digest.update(json.dumps([chunk.doc_id, chunk.chunk_index, chunk.prefix, chunk.text]).encode("utf-8"))
     return digest.hexdigest()[:16]
-
-
-def parse_shard(spec: str) -> tuple[int, int]:
-    """``"i/N"`` (0-based ``i``) as ``(i, N)``; anything else is a one-line error naming the option."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-    if match is None:
-        raise LatentThoughtsError(f"--shard {spec!r}: expected i/N with 0 <= i < N, e.g. 0/4")
-    index, count = int(match.group(1)), int(match.group(2))
-    if count < 1 or index >= count:
-        raise LatentThoughtsError(
-            f"--shard {spec!r}: need 0 <= i < N and N >= 1 (shards are numbered from 0)"
-        )
-    return index, count
-
-
-def select_shard(chunks: Sequence[Chunk], index: int, count: int) -> list[Chunk]:
-    """The chunks of shard ``index`` of ``count``: whole documents, contiguous in file order.
-
-    Shards are balanced by characters (the teacher's work grows with the text) and cut only between
-    documents, so the shards' outputs concatenated in shard order are the unsharded output, and a
-    rephrasing run sees whole documents. The split is a pure function of the chunk file.
-    """
-    if count == 1:
-        return list(chunks)
-    documents: list[list[Chunk]] = []
-    for chunk in chunks:
-        if not documents or documents[-1][0].doc_id != chunk.doc_id:
-            documents.append([])
-        documents[-1].append(chunk)
-    sizes = [sum(len(c.text) for c in doc) for doc in documents]
-    total = sum(sizes) or 1
-    selected: list[Chunk] = []
-    done = 0
-    for doc, size in zip(documents, sizes, strict=True):
-        # A document belongs to the shard in which its midpoint falls.
-        if min(count - 1, int((done + size / 2) * count / total)) == index:
-            selected.extend(doc)
-        done += size
-    return selected
 
 
 @dataclass(frozen=True)
@@ -540,7 +502,7 @@ def output_paths(out: str | Path, shard: tuple[int, int] | None = None) -> Outpu
     if out.suffix != ".parquet":
         raise LatentThoughtsError(f"--out {out}: the output must be a .parquet file")
     stem = out.with_suffix("")
-    writer = "all" if shard is None or shard[1] == 1 else f"shard-{shard[0]}-of-{shard[1]}"
+    writer = shard_writer(shard)
     base = stem if writer == "all" else stem.with_name(f"{stem.name}.{writer}")
     return OutputPaths(
         result=base.with_name(base.name + ".parquet"),
@@ -552,20 +514,16 @@ def output_paths(out: str | Path, shard: tuple[int, int] | None = None) -> Outpu
     )
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    pq.write_table(table.combine_chunks(), partial)
-    os.replace(partial, path)
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` as Parquet, atomically (:func:`~latent_thoughts.atomic.atomic_write`)."""
+    with atomic_write(path) as partial:
+        pq.write_table(table.combine_chunks(), partial)
 
 
-def write_json_atomic(data: Any, path: Path) -> None:
-    """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(partial, path)
+def write_json(data: Any, path: Path) -> None:
+    """Write ``data`` as indented JSON to ``path``, atomically (:func:`~latent_thoughts.atomic.atomic_write`)."""
+    with atomic_write(path) as partial:
+        partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def with_metadata(table: pa.Table, metadata: dict[str, Any]) -> pa.Table:
@@ -637,9 +595,9 @@ def write_outputs(
     table, failures, missing = build_tables(items, cache, mode)
     if missing:
         return OutputCounts(missing=missing)
-    write_table_atomic(with_metadata(failures, metadata), paths.failures)
+    write_table(with_metadata(failures, metadata), paths.failures)
     # The result goes last: its presence means the run finished.
-    write_table_atomic(with_metadata(table, metadata), paths.result)
+    write_table(with_metadata(table, metadata), paths.result)
     return OutputCounts(written=table.num_rows, failures=failures.num_rows)
 
 

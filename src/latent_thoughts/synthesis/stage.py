@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +21,9 @@ import pyarrow.parquet as pq
 from latent_thoughts.corpus import Chunk
 from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.generation.cache import ResultCache
+from latent_thoughts.generation.shards import select_shard, shard_files
 from latent_thoughts.prompts import WRAP_STYLES, LatentThoughtPrompt, RephrasePrompt
-from latent_thoughts.synthesis.cache import ResultCache
 from latent_thoughts.synthesis.costs import Projection, project_usage
 from latent_thoughts.synthesis.pipeline import (
     Mode,
@@ -41,9 +41,9 @@ from latent_thoughts.synthesis.pipeline import (
     summary_record,
     synthesize_online,
     with_metadata,
-    write_json_atomic,
+    write_json,
     write_outputs,
-    write_table_atomic,
+    write_table,
 )
 from latent_thoughts.synthesis.teachers import (
     TeacherConfig,
@@ -162,8 +162,6 @@ def teacher_identity(config: TeacherConfig, engine: Engine | None) -> str:
 
 
 def _select(chunks: Sequence[Chunk], shard: tuple[int, int]) -> list[Chunk]:
-    from latent_thoughts.synthesis.pipeline import select_shard
-
     return select_shard(chunks, *shard)
 
 
@@ -240,7 +238,7 @@ def run_synthesis(request: SynthesisRequest) -> dict[str, Any]:
         batch_api=request.batch_api,
         paths=plan.paths,
     )
-    write_json_atomic(summary, plan.paths.summary)
+    write_json(summary, plan.paths.summary)
     return summary
 
 
@@ -282,15 +280,6 @@ def _cached_flags(plan: Plan) -> list[bool]:
 
 
 # --- merge ---------------------------------------------------------------------------------------
-
-_SHARD_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)\.parquet$")
-
-
-def shard_files(out: Path) -> list[Path]:
-    """The shard result files written for ``out`` (``NAME.shard-i-of-N.parquet``), by shard index."""
-    stem = out.with_suffix("")
-    found = [p for p in stem.parent.glob(f"{stem.name}.shard-*-of-*.parquet") if _SHARD_NAME.search(p.name)]
-    return sorted(found, key=lambda p: int(_SHARD_NAME.search(p.name).group(1)))  # type: ignore[union-attr]
 
 
 def merge_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
@@ -341,10 +330,10 @@ def merge_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
     if absent:
         raise LatentThoughtsError(f"{absent[0]}: failures file of a shard is missing")
     failures = pa.concat_tables([pq.read_table(p) for p in failure_paths]).replace_schema_metadata(None)
-    write_table_atomic(with_metadata(failures, metadata), paths.failures)
-    write_table_atomic(with_metadata(results, metadata), paths.result)
+    write_table(with_metadata(failures, metadata), paths.failures)
+    write_table(with_metadata(results, metadata), paths.result)
     summary = _merged_summary(ordered, results.num_rows, failures.num_rows, metadata, paths)
-    write_json_atomic(summary, paths.summary)
+    write_json(summary, paths.summary)
     return summary
 
 
@@ -400,5 +389,4 @@ __all__ = [
     "project_run",
     "read_output_tables",
     "run_synthesis",
-    "shard_files",
 ]

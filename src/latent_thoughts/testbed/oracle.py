@@ -133,6 +133,7 @@ class TestbedOracle:
         self.seed = seed
         self.identity = f"testbed-oracle(noise={noise},irrelevant={irrelevant_share},seed={seed})"
         self.usage = Usage()
+        self.device = "cpu"
 
     @classmethod
     def from_config(cls, config: TestbedConfig) -> TestbedOracle:
@@ -149,11 +150,17 @@ class TestbedOracle:
         max_new_tokens: int = 256,
         stop: Sequence[str | int] = (),
         seed: int | None = None,
+        stop_on_eos: bool | None = None,
+        banned_ids: Sequence[int] = (),
     ) -> list[list[Sample]]:
         """Not supported: the oracle only chats."""
         raise LatentThoughtsError("the testbed oracle only chats; it cannot sample with log-probabilities")
 
     def score(self, contexts: Sequence[Prompt], continuations: Sequence[Prompt]) -> list[Score]:
+        """Not supported: the oracle only chats."""
+        raise LatentThoughtsError("the testbed oracle only chats; it cannot score continuations")
+
+    def score_many(self, context: Prompt, continuations: Sequence[Prompt]) -> list[Score]:
         """Not supported: the oracle only chats."""
         raise LatentThoughtsError("the testbed oracle only chats; it cannot score continuations")
 

@@ -205,10 +205,14 @@ def evaluate_arm(
     from latent_thoughts.evaluate.testbed import evaluate_model_dir
     from latent_thoughts.format import LATENT_TOKENS
 
-    options: dict[str, Any] = {"progress": progress}
-    if device is not None:
-        options["device"] = device
-    result = evaluate_model_dir(model_dir, problems, mode, **options)  # type: ignore[arg-type]
+    engine_options = {"device": device} if device is not None else None
+    result = evaluate_model_dir(
+        model_dir,
+        problems,
+        mode,  # type: ignore[arg-type]
+        engine_options=engine_options,
+        progress=progress,
+    )
     claims = true_claims = copied = 0
     if mode == "latent":
         for problem, text in zip(problems, result.generations, strict=True):

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import LATENT_TOKENS, SpecialIds, thinking_prompt
+from latent_thoughts.format import LATENT_TOKENS, SpecialIds, thinking_prompt, tokenize_chunks
 from latent_thoughts.testbed.world import (
     DOCUMENT_SPLITS,
     Statement,
@@ -40,9 +40,11 @@ QUESTION_OPENER = "Consider"
 """The opener of every question; it is one of the openers documents pose statements with."""
 
 CHUNK_END = " "
-"""What ends a question as a chunk. Chunks keep the whitespace after their last sentence, so in
-training the ``SOL`` of the next chunk's thought follows ``... 129. `` (a space token); the thinking
-prompt reproduces that. A raw continuation starts with the space itself (`` It equals``)."""
+"""What ends a question as a chunk: chunks keep the whitespace after their last sentence. Training
+documents are tokenized whole and cut at chunk boundaries (:func:`latent_thoughts.format.tokenize_chunks`),
+so a question chunk's tokens are those the thinking prompt uses (for the usual tokenizers the space
+travels with the next chunk's first word: ``... 129.`` then `` It equals``); both a raw
+continuation and the answer after a thought start with that space (`` It equals``)."""
 
 # The answer sentence: optional words (no digits, so "Adding 12 gives 30" and "37 x 4 = 148" are
 # no answers) and then exactly one number, ending the sentence.
@@ -121,10 +123,13 @@ def accuracy(problems: Sequence[Problem], generations: Sequence[str]) -> float:
 
 def prompt_ids(problem: Problem, tokenizer: Any, thinking: bool, add_bos: bool = True) -> list[int]:
     """Token ids to generate from: BOS (if the tokenizer has one and ``add_bos``), the question, and
-    with ``thinking`` the question's chunk ending (:data:`CHUNK_END`) and the ``SOL PRIOR`` that asks
-    a thought-trained model to think first, as the chunk after the question would in training."""
-    question = problem.question + CHUNK_END if thinking else problem.question
-    ids = list(tokenizer.encode(question, add_special_tokens=False))
+    with ``thinking`` the ``SOL PRIOR`` that asks a thought-trained model to think first, as the
+    chunk after the question would in training. With ``thinking`` the question's tokens are cut
+    from a document in which a chunk follows it (:data:`CHUNK_END`), exactly as training cuts them."""
+    if thinking:
+        ids = tokenize_chunks(tokenizer, [problem.question + CHUNK_END, "It"]).ids[0]
+    else:
+        ids = list(tokenizer.encode(problem.question, add_special_tokens=False))
     if add_bos and tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id, *ids]
     return thinking_prompt(SpecialIds.from_tokenizer(tokenizer), ids) if thinking else ids

@@ -8,8 +8,9 @@ writer reads all files of the folder: a rerun, a re-sharded run or the merge of 
 nothing that any of them finished. A half-written last line (the process died mid-write) is ignored
 when read and cut off before the writer appends again.
 
-Keys hash exactly what determines a result: the prefix and text, the teacher's identity, the prompt
-version, the sampling parameters and the sample index. They do not depend on the shard.
+Keys hash exactly what determines a result: the prefix and text, the engine's identity (the
+teacher's, or the model's in the E-step), the prompt (or layout) version, the sampling parameters
+and the sample index. They do not depend on the shard.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ def cache_key(
     sampling: Mapping[str, Any],
     sample_index: int = 0,
 ) -> str:
-    """The SHA-256 (hex) of everything that determines one teacher answer.
+    """The SHA-256 (hex) of everything that determines one answer of an engine.
 
-    ``task`` names what is asked (``latent`` for thoughts, ``rephrase:<style>`` for WRAP); ``prefix``
-    and ``text`` are the earlier text and the chunk (or the whole document); ``sampling`` holds the
-    sampling parameters (temperature, top-p, token limit, seed).
+    ``task`` names what is asked (``latent`` for teacher thoughts, ``rephrase:<style>`` for WRAP);
+    ``prefix`` and ``text`` are the earlier text and the chunk (or the whole document); ``teacher``
+    is the engine's identity; ``sampling`` holds the sampling parameters (temperature, top-p, token
+    limit, seed).
     """
     payload = {
         "task": task,
@@ -149,7 +151,7 @@ class ResultCache:
             except BlockingIOError:
                 self._lock.close()
                 raise LatentThoughtsError(
-                    f"{self.path}: another synthesis run is writing this cache (shard {writer}); wait for it or stop it"
+                    f"{self.path}: another run is writing this cache (shard {writer}); wait for it or stop it"
                 ) from None
             self._cut_partial_tail()
         for path in sorted(self.folder.glob("*.jsonl")) if self.folder.is_dir() else []:

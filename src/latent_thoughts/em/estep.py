@@ -1,0 +1,107 @@
+"""The E-step of one chunk (METHOD section 5): K thoughts from the posterior, scored in both roles.
+
+The layout (the truncated prefix c and chunk x, the posterior prompt, the joint context) comes from
+:func:`latent_thoughts.format.e_step_layout`; this module runs an engine over it:
+
+1. :func:`sample_thoughts` draws K thoughts from ``BOS c SOL EOL x SOL POST`` at temperature 1 and
+   top-p 1. The stop rule is explicit: a thought ends at EOL, never at EOS (EOS is an ordinary token
+   inside a thought), or at the thought budget.
+2. :func:`score_thoughts` computes log q(z | c, x) and log p(z, x | c) on ONE numeric path: both are
+   :meth:`~latent_thoughts.engines.base.Engine.score_many` calls of the same engine (same precision,
+   same kind of forward pass, the shared context computed once), never the sampler's own
+   log-probabilities, which come from another kind of pass (incremental decoding) and can differ
+   by rounding (bf16: tenths of a nat). log q covers the thought and its EOL; log p covers
+   ``PRIOR z EOL x``. So when the two roles see the same tokens under the same law, log w is 0 to
+   float rounding (tested to 1e-6).
+3. log w = log p - log q: summed log-probs, no length normalisation, no temperature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from latent_thoughts.engines.base import Engine, Prompt, Sample
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.format import EStepLayout
+
+
+@dataclass(frozen=True)
+class ThoughtScore:
+    """One thought of a chunk: its token ids (closed by EOL), log q(z | c, x) and log p(z, x | c)."""
+
+    thought_ids: list[int]
+    log_q: float
+    log_p: float
+
+    @property
+    def log_w(self) -> float:
+        """The importance log-weight log p(z, x | c) - log q(z | c, x)."""
+        return self.log_p - self.log_q
+
+
+def sample_thoughts(
+    engine: Engine,
+    layouts: Sequence[EStepLayout],
+    k: int,
+    max_thought_tokens: int,
+    seed: int | None = None,
+) -> list[list[Sample]]:
+    """K thoughts for each chunk's posterior prompt: temperature 1, top-p 1, stop at EOL only.
+
+    ``max_thought_tokens`` must be the thought budget the layouts were made with (EOL included).
+    """
+    if not layouts:
+        return []
+    eol = layouts[0].special.eol
+    return engine.sample(
+        [layout.posterior_prompt for layout in layouts],
+        k,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=max_thought_tokens,
+        stop=[eol],
+        stop_on_eos=False,
+        seed=seed,
+    )
+
+
+def closed_thought(layout: EStepLayout, token_ids: Sequence[int]) -> list[int]:
+    """A sampled thought's ids ending with EOL (appended when the budget ended it before EOL)."""
+    ids = list(token_ids)
+    if ids[-1:] != [layout.special.eol]:
+        ids.append(layout.special.eol)
+    return ids
+
+
+def score_roles(
+    engine: Engine,
+    posterior: tuple[Prompt, Sequence[Prompt]],
+    joint: tuple[Prompt, Sequence[Prompt]],
+) -> list[tuple[float, float]]:
+    """(log q, log p) of each thought from a posterior (context, continuations) and a joint one.
+
+    Both go through the engine's shared-context scoring, so both come from the same numeric path.
+    """
+    q_context, q_continuations = posterior
+    p_context, p_continuations = joint
+    if len(q_continuations) != len(p_continuations):
+        raise LatentThoughtsError(
+            f"{len(q_continuations)} posterior but {len(p_continuations)} joint continuations"
+        )
+    log_q = engine.score_many(q_context, q_continuations)
+    log_p = engine.score_many(p_context, p_continuations)
+    return [(q.logprob, p.logprob) for q, p in zip(log_q, log_p, strict=True)]
+
+
+def score_thoughts(
+    engine: Engine, layout: EStepLayout, thoughts: Sequence[Sequence[int]]
+) -> list[ThoughtScore]:
+    """Score a chunk's thoughts (token ids, as sampled) in both roles: log q, log p and log w."""
+    closed = [closed_thought(layout, ids) for ids in thoughts]
+    pairs = score_roles(
+        engine,
+        (layout.posterior_prompt, closed),
+        (layout.joint_context, [layout.joint_continuation(ids) for ids in closed]),
+    )
+    return [ThoughtScore(ids, log_q, log_p) for ids, (log_q, log_p) in zip(closed, pairs, strict=True)]

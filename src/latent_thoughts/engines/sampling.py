@@ -1,0 +1,204 @@
+"""Sampling for the transformers engine: seeded per-row randomness, the token draw, batch planning
+and the decode loop with a shared prefill.
+
+1. prompts are sorted by length and packed into batches of at most ``batch_tokens`` cached positions
+   (rows x (longest prompt + max_new_tokens)) by :func:`plan_batches`;
+2. each batch's distinct prompts are left-padded and prefilled ONCE; the cache rows are then copied
+   to the prompt's sample rows (``Cache.batch_select_indices`` with repeated indices);
+3. one token per row per step is drawn by inverse-CDF sampling from per-row uniforms (:func:`draw`);
+   finished rows are dropped from the batch (cache included) so long and short samples do not cost
+   the same.
+
+Randomness is a pure function of (seed, prompt token ids, sample index): each row draws its uniforms
+from its own ``torch.Generator`` seeded by :func:`row_seed`. So a sample does not depend on which
+other prompts share its batch, on ``batch_tokens``, or on sharding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from latent_thoughts.engines.padding import left_pad
+
+Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any, int], torch.Tensor]
+"""``forward(input_ids, attention_mask, position_ids, cache, keep)``: logits of the last ``keep`` positions."""
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """What one ``sample`` call asks for: the law (temperature, top-p, banned ids), the length and stop
+    rules, and the seed from which every row's randomness is derived."""
+
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    stop_ids: frozenset[int] = frozenset()
+    banned_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class Row:
+    """Book-keeping of one sample being generated: which prompt and sample it is, what it drew."""
+
+    prompt: int
+    sample: int
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    finish: str | None = None
+    stopped_on_token: bool = False
+
+
+def row_seed(seed: int, prompt_ids: Sequence[int], sample_index: int) -> int:
+    """A 63-bit seed for one sample, a pure function of the call seed, the prompt and the sample index."""
+    digest = hashlib.sha256()
+    digest.update(struct.pack("<qQ", int(seed) & 0x7FFFFFFFFFFFFFFF, sample_index))
+    digest.update(struct.pack(f"<{len(prompt_ids)}q", *prompt_ids))
+    return int.from_bytes(digest.digest()[:8], "little") & 0x7FFFFFFFFFFFFFFF
+
+
+def draw(
+    logits: torch.Tensor,
+    uniforms: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    banned: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row by inverse CDF; returns the tokens and their log-probabilities.
+
+    ``banned`` token ids get probability 0. The log-probability is under the distribution actually
+    sampled from (banned ids removed, temperature, then top-p renormalised); greedy decoding
+    (``temperature`` 0) takes the argmax with log-probability 0 (a point mass). Cumulative sums are
+    in float64 so that a large vocabulary cannot push the total away from 1 and make a
+    zero-probability token reachable.
+    """
+    logits = logits.float()
+    if banned is not None and banned.numel():
+        logits = logits.index_fill(1, banned.to(logits.device), float("-inf"))
+    if temperature == 0:
+        return logits.argmax(dim=-1), torch.zeros(logits.shape[0], device=logits.device)
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_lp, order = logprobs.sort(dim=-1, descending=True)
+        sorted_p = sorted_lp.double().exp()
+        # Keep the smallest prefix whose mass reaches top_p (the top token always stays).
+        outside = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p
+        sorted_lp = sorted_lp.masked_fill(outside, float("-inf"))
+        sorted_lp = sorted_lp - torch.logsumexp(sorted_lp, dim=-1, keepdim=True)
+        cdf = sorted_lp.double().exp().cumsum(dim=-1)
+        pick = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+        pick = pick.clamp(max=cdf.shape[1] - 1)
+        return order.gather(1, pick[:, None]).squeeze(1), sorted_lp.gather(1, pick[:, None]).squeeze(1)
+    cdf = logprobs.double().exp().cumsum(dim=-1)
+    tokens = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    tokens = tokens.clamp(max=cdf.shape[1] - 1)
+    return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
+
+
+def plan_batches(
+    lengths: Sequence[int], n: int, max_new_tokens: int, batch_tokens: int
+) -> Iterator[list[tuple[int, list[int]]]]:
+    """Pack (prompt index, sample indices) jobs into batches of at most ``batch_tokens`` cached positions.
+
+    Longest prompts first so that a batch's left padding stays small; a prompt whose ``n`` rows do
+    not fit one batch is split over several (each re-prefills it, the price of the memory bound).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[tuple[int, list[int]]] = []
+    capacity = used = 0
+    for index in order:
+        remaining = list(range(n))
+        while remaining:
+            if not batch:
+                width = lengths[index] + max_new_tokens
+                capacity, used = max(1, batch_tokens // max(width, 1)), 0
+            take = min(len(remaining), capacity - used)
+            if take <= 0:
+                yield batch
+                batch = []
+                continue
+            batch.append((index, remaining[:take]))
+            used += take
+            remaining = remaining[take:]
+    if batch:
+        yield batch
+
+
+def sample_batch(
+    forward: Forward,
+    make_cache: Callable[[int], Any],
+    encoded: Sequence[Sequence[int]],
+    batch: list[tuple[int, list[int]]],
+    settings: SamplingSettings,
+    pad_id: int,
+    device: torch.device,
+    stop_check: Callable[[list[int]], bool] | None = None,
+) -> list[Row]:
+    """Prefill the batch's prompts once, copy each prompt's cache to its sample rows, decode.
+
+    ``make_cache(capacity)`` gives an empty KV cache; ``stop_check(tokens)`` says whether a row's
+    tokens so far complete a stop string. A row ends at a stop id (kept in its tokens), at a stop
+    string, or after ``max_new_tokens``.
+    """
+    rows = [Row(prompt=index, sample=s) for index, samples in batch for s in samples]
+    if settings.max_new_tokens == 0:
+        for row in rows:
+            row.finish = "length"
+        return rows
+    input_ids, mask, positions = left_pad([encoded[index] for index, _ in batch], pad_id, device)
+    cache = make_cache(input_ids.shape[1] + settings.max_new_tokens)
+    logits = forward(input_ids, mask, positions, cache, 1)[:, -1]
+    # Shared prefill: row r of the decode batch reads prompt expand[r]'s cache.
+    counts = torch.tensor([len(samples) for _, samples in batch], device=device)
+    expand = torch.repeat_interleave(torch.arange(len(batch), device=device), counts)
+    cache.batch_select_indices(expand)
+    logits, mask = logits[expand], mask[expand]
+    next_position = positions[expand, -1] + 1
+    uniforms = torch.stack(
+        [
+            torch.rand(
+                settings.max_new_tokens,
+                generator=torch.Generator().manual_seed(
+                    row_seed(settings.seed, encoded[row.prompt], row.sample)
+                ),
+                dtype=torch.float64,
+            )
+            for row in rows
+        ]
+    ).to(device)
+    banned = torch.tensor(sorted(set(settings.banned_ids)), dtype=torch.long) if settings.banned_ids else None
+    active = list(range(len(rows)))  # decode-batch position -> index into rows
+    for step in range(settings.max_new_tokens):
+        tokens, logprobs = draw(logits, uniforms[active, step], settings.temperature, settings.top_p, banned)
+        token_list, logprob_list = tokens.tolist(), logprobs.tolist()
+        keep: list[int] = []
+        for position, row_index in enumerate(active):
+            row = rows[row_index]
+            row.tokens.append(token_list[position])
+            row.logprobs.append(logprob_list[position])
+            if token_list[position] in settings.stop_ids:
+                row.finish, row.stopped_on_token = "stop", True
+            elif stop_check is not None and stop_check(row.tokens):
+                row.finish = "stop"
+            elif step == settings.max_new_tokens - 1:
+                row.finish = "length"
+            else:
+                keep.append(position)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            # Drop finished rows so that the rest decode in a smaller batch.
+            selected = torch.tensor(keep, device=device)
+            cache.batch_select_indices(selected)
+            mask, next_position, tokens = mask[selected], next_position[selected], tokens[selected]
+            active = [active[p] for p in keep]
+        mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+        logits = forward(tokens[:, None], mask, next_position[:, None], cache, 1)[:, -1]
+        next_position = next_position + 1
+    return rows

@@ -1,0 +1,199 @@
+"""Completions and chat answered by a transformers engine, as plain dict-in, dict-out functions.
+
+The HTTP routes and the batch runner both use :class:`ModelAPI`, so a batch line gets exactly the
+body the online endpoint would have returned. Two deliberate extensions over the OpenAI wire format:
+``logprobs`` objects carry ``token_ids`` (exact ids, which text tokens cannot give back), and sampled
+tokens' log-probabilities are under the sampling distribution (after banned ids, temperature and
+top-p), as the engine protocol promises. ``top_logprobs`` lists only the chosen token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from latent_thoughts.engines.base import ChatMessage, Sample
+from latent_thoughts.engines.transformers_engine import TransformersEngine
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.server.wire import (
+    APIError,
+    SamplingParams,
+    get_field,
+    messages_of,
+    new_id,
+    now,
+    prompts_of,
+    sampling_params,
+)
+
+
+class ModelAPI:
+    """Completions and chat of one engine, served under one model name."""
+
+    def __init__(self, engine: TransformersEngine, model_name: str) -> None:
+        self.engine = engine
+        self.model_name = model_name
+
+    def check_model(self, body: dict[str, Any]) -> None:
+        """A request naming another model is a 404, as vLLM answers."""
+        model = body.get("model")
+        if model is not None and model != self.model_name:
+            raise APIError(
+                f"The model `{model}` does not exist (this server has {self.model_name!r})", 404, "model"
+            )
+
+    def models(self) -> dict[str, Any]:
+        """The ``/v1/models`` list."""
+        entry = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "latent-thoughts"}
+        return {"object": "list", "data": [entry]}
+
+    def _token_strings(self, ids: Sequence[int]) -> list[str]:
+        return [self.engine.decode([i]) for i in ids]
+
+    def _logprobs(self, ids: list[int], values: list[float | None]) -> dict[str, Any]:
+        tokens = self._token_strings(ids)
+        offsets, position = [], 0
+        for token in tokens:
+            offsets.append(position)
+            position += len(token)
+        return {
+            "tokens": tokens,
+            "token_logprobs": values,
+            "top_logprobs": [None if v is None else {t: v} for t, v in zip(tokens, values, strict=True)],
+            "text_offset": offsets,
+            "token_ids": ids,
+        }
+
+    def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A ``/v1/completions`` response body for request ``body``."""
+        self.check_model(body)
+        prompts = prompts_of(body)
+        params = sampling_params(body, default_max_tokens=16)
+        echo = bool(get_field(body, "echo", bool, False))
+        logprobs = get_field(body, "logprobs", int, None)
+        prompt_logprobs = get_field(body, "prompt_logprobs", int, None)
+        engine = self.engine
+        try:
+            ids = [engine.encode(p, where=f"prompt {i}") for i, p in enumerate(prompts)]
+            prompt_scores: list[list[float]] = []
+            if echo or prompt_logprobs is not None:
+                for i, seq in enumerate(ids):
+                    if len(seq) < 1:
+                        raise APIError(f"prompt {i} is empty", param="prompt")
+                scores = engine.score([seq[:1] for seq in ids], [seq[1:] for seq in ids])
+                prompt_scores = [s.token_logprobs for s in scores]
+            samples: list[list[Sample]]
+            if params.max_tokens == 0:
+                samples = [[Sample([], "", [], "length") for _ in range(params.n)] for _ in ids]
+            else:
+                samples = engine.sample(
+                    ids,
+                    params.n,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    max_new_tokens=params.max_tokens,
+                    stop=params.stop,
+                    seed=params.seed,
+                    stop_on_eos=not params.ignore_eos,
+                    banned_ids=params.banned_ids,
+                )
+        except LatentThoughtsError as exc:
+            raise APIError(str(exc), param="prompt") from None
+        choices = []
+        for p, (prompt, seq, group) in enumerate(zip(prompts, ids, samples, strict=True)):
+            for j, sample in enumerate(group):
+                text = sample.text
+                choice: dict[str, Any] = {"index": p * params.n + j, "finish_reason": sample.finish_reason}
+                if echo:
+                    prompt_text = prompt if isinstance(prompt, str) else engine.decode(seq)
+                    text = prompt_text + text
+                if logprobs is not None:
+                    token_ids, values = list(sample.token_ids), list[float | None](sample.token_logprobs)
+                    if echo:
+                        token_ids = seq + token_ids
+                        values = [None, *prompt_scores[p], *values]
+                    choice["logprobs"] = self._logprobs(token_ids, values)
+                else:
+                    choice["logprobs"] = None
+                if prompt_logprobs is not None:
+                    choice["prompt_logprobs"] = [None] + [
+                        {str(t): {"logprob": v, "decoded_token": engine.decode([t])}}
+                        for t, v in zip(seq[1:], prompt_scores[p], strict=True)
+                    ]
+                    choice["prompt_token_ids"] = seq
+                choice["text"] = text
+                choice["token_ids"] = list(sample.token_ids)
+                choices.append(choice)
+        prompt_tokens = sum(len(seq) for seq in ids)
+        completion_tokens = sum(len(s.token_ids) for group in samples for s in group)
+        return {
+            "id": new_id("cmpl-"),
+            "object": "text_completion",
+            "created": now(),
+            "model": self.model_name,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+    def chat_many(self, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any] | APIError]:
+        """Answer several chat requests, batching those with equal sampling options; errors per request."""
+        results: list[dict[str, Any] | APIError] = [APIError("not answered", 500)] * len(bodies)
+        groups: dict[SamplingParams, list[tuple[int, list[ChatMessage]]]] = {}
+        for i, body in enumerate(bodies):
+            try:
+                self.check_model(body)
+                default = min(1024, max(self.engine.max_context_tokens // 2, 1))
+                groups.setdefault(sampling_params(body, default), []).append((i, messages_of(body)))
+            except APIError as exc:
+                results[i] = exc
+        for params, members in groups.items():
+            try:
+                replies = self.engine.chat(
+                    [conversation for _, conversation in members],
+                    params.n,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    max_new_tokens=params.max_tokens,
+                    seed=params.seed,
+                    stop=params.stop,
+                    banned_ids=params.banned_ids,
+                )
+            except LatentThoughtsError as exc:
+                for i, _ in members:
+                    results[i] = APIError(str(exc), param="messages")
+                continue
+            for (i, _), group in zip(members, replies, strict=True):
+                prompt_tokens = group[0].prompt_tokens if group else 0
+                completion_tokens = sum(r.completion_tokens for r in group)
+                results[i] = {
+                    "id": new_id("chatcmpl-"),
+                    "object": "chat.completion",
+                    "created": now(),
+                    "model": self.model_name,
+                    "choices": [
+                        {
+                            "index": j,
+                            "message": {"role": "assistant", "content": reply.text},
+                            "logprobs": None,
+                            "finish_reason": reply.finish_reason,
+                        }
+                        for j, reply in enumerate(group)
+                    ],
+                    "usage": {
+                        "prompt_tokens": prompt_tokens,
+                        "completion_tokens": completion_tokens,
+                        "total_tokens": prompt_tokens + completion_tokens,
+                    },
+                }
+        return results
+
+    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A ``/v1/chat/completions`` response body for request ``body``."""
+        result = self.chat_many([body])[0]
+        if isinstance(result, APIError):
+            raise result
+        return result

@@ -1,0 +1,51 @@
+"""The transformers engine's sampling parts: batch planning within the memory bound, the token draw."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from latent_thoughts.engines.padding import left_pad
+from latent_thoughts.engines.sampling import draw, plan_batches, row_seed
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 60), min_size=1, max_size=12),
+    n=st.integers(1, 6),
+    new=st.integers(0, 20),
+    budget=st.integers(1, 400),
+)
+def test_every_sample_is_planned_once_within_the_memory_bound(lengths, n, new, budget) -> None:
+    batches = list(plan_batches(lengths, n, new, budget))
+    planned = sorted((prompt, s) for batch in batches for prompt, samples in batch for s in samples)
+    assert planned == [(p, s) for p in range(len(lengths)) for s in range(n)]
+    for batch in batches:
+        rows = sum(len(samples) for _, samples in batch)
+        width = max(lengths[prompt] for prompt, _ in batch) + new
+        assert rows == 1 or rows * width <= budget  # a single row always runs, whatever the bound
+
+
+def test_draw_bans_tokens_and_greedy_is_a_point_mass() -> None:
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.0], [3.0, 0.0, 0.0, 0.0]])
+    tokens, logprobs = draw(
+        logits, torch.tensor([0.5, 0.5], dtype=torch.float64), 0.0, 1.0, torch.tensor([1])
+    )
+    assert tokens.tolist() == [3, 0] and logprobs.tolist() == [0.0, 0.0]
+    tokens, logprobs = draw(
+        logits, torch.tensor([0.99, 0.99], dtype=torch.float64), 1.0, 1.0, torch.tensor([1])
+    )
+    assert 1 not in tokens.tolist()
+    allowed = logits.clone()
+    allowed[:, 1] = float("-inf")
+    expected = torch.log_softmax(allowed, -1).gather(1, tokens[:, None]).squeeze(1)
+    assert torch.allclose(logprobs, expected)
+    assert row_seed(1, [1, 2], 0) != row_seed(1, [1, 2], 1) == row_seed(1, [1, 2], 1)
+
+
+def test_left_padding_puts_every_row_at_the_end() -> None:
+    ids, mask, positions = left_pad([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert positions.tolist() == [[0, 1, 2], [0, 0, 0]]
