@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from latent_thoughts.train.config import OptimConfig
-from latent_thoughts.train.data import PackedArrays
+from latent_thoughts.train.budget import steps_for_tokens
+from latent_thoughts.train.config import OptimConfig, TrainConfig
+from latent_thoughts.train.data import PackedArrays, build_training_data, read_sources
 
 # Parameters without weight decay, as transformers.Trainer chooses them (biases and norm weights).
 _NO_DECAY = ("bias", "norm")
@@ -38,6 +39,22 @@ class PlainRun:
         if len(self.step_ends) < 2:
             raise RuntimeError("need at least two steps to time")
         return tokens_per_step * (len(self.step_ends) - 1) / (self.step_ends[-1] - self.step_ends[0])
+
+
+def training_windows(config: TrainConfig, tokenizer: Any) -> PackedArrays:
+    """The packed windows the trainer builds for ``config`` (a pure function of files, tokenizer and
+    seed), rebuilt here so the plain loop trains on exactly the same tokens in the same windows."""
+    from latent_thoughts.format import DocumentBuilder
+
+    assert config.budget.tokens is not None, "the plain loop needs a token budget"
+    fmt = config.data.format
+    steps = steps_for_tokens(config.budget.tokens, fmt.seq_len, config.optim.global_batch)
+    builder = DocumentBuilder(tokenizer, fmt)
+    documents = read_sources(config.data.sources)
+    data = build_training_data(
+        config.data.sources, documents, builder, steps * config.optim.global_batch, config.seed
+    )
+    return data.arrays
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -84,8 +101,8 @@ def plain_train(
     schedule = get_cosine_with_min_lr_schedule_with_warmup(
         optimizer, min(optim.warmup_steps, steps), steps, min_lr_rate=optim.min_lr_ratio
     )
-    ids = torch.from_numpy(arrays.input_ids.astype(np.int64))
-    lengths = torch.from_numpy(arrays.lengths.astype(np.int64))
+    ids = torch.from_numpy(np.asarray(arrays.input_ids, dtype=np.int64))
+    lengths = torch.from_numpy(np.asarray(arrays.lengths, dtype=np.int64))
     positions = torch.arange(ids.shape[1])
     run = PlainRun(started=time.perf_counter())
     for batch in epoch_order(len(ids), steps, optim.global_batch, seed):

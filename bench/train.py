@@ -1,21 +1,26 @@
-"""Throughput of the trainer: packed windows vs per-example padded batches, and model FLOPs utilisation.
+"""Throughput of the trainer against a plain PyTorch loop and an unpacked trainer, and model FLOPs utilisation.
 
 In one process, on the same data (testbed documents with oracle thoughts) and the same scratch
-Llama, with the same Hugging Face ``Trainer`` settings:
+Llama (by default the testbed recipe's shape, :class:`latent_thoughts.testbed.recipe.TestbedRecipe`):
 
 1. **packed**: ``latent_thoughts.train.train`` as is: documents back to back in windows of
    ``--seq-len`` tokens, every position a real token;
-2. **padded**: one document per example (cut at ``--seq-len``), a micro-batch padded to its
+2. **plain**: the same windows, initial weights and optimiser settings in the plain PyTorch loop of
+   ``bench/plain_loop.py`` (no Trainer): the lower bound on per-step overhead;
+3. **padded**: one document per example (cut at ``--seq-len``), a micro-batch padded to its
    longest example, as a trainer without packing would do; the micro-batch holds as many documents
    as make about the same number of tokens as a packed micro-batch.
 
-Both train on the same number of real (non-padding) tokens. Reported: real tokens per second of
-each, their ratio, and the packed run's model FLOPs per second (``6 N + 12 L d T`` per token, see
-``latent_thoughts.train.budget``) as a fraction of a matrix-multiply peak measured in the same
-process (``torch.matmul`` of large square matrices in the training dtype).
+All train on the same number of real (non-padding) tokens. Reported: real tokens per second of
+each, ``trainer/plain`` and ``packed/padded``, and the packed run's model FLOPs per second
+(``6 N + 12 L d T`` per token, see ``latent_thoughts.train.budget``) as a share of the
+matrix-multiply peaks measured in the same process (``torch.matmul`` of 2048 x 2048 matrices in
+bf16 and fp32). The run trains in the precision ``auto`` picks: bf16 autocast only where the CPU
+has native bf16 instructions (on an AVX2-only CPU bf16 is emulated and its "peak" is about 1
+GFLOP/s, so the fp32 share is the meaningful one there).
 
-    .venv/bin/python bench/train.py            # a few minutes on 2 CPU cores
-    .venv/bin/python bench/train.py --quick    # about a minute
+    .venv/bin/python bench/train.py            # a couple of minutes on 2 CPU cores
+    .venv/bin/python bench/train.py --quick    # under a minute
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import logging
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,10 +42,14 @@ from transformers import Trainer, TrainerCallback
 from latent_thoughts.corpus import ChunkConfig, chunk_document, write_chunks
 from latent_thoughts.format import DocumentBuilder
 from latent_thoughts.testbed import TestbedConfig, TestbedOracle, generate_documents
+from latent_thoughts.testbed.recipe import TestbedRecipe
 from latent_thoughts.tokenizer import load_tokenizer
 from latent_thoughts.train import TrainConfig, model_flops_per_token, train
 from latent_thoughts.train.data import build_documents, read_sources
 from latent_thoughts.train.trainer import prepare_model, resolve_precision, training_arguments
+
+sys.path.insert(0, str(Path(__file__).parent))
+from plain_loop import plain_train, training_windows
 
 
 def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
@@ -54,6 +64,12 @@ def matmul_peak(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> f
         torch.matmul(a, b)
         best = max(best, 2 * size**3 / (time.perf_counter() - start))
     return best
+
+
+def measured_peaks() -> dict[str, float]:
+    """Matmul peaks of this process in bf16 (1024^3: on a CPU without native bf16 one 2048^3 product
+    takes seconds) and fp32 (2048^3), in FLOP/s."""
+    return {"bf16": matmul_peak(torch.bfloat16, size=1024), "fp32": matmul_peak(torch.float32)}
 
 
 def write_data(out: Path, documents: int) -> dict[str, Path]:
@@ -184,12 +200,13 @@ def main() -> None:
     )
     parser.add_argument("--out", default="runs/bench/train")
     parser.add_argument("--quick", action="store_true")
+    recipe = TestbedRecipe()
     parser.add_argument("--tokens", type=int, help="real training tokens per arm (default 160k, quick 32k)")
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--width", type=int, default=recipe.width)
+    parser.add_argument("--layers", type=int, default=recipe.layers)
+    parser.add_argument("--vocab", type=int, default=recipe.vocab_size)
+    parser.add_argument("--seq-len", type=int, default=recipe.seq_len)
+    parser.add_argument("--micro-batch", type=int, default=recipe.batch)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     args = parser.parse_args()
     tokens = args.tokens or (32_768 if args.quick else 163_840)
@@ -231,15 +248,23 @@ def main() -> None:
         }
     )
     precision = resolve_precision(config.precision)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
-    peak_before = matmul_peak(dtype)
+    peaks_before = measured_peaks()
     timer = StepTimer()
     packed = train(config, callbacks=[timer])
+    tokenizer = load_tokenizer(Path(config.output_dir) / "tokenizer")
+    plain = plain_train(
+        prepare_model(config, tokenizer),
+        training_windows(config, tokenizer),
+        config.optim,
+        packed.steps,
+        precision == "bf16",
+        config.seed,
+    )
+    plain_tps = plain.steady_tokens_per_second(args.seq_len * args.micro_batch)
     padded = padded_run(config, packed.tokens)
-    peak_after = matmul_peak(dtype)
-    peak = max(peak_before, peak_after)
-    fp32_peak = matmul_peak(torch.float32) if dtype != torch.float32 else peak
+    peaks_after = measured_peaks()
+    peaks = {name: max(peaks_before[name], peaks_after[name]) for name in peaks_before}
 
     tokenizer_size = len(load_tokenizer(Path(config.output_dir) / "tokenizer"))
     model = prepare_model(config, load_tokenizer(Path(config.output_dir) / "tokenizer"))
@@ -259,16 +284,19 @@ def main() -> None:
         f"{padded['documents_per_micro_batch']} documents of mean {padded['mean_document_tokens']:.0f} tokens "
         f"per batch, {padded['steps']} steps): {padded['tokens_per_second']:,.0f} real tokens/s"
     )
+    print(f"plain PyTorch loop, same windows and weights: {plain_tps:,.0f} tokens/s")
+    print(f"trainer/plain: {packed_tps / plain_tps:.2f}x")
     print(f"packed / padded: {packed_tps / padded['tokens_per_second']:.2f}x")
     model_flops = packed_tps * flops_per_token
     print(
-        f"model FLOPs/s (packed): {model_flops / 1e9:.2f} GFLOP/s at {flops_per_token / 1e6:.1f} MFLOP/token; "
-        f"matmul peak ({str(dtype).replace('torch.', '')}, 2048^3, same process): {peak / 1e9:.1f} GFLOP/s "
-        f"(before {peak_before / 1e9:.1f}, after {peak_after / 1e9:.1f}); MFU {model_flops / peak:.1%}"
+        f"model FLOPs/s (packed): {model_flops / 1e9:.2f} GFLOP/s at {flops_per_token / 1e6:.1f} MFLOP/token"
     )
-    print(
-        f"(fp32 matmul peak, same process: {fp32_peak / 1e9:.1f} GFLOP/s; MFU against it {model_flops / fp32_peak:.1%})"
-    )
+    for name, peak in peaks.items():
+        print(
+            f"  share of the {name} matmul peak (same process, best of before {peaks_before[name] / 1e9:.1f} "
+            f"and after {peaks_after[name] / 1e9:.1f} GFLOP/s): {model_flops / peak:.1%}"
+            + ("  <- the precision this run trained in" if name == precision else "")
+        )
     print("throughput is timed from the end of step 1 to the last step (start-up and warm-up left out)")
 
 

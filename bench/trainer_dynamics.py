@@ -15,7 +15,6 @@ loss curves as ``OUT/loss_curves.png``.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -43,9 +42,8 @@ def run_one(
     from latent_thoughts.testbed import make_eval_problems
     from latent_thoughts.tokenizer import load_tokenizer
     from latent_thoughts.train import train
-    from latent_thoughts.train.data import load_arrays
     from latent_thoughts.train.trainer import prepare_model, resolve_precision
-    from plain_loop import plain_train
+    from plain_loop import plain_train, training_windows
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING)
@@ -62,9 +60,9 @@ def run_one(
         losses = [log["loss"] for log in result.metrics["log_history"] if "loss" in log and "step" in log]
         rate = result.metrics["tokens_per_second"]
     else:
-        # The trainer's own windows, built and cached by the trainer run of this seed (run first).
-        arrays = load_arrays(Path(sorted(glob.glob(str(run_dir / "trainer" / "data" / "train-*.npz")))[0]))
+        # The trainer's own windows and tokenizer (the trainer run of this seed goes first).
         tokenizer = load_tokenizer(run_dir / "trainer" / "tokenizer")
+        arrays = training_windows(config, tokenizer)
         model = prepare_model(config, tokenizer)
         steps = len(arrays.lengths) // recipe.batch
         bf16 = resolve_precision(config.precision) == "bf16"

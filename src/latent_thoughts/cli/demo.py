@@ -9,9 +9,11 @@ reader can repeat any step by hand:
 3. ``synthesize``: the oracle teacher writes a thought for every chunk (cached, resumable);
 4. ``testbed check`` and ``thoughts``: the thoughts' validity, and one document with its thoughts;
 5. ``train`` twice: a small Llama from scratch on raw documents and on the same documents with
-   thoughts, at the same number of training tokens;
+   thoughts, at the same number of training tokens, with the testbed recipe
+   (:mod:`latent_thoughts.testbed.recipe`; ``docs/testbed.md`` says how it was chosen);
 6. ``evaluate``: held-out problems, raw mode for the raw model, latent mode (and raw mode) for the
-   thought model; a table, ``results.json`` and a bar chart ``accuracy.png``.
+   thought model; a table (with the share of true arithmetic claims in the thought model's
+   thoughts), ``results.json`` and a bar chart ``accuracy.png``.
 
 Every step writes into the run folder and is skipped or resumed when its output is already there,
 so a second ``make demo`` is quick.
@@ -28,12 +30,8 @@ from typing import Any
 
 import yaml
 
-DEMO_WORLD = [
-    "bootstrap_documents=200",
-    "warm_start_documents=20",
-    "validation_documents=10",
-    "eval_problems=100",
-]
+DEFAULT_TOKENS = "2M"
+"""Training tokens per model: two models train in about 7 minutes on 2 cores (about 11k tokens/s)."""
 
 
 def register(subparsers: Any) -> None:
@@ -47,7 +45,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo)")
-    parser.add_argument("--tokens", default="400k", help="training tokens per model (default: 400k)")
+    parser.add_argument(
+        "--tokens", default=DEFAULT_TOKENS, help=f"training tokens per model (default: {DEFAULT_TOKENS})"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training")
     parser.set_defaults(handler=run)
 
@@ -63,81 +63,45 @@ def _step(title: str, argv: list[str]) -> None:
         raise LatentThoughtsError(f"demo step failed ({title}): latent-thoughts {shlex.join(argv)}")
 
 
-def train_config(out: Path, arm: str, tokens: str, seed: int) -> dict[str, Any]:
-    """The training run of one arm: identical for both arms except the data source."""
-    chunks = str(out / "chunks.parquet")
-    source: dict[str, Any] = {"kind": "raw", "chunks": chunks}
-    if arm == "thoughts":
-        source = {"kind": "thoughts", "chunks": chunks, "thoughts": str(out / "thoughts" / "oracle.parquet")}
-    return {
-        "output_dir": str(out / arm),
-        "seed": seed,
-        "model": {
-            "tokenizer": str(out / "tokenizer"),
-            "scratch": {
-                "hidden_size": 128,
-                "num_layers": 4,
-                "num_heads": 4,
-                "num_kv_heads": 4,
-                "intermediate_size": 352,
-                "max_position_embeddings": 512,
-            },
-        },
-        "data": {"sources": [source], "format": {"seq_len": 256, "seed": seed}},
-        "budget": {"tokens": tokens},
-        "optim": {"lr": 2e-3, "warmup_steps": 20, "global_batch": 16, "micro_batch": 16},
-        "logging_steps": 25,
-        "save_steps": 100,
-        "save_total_limit": 1,
-    }
+def write_train_config(out: Path, arm: str, tokens: str, seed: int) -> Path:
+    """The recipe's training run of one arm as a YAML file for ``latent-thoughts train``."""
+    from latent_thoughts.config import dump_config
+    from latent_thoughts.testbed.recipe import RecipeData, TestbedRecipe, train_config
+
+    recipe = TestbedRecipe.model_validate({"tokens": tokens})
+    data = RecipeData(out / "chunks.parquet", out / "thoughts" / "oracle.parquet", out / "tokenizer")
+    config = train_config(recipe, arm, seed, data, out / arm, logging_steps=100)  # type: ignore[arg-type]
+    path = out / f"train-{arm}.yaml"
+    path.write_text(dump_config(config))
+    return path
 
 
 def shared_tokenizer(out: Path) -> Path:
-    """One BPE for both arms, trained on the raw text and the thoughts, so token budgets match."""
+    """The recipe's BPE for both arms, trained on the raw text and the thoughts (token budgets match)."""
     import pyarrow.parquet as pq
 
     from latent_thoughts.corpus import read_chunks
-    from latent_thoughts.tokenizer import add_latent_tokens, train_bpe_tokenizer
+    from latent_thoughts.testbed.recipe import TestbedRecipe, train_shared_tokenizer
 
     folder = out / "tokenizer"
     if not (folder / "tokenizer_config.json").exists():
         texts = [chunk.text for chunk in read_chunks(out / "chunks.parquet")]
         texts += pq.read_table(out / "thoughts" / "oracle.parquet", columns=["thought"]).column(0).to_pylist()
-        tokenizer = train_bpe_tokenizer(texts, vocab_size=1024)
-        add_latent_tokens(tokenizer)
-        tokenizer.save_pretrained(folder)
+        train_shared_tokenizer(TestbedRecipe(), texts, folder)
     return folder
-
-
-def plot_accuracy(results: dict[str, float], path: Path) -> None:
-    """A bar chart of accuracy per (model, mode)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    names = list(results)
-    labels = [name.replace(", ", "\n") for name in names]
-    bars = axis.bar(labels, [results[name] * 100 for name in names], color=["#888888", "#3b7dd8", "#9cbce8"])
-    axis.bar_label(bars, fmt="%.1f%%")
-    axis.set_ylabel("exact-match accuracy (%)")
-    axis.set_ylim(0, 100)
-    axis.set_title("Testbed: held-out problems, same training tokens")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run every step of the demo and print a results table."""
+    from latent_thoughts.report.plots import plot_accuracy
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     seed = [f"seed={args.seed}"]
     _step(
         "1. generate the testbed world",
-        ["testbed", "generate", "--out", str(out / "testbed"), *DEMO_WORLD, *seed],
+        ["testbed", "generate", "--out", str(out / "testbed"), *seed],
     )
     _step(
         "2. cut the bootstrap split into chunks",
@@ -184,10 +148,7 @@ def run(args: argparse.Namespace) -> int:
     )
     shared_tokenizer(out)
     for arm in ("raw", "thoughts"):
-        config_path = out / f"train-{arm}.yaml"
-        config_path.write_text(
-            yaml.safe_dump(train_config(out, arm, args.tokens, args.seed), sort_keys=False)
-        )
+        config_path = write_train_config(out, arm, args.tokens, args.seed)
         _step(
             f"5. train a model from scratch on {arm} data",
             ["train", "--config", str(config_path), "--resume"],
@@ -197,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     runs = {"raw model, raw mode": ("raw", "raw"), "thought model, latent mode": ("thoughts", "latent")}
     runs["thought model, raw mode"] = ("thoughts", "raw")
     accuracies: dict[str, float] = {}
+    true_claims = ""
     for label, (arm, mode) in runs.items():
         result_file = out / f"eval-{arm}-{mode}.json"
         model_dir = str(out / arm / "model")
@@ -204,14 +166,20 @@ def run(args: argparse.Namespace) -> int:
             f"6. evaluate: {label}",
             ["evaluate", model_dir, "--problems", problems, "--mode", mode, "--out", str(result_file)],
         )
-        accuracies[label] = json.loads(result_file.read_text())["accuracy"]
+        record = json.loads(result_file.read_text())
+        accuracies[label] = record["accuracy"]
+        if mode == "latent":
+            true_claims = f"{record['true_claim_share']:.1%} of its thoughts' arithmetic claims are true"
+        problem_count = record["total"]
 
     (out / "results.json").write_text(json.dumps(accuracies, indent=2) + "\n")
-    plot_accuracy(accuracies, out / "accuracy.png")
-    print("\n== results (held-out testbed problems, exact match, same training tokens per model)")
+    title = f"Testbed: {problem_count} held-out problems, {args.tokens} training tokens per model, seed {args.seed}"
+    plot_accuracy(accuracies, out / "accuracy.png", title)
+    print(f"\n== results: {title} (one seed; bench/thoughts_vs_raw.py runs three)")
     print("| model and prompting | accuracy |\n| --- | --- |")
     for label, value in accuracies.items():
         print(f"| {label} | {value:.3f} |")
+    print(f"thought model: {true_claims} (testbed checker)")
     print(
         f"wrote {out / 'results.json'} and {out / 'accuracy.png'}; total time {time.perf_counter() - started:.0f} s"
     )

@@ -56,6 +56,20 @@ def run(args: argparse.Namespace) -> int:
         engine_options = {"device": args.device, "dtype": args.dtype}
         result = evaluate_model_dir(args.model, problems, args.mode, engine_options=engine_options)
     print(f"{args.mode} mode: {result.correct}/{result.total} correct, accuracy {result.accuracy:.3f}")
+    thoughts: dict[str, Any] = {}
+    if args.mode == "latent":
+        from latent_thoughts.testbed.recipe import thought_arithmetic
+
+        claims, true_claims, copied = thought_arithmetic(problems, result.generations)
+        thoughts = {
+            "claims": claims,
+            "true_claim_share": true_claims / claims if claims else 0.0,
+            "copied_operand_share": copied / len(problems),
+        }
+        print(
+            f"thoughts: {true_claims}/{claims} arithmetic claims true ({thoughts['true_claim_share']:.1%}); "
+            f"{copied}/{len(problems)} start from the question's first factor"
+        )
     for problem, generation in list(zip(problems, result.generations, strict=True))[: args.show]:
         mark = "right" if grade(problem, generation) else "wrong"
         print(f"  [{mark}] {problem.question!r} -> {generation.strip()[:160]!r} (answer {problem.answer})")
@@ -66,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             "correct": result.correct,
             "total": result.total,
             "accuracy": result.accuracy,
+            **thoughts,
             "generations": result.generations,
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

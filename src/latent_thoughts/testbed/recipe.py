@@ -18,6 +18,7 @@ chosen.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -43,14 +44,14 @@ class TestbedRecipe(StageConfig):
     world: TestbedConfig = Field(default_factory=TestbedConfig)
     vocab_size: int = Field(512, ge=262, description="byte-level BPE shared by both arms (digits split)")
     split_digits: bool = True
-    width: int = Field(192, gt=0)
+    width: int = Field(128, gt=0)
     layers: int = Field(4, gt=0)
     heads: int = Field(4, gt=0)
     seq_len: int = Field(256, gt=0)
-    tokens: int = Field(2_000_000, gt=0, description="training tokens per arm")
-    lr: float = Field(2e-3, gt=0)
+    tokens: int = Field(4_000_000, gt=0, description="training tokens per arm")
+    lr: float = Field(1e-3, gt=0, description="2e-3 never learned to copy the question's operands")
     warmup_steps: int = Field(20, ge=0)
-    batch: int = Field(16, gt=0, description="windows per optimizer step")
+    batch: int = Field(8, gt=0, description="windows per optimizer step")
     weight_decay: float = Field(0.01, ge=0)
     posterior_probability: float = Field(0.5, ge=0.0, le=1.0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -81,7 +82,6 @@ def prepare_data(recipe: TestbedRecipe, out: str | Path) -> RecipeData:
 
     from latent_thoughts.corpus import chunk_document, write_chunks
     from latent_thoughts.testbed.oracle import TestbedOracle
-    from latent_thoughts.tokenizer import add_latent_tokens, train_bpe_tokenizer
 
     out = Path(out)
     files = RecipeData(out / "chunks.parquet", out / "thoughts.parquet", out / "tokenizer")
@@ -104,11 +104,19 @@ def prepare_data(recipe: TestbedRecipe, out: str | Path) -> RecipeData:
         "teacher": [oracle.identity] * len(chunks),
     }
     pq.write_table(pa.table(table), files.thoughts)
-    texts = [*(chunk.text for chunk in chunks), *thoughts]
+    train_shared_tokenizer(recipe, [*(chunk.text for chunk in chunks), *thoughts], files.tokenizer)
+    return files
+
+
+def train_shared_tokenizer(recipe: TestbedRecipe, texts: Sequence[str], folder: str | Path) -> Path:
+    """Train the recipe's BPE (``vocab_size``, ``split_digits``) on ``texts`` (raw chunks and thoughts,
+    so both arms count tokens in the same units), add the latent tokens and save it to ``folder``."""
+    from latent_thoughts.tokenizer import add_latent_tokens, train_bpe_tokenizer
+
     tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size, split_digits=recipe.split_digits)
     add_latent_tokens(tokenizer)
-    tokenizer.save_pretrained(str(files.tokenizer))
-    return files
+    tokenizer.save_pretrained(str(folder))
+    return Path(folder)
 
 
 def train_config(
@@ -193,6 +201,25 @@ class ArmEvaluation:
         return {**self.__dict__, **shares}
 
 
+def thought_arithmetic(problems: Sequence[Problem], generations: Sequence[str]) -> tuple[int, int, int]:
+    """Read the thoughts of latent-mode ``generations`` (the text before EOL) with the testbed checker.
+
+    Returns (arithmetic claims made, claims true, thoughts whose first claim starts from the
+    question's first factor): the last one says whether the model copies the question's operands
+    into its thought at all, the second whether its arithmetic is right.
+    """
+    from latent_thoughts.format import LATENT_TOKENS
+
+    claims = true_claims = copied = 0
+    for problem, text in zip(problems, generations, strict=True):
+        thought = text.partition(LATENT_TOKENS.eol)[0]
+        checked = check_thought(thought)
+        claims += checked.claims
+        true_claims += checked.valid_claims
+        copied += thought.lstrip().startswith(problem.expression.split()[0] + " x ")
+    return claims, true_claims, copied
+
+
 def evaluate_arm(
     model_dir: str | Path,
     problems: list[Problem],
@@ -203,7 +230,6 @@ def evaluate_arm(
     """Greedy accuracy of a saved model on ``problems`` in ``mode``; in latent mode also the checker's
     verdict on the arithmetic claims of every thought the model wrote."""
     from latent_thoughts.evaluate.testbed import evaluate_model_dir
-    from latent_thoughts.format import LATENT_TOKENS
 
     engine_options = {"device": device} if device is not None else None
     result = evaluate_model_dir(
@@ -215,12 +241,7 @@ def evaluate_arm(
     )
     claims = true_claims = copied = 0
     if mode == "latent":
-        for problem, text in zip(problems, result.generations, strict=True):
-            thought = text.partition(LATENT_TOKENS.eol)[0]
-            checked = check_thought(thought)
-            claims += checked.claims
-            true_claims += checked.valid_claims
-            copied += thought.lstrip().startswith(problem.expression.split()[0] + " x ")
+        claims, true_claims, copied = thought_arithmetic(problems, result.generations)
     example = result.generations[0] if result.generations else ""
     return ArmEvaluation(mode, result.accuracy, result.total, claims, true_claims, copied, example)
 

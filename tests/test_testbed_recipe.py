@@ -1,0 +1,71 @@
+"""The testbed recipe: both arms share everything but their data; the thought model's thoughts are checked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from latent_thoughts.testbed import TestbedConfig, make_eval_problems
+from latent_thoughts.testbed.recipe import (
+    TestbedRecipe,
+    evaluate_arm,
+    prepare_data,
+    thought_arithmetic,
+    train_config,
+)
+from latent_thoughts.tokenizer import load_tokenizer
+from latent_thoughts.train import train
+
+SMALL_WORLD = TestbedConfig(bootstrap_documents=20, eval_problems=8)
+
+
+def test_arms_differ_only_in_their_data_source(tmp_path: Path) -> None:
+    recipe = TestbedRecipe(world=SMALL_WORLD, tokens="50k")  # type: ignore[arg-type]
+    data = prepare_data(recipe, tmp_path / "data")
+    raw = train_config(recipe, "raw", 0, data, tmp_path / "raw").model_dump()
+    thoughts = train_config(recipe, "thoughts", 0, data, tmp_path / "thoughts").model_dump()
+    assert raw["budget"]["tokens"] == thoughts["budget"]["tokens"] == 50_000
+    raw_source, thought_source = raw["data"].pop("sources"), thoughts["data"].pop("sources")
+    assert raw_source[0]["kind"] == "raw" and thought_source[0]["kind"] == "thoughts"
+    assert raw_source[0]["chunks"] == thought_source[0]["chunks"]
+    for config in (raw, thoughts):
+        config.pop("output_dir")
+    assert raw == thoughts
+
+
+def test_shared_tokenizer_splits_digits(tmp_path: Path) -> None:
+    data = prepare_data(TestbedRecipe(world=SMALL_WORLD), tmp_path / "data")
+    tokenizer = load_tokenizer(data.tokenizer)
+    pieces = [tokenizer.decode([i]) for i in tokenizer.encode("It equals 1017.", add_special_tokens=False)]
+    assert pieces[-5:] == ["1", "0", "1", "7", "."]
+
+
+def test_thought_arithmetic_reads_claims_and_copying() -> None:
+    problems = make_eval_problems(TestbedConfig(eval_problems=2))
+    first = problems[0]
+    right = f"{first.thought}<|END_OF_LATENT|>It equals {first.answer}."
+    factor = first.expression.split()[0]
+    wrong = "57 x 5 = 364.<|END_OF_LATENT|>It equals 364."
+    claims, true_claims, copied = thought_arithmetic(problems, [right, wrong])
+    assert claims == first.thought.count("=") + 1
+    assert true_claims == first.thought.count("=")
+    assert copied == 1 and factor != "57"
+
+
+@pytest.mark.slow
+def test_a_short_run_writes_thoughts_the_checker_reads(tmp_path: Path) -> None:
+    """The thought model of a short run writes arithmetic claims; the share that is true is printed."""
+    recipe = TestbedRecipe(world=TestbedConfig(eval_problems=50), tokens="600k")  # type: ignore[arg-type]
+    data = prepare_data(recipe, tmp_path / "data")
+    config = train_config(recipe, "thoughts", 0, data, tmp_path / "thoughts", progress_bar=False)
+    result = train(config)
+    assert result.model_dir is not None
+    evaluation = evaluate_arm(result.model_dir, make_eval_problems(recipe.world), "latent")
+    print(
+        f"short run ({recipe.tokens:,} tokens): {evaluation.true_claims}/{evaluation.claims} arithmetic claims "
+        f"true ({evaluation.true_claim_share:.1%}), {evaluation.copied_operand_share:.0%} of thoughts start "
+        f"from the question's first factor, accuracy {evaluation.accuracy:.3f}"
+    )
+    assert evaluation.claims >= evaluation.problems  # it writes derivations, at least one claim a thought
+    assert 0 <= evaluation.true_claims <= evaluation.claims
