@@ -35,8 +35,9 @@ HEADER_BYTES = 4096
 FORMAT = "latent-thoughts-windows"
 VERSION = 1
 DTYPE = np.dtype("<i4")
-# Tokens gathered per packing step: bounds the packer's memory (a few arrays of this many tokens).
-PIECE_TOKENS = 1 << 20
+# Tokens gathered per packing step: bounds the packer's memory (a few arrays of this many tokens);
+# pieces that stay in the CPU cache pack several times faster than pieces of a million tokens.
+PIECE_TOKENS = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,7 @@ def pack_blocks(
     if limit is not None and limit <= 0:
         return
     emitted = 0
-    carry = _Stream(np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int64) if reset_position_ids else None)
+    carry = _Stream(np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32) if reset_position_ids else None)
     for piece in _pieces(documents, piece_tokens, reset_position_ids):
         stream = carry.then(piece)
         full = len(stream.ids) // seq_len
@@ -189,7 +190,7 @@ def pack_blocks(
         padding = seq_len - real
         pad = _Stream(
             np.full(padding, pad_id, dtype=np.int32),
-            None if carry.offsets is None else carry.offsets[-1] + 1 + np.arange(padding),
+            None if carry.offsets is None else carry.offsets[-1] + 1 + np.arange(padding, dtype=np.int32),
         )
         yield _records(carry.then(pad), seq_len), real
 
@@ -197,7 +198,7 @@ def pack_blocks(
 @dataclass(frozen=True)
 class _Stream:
     """A stretch of the token stream: ids (int32) and, when positions restart per document, each
-    token's offset within its document (int64)."""
+    token's offset within its document (int32, like the position ids it becomes)."""
 
     ids: np.ndarray
     offsets: np.ndarray | None
@@ -241,9 +242,9 @@ def _join(batch: list[np.ndarray], with_offsets: bool) -> _Stream:
     ids = np.concatenate(batch)
     if not with_offsets:
         return _Stream(ids, None)
-    lengths = np.fromiter((len(document) for document in batch), dtype=np.int64, count=len(batch))
-    starts = np.cumsum(lengths) - lengths
-    return _Stream(ids, np.arange(len(ids), dtype=np.int64) - np.repeat(starts, lengths))
+    lengths = np.fromiter((len(document) for document in batch), dtype=np.int32, count=len(batch))
+    starts = np.cumsum(lengths, dtype=np.int32) - lengths
+    return _Stream(ids, np.arange(len(ids), dtype=np.int32) - np.repeat(starts, lengths))
 
 
 def _records(stream: _Stream, seq_len: int) -> np.ndarray:
@@ -255,5 +256,5 @@ def _records(stream: _Stream, seq_len: int) -> np.ndarray:
     windows = stream.ids.reshape(-1, 1, seq_len)
     if stream.offsets is None:
         return windows
-    positions = np.minimum(stream.offsets.reshape(-1, seq_len), np.arange(seq_len))
-    return np.stack([windows[:, 0], positions.astype(np.int32)], axis=1)
+    positions = np.minimum(stream.offsets.reshape(-1, seq_len), np.arange(seq_len, dtype=np.int32))
+    return np.stack([windows[:, 0], positions], axis=1)
