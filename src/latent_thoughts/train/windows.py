@@ -40,7 +40,7 @@ DTYPE = np.dtype("<i4")
 PIECE_TOKENS = 1 << 17
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class PackedWindows:
     """The windows of one file, mapped read-only.
 
@@ -56,6 +56,7 @@ class PackedWindows:
         return int(self.records.shape[0])
 
     def __reduce__(self) -> tuple[Any, tuple[Path]]:
+        """Pickled as its path: the copy maps the file again."""
         return open_windows, (self.path,)
 
     @property
