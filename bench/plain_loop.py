@@ -90,10 +90,13 @@ def plain_train(
     bf16: bool,
     seed: int,
     device: str = "cpu",
+    sequential: bool = False,
 ) -> PlainRun:
     """Train ``model`` in place for ``steps`` optimizer steps of ``optim.global_batch`` windows.
 
     One forward and backward per step (no accumulation): the global batch is one micro-batch here.
+    Windows come in seeded epoch-shuffled order, or in file order with ``sequential`` (to compare
+    step by step with a trainer made to read them in file order too).
     Returns the loss of every step and when each step ended.
     """
     torch.manual_seed(seed)
@@ -109,7 +112,10 @@ def plain_train(
     lengths = torch.from_numpy(np.asarray(arrays.lengths, dtype=np.int64))
     positions = torch.arange(ids.shape[1])
     run = PlainRun(started=time.perf_counter())
-    for batch in epoch_order(len(ids), steps, optim.global_batch, seed):
+    order = epoch_order(len(ids), steps, optim.global_batch, seed)
+    if sequential:
+        order = np.arange(steps * optim.global_batch).reshape(steps, optim.global_batch) % len(ids)
+    for batch in order:
         index = torch.from_numpy(batch)
         input_ids = ids[index].to(device)
         labels = input_ids.masked_fill((positions[None, :] >= lengths[index][:, None]).to(device), -100)

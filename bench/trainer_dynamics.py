@@ -8,8 +8,12 @@ accuracy and the share of true arithmetic claims in their thoughts. Printed: per
 std, the final loss (mean of the last 10% of steps), accuracy and true claims of each loop, and the
 loss curves as ``OUT/loss_curves.png``.
 
-    .venv/bin/python bench/trainer_dynamics.py --seeds 0 1 2 --tokens 2M
-    python3 bench/trainer_dynamics.py --device cuda --parallel 6 --tokens 6M --batch 32   # on a GPU
+    .venv/bin/python bench/trainer_dynamics.py --seeds 0 1 2 --set tokens=2M
+    .venv/bin/python bench/trainer_dynamics.py --sequential --seeds 0 --set tokens=100k lr=2e-3
+    python3 bench/trainer_dynamics.py --device cuda --parallel 3 --set tokens=6M batch=32   # on a GPU
+
+``--sequential`` makes both loops read the windows in file order (the trainer through a sequential
+sampler), so the only difference left is the loop itself: the losses then agree step by step.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from latent_thoughts.testbed.recipe import TestbedRecipe, evaluate_arm, prepare_
 
 
 def run_one(
-    loop: str, seed: int, overrides: list[str], out: str, device: str, threads: int
+    loop: str, seed: int, overrides: list[str], out: str, device: str, threads: int, sequential: bool = False
 ) -> dict[str, Any]:
     """Train one model with ``loop`` (``trainer`` or ``plain``) and evaluate it; returns its row."""
     import numpy as np
@@ -55,6 +59,12 @@ def run_one(
     )
     started = time.perf_counter()
     if loop == "trainer":
+        if sequential:
+            from torch.utils.data import SequentialSampler
+
+            from latent_thoughts.train.trainer import _LatentTrainer
+
+            _LatentTrainer._get_train_sampler = lambda self, *a, **k: SequentialSampler(self.train_dataset)  # type: ignore[method-assign]
         result = train(config, resume=True)
         model_dir = result.model_dir
         losses = [log["loss"] for log in result.metrics["log_history"] if "loss" in log and "step" in log]
@@ -66,7 +76,9 @@ def run_one(
         model = prepare_model(config, tokenizer)
         steps = len(arrays.lengths) // recipe.batch
         bf16 = resolve_precision(config.precision) == "bf16"
-        plain = plain_train(model, arrays, config.optim, steps, bf16, seed, device=device)
+        plain = plain_train(
+            model, arrays, config.optim, steps, bf16, seed, device=device, sequential=sequential
+        )
         model_dir = run_dir / "plain"
         model.config.use_cache = True
         model.save_pretrained(model_dir)
@@ -131,6 +143,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides (tokens=2M batch=32 ...)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--sequential", action="store_true", help="both loops read windows in file order")
     args = parser.parse_args()
     out = Path(args.out)
     recipe = load_config(TestbedRecipe, None, args.set)
@@ -141,13 +154,24 @@ def main() -> None:
     with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as pool:
         for loop in ("trainer", "plain"):
             futures = [
-                pool.submit(run_one, loop, seed, args.set, str(out), args.device, threads)
+                pool.submit(run_one, loop, seed, args.set, str(out), args.device, threads, args.sequential)
                 for seed in args.seeds
             ]
             rows.extend(future.result() for future in futures)
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     plot(rows, out / "loss_curves.png")
-    print(f"recipe: {' '.join(args.set) or 'defaults'}; seeds {args.seeds}")
+    order = "file order (--sequential)" if args.sequential else "each loop's own shuffled order"
+    print(f"recipe: {' '.join(args.set) or 'defaults'}; seeds {args.seeds}; windows in {order}")
+    pairs = [
+        (t, p)
+        for t in rows
+        for p in rows
+        if t["loop"] == "trainer" and p["loop"] == "plain" and t["seed"] == p["seed"]
+    ]
+    gaps = [max(abs(a - b) for a, b in zip(t["losses"], p["losses"], strict=False)) for t, p in pairs]
+    print(
+        f"largest per-step loss difference trainer vs plain, per seed: {', '.join(f'{g:.2e}' for g in gaps)}"
+    )
     print("| loop | seed | final loss | accuracy (latent) | true claims | tokens/s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for row in rows:
