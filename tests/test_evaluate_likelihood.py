@@ -98,3 +98,31 @@ def test_elbo_4_is_at_least_elbo_1_on_average(engine, tiny_tokenizer) -> None:
     for document in four_docs:
         for term, scores in zip(document.terms, document.thoughts, strict=True):
             assert term >= sum(s.log_w for s in scores) / len(scores) - 1e-9
+
+
+def test_the_likelihood_verb(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from latent_thoughts.cli import main
+
+    documents = tmp_path / "val.jsonl"
+    documents.write_text(
+        "".join(json.dumps({"id": str(i), "text": doc}) + "\n" for i, doc in enumerate(DOCUMENTS))
+    )
+    out = tmp_path / "likelihood.json"
+    argv = ["likelihood", str(tiny_model_dir), "--documents", str(documents), "--k", "1,2"]
+    assert (
+        main([*argv, "--words-per-chunk", "8", "--thought-tokens", "8", "--device", "cpu", "--out", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "nats/token" in printed and "ELBO(2)" in printed
+    record = json.loads(out.read_text())
+    assert record["documents"] == 4 and {
+        "elbo_1_per_document",
+        "elbo_2_per_document",
+        "bits_per_byte",
+    } <= set(record)
+    assert main([*argv, "--limit", "0"]) == 2
