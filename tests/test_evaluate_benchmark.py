@@ -35,7 +35,10 @@ def test_every_problem_is_logged_and_graded(engine: TransformersEngine, mode: st
     assert logged == records and [r.problem_id for r in records] == [p.problem_id for p in problems]
     for record in records:
         assert len(record.generations) == 1 and record.flexible_correct is not None
-        assert (LATENT_TOKENS.eol in record.generations[0]) is (mode == "latent")
+        generation = record.generations[0]
+        assert generation.count(LATENT_TOKENS.eol) == (mode == "latent")
+        if mode == "latent":  # SOL, PRIOR and POST are banned in thoughts: the thought is text
+            assert generation.split(LATENT_TOKENS.eol)[0].strip()
         assert record.prompt.endswith(LATENT_TOKENS.prior if mode == "latent" else "Answer:")
 
 

@@ -7,7 +7,7 @@ problem (prompt, generations, extracted answers, verdicts) and an aggregate (:fu
 - raw mode: the few-shot prompt ends with the answer header; the model continues with the four latent
   tokens banned, until EOS, the next exemplar's header or ``max_answer_tokens``;
 - latent mode: the prompt ends with ``SOL PRIOR``; the model thinks until EOL (never stopping at EOS;
-  EOL is appended after ``max_thought_tokens``), then the answer header is appended and the model
+  the other three latent tokens banned; EOL is appended after ``max_thought_tokens``), then the answer header is appended and the model
   answers as in raw mode. The logged generation is ``thought EOL header answer``; graders cut at EOL.
 
 Greedy decoding (``samples`` 1, ``temperature`` 0) is the default. With ``samples`` k > 1 each problem
@@ -167,6 +167,7 @@ def _generate(
         max_new_tokens=settings.max_thought_tokens,
         stop=[special.eol],
         stop_on_eos=False,
+        banned_ids=[special.sol, special.prior, special.post],  # a thought is text that ends at EOL
         **common,
     )
     thoughts: list[list[int]] = []
