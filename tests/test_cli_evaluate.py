@@ -113,3 +113,19 @@ def test_evaluate_errors_are_one_line(
     assert main(["evaluate", str(tiny_model_dir), "--data-dir", str(DATA), *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert culprit in err and "\n" not in err and err.startswith("error:")
+
+
+def test_evaluate_gsm8k_on_a_served_model_matches_the_local_one(
+    tiny_long_model_dir: Path, tmp_path: Path
+) -> None:
+    argv = ["evaluate", str(tiny_long_model_dir), "--tasks", "gsm8k", "--limit", "2", "--shots", "1"]
+    argv += ["--data-dir", str(DATA), "--max-thought-tokens", "8", "--max-answer-tokens", "12"]
+    assert main([*argv, "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "local")]) == 0
+    with serve_subprocess(tiny_long_model_dir, tmp_path) as base_url:
+        assert main([*argv, "--base-url", base_url, "--out", str(tmp_path / "remote")]) == 0
+
+    def generations(folder: str) -> list[list[str]]:
+        lines = (tmp_path / folder / "gsm8k_latent.jsonl").read_text().splitlines()
+        return [json.loads(line)["generations"] for line in lines]
+
+    assert generations("remote") == generations("local")
