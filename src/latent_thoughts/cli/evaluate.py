@@ -50,7 +50,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--limit", type=int, help="evaluate N problems per task (the first, or --seed's draw)"
     )
-    parser.add_argument("--seed", type=int, help="draw the --limit problems at random with this seed")
+    parser.add_argument(
+        "--seed", type=int, help="draw the --limit problems at random with this seed (also seeds sampling)"
+    )
     parser.add_argument("--subjects", help="MATH: comma-separated subjects (e.g. Algebra,Geometry)")
     parser.add_argument("--levels", help="MATH: comma-separated levels (e.g. 1,2)")
     parser.add_argument(

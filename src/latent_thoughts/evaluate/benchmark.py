@@ -105,6 +105,8 @@ def evaluate_benchmark(
     if not problems:
         raise LatentThoughtsError("no problems to evaluate")
     task = problems[0].task
+    if any(problem.task != task for problem in problems):
+        raise LatentThoughtsError("evaluate one task at a time: the problems mix tasks")
     own_grader = grader is None and task != "gsm8k"
     if own_grader:
         grader = MathGrader()
