@@ -173,3 +173,13 @@ def test_grading_in_a_worker_process() -> None:
             (False, True),
             (True, False),
         ]
+
+
+def test_a_grader_that_cannot_start_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from latent_thoughts.errors import LatentThoughtsError
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a child that exits at once
+    with pytest.raises(LatentThoughtsError, match="math-verify"):
+        MathGrader().grade("1", "The final answer is $1$.")

@@ -17,6 +17,7 @@ next few-shot header (``Question:``, ``Problem:``) in case the engine did not st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import LATENT_TOKENS
 
 FEW_SHOT_HEADERS = ("Question:", "Problem:")
@@ -150,13 +152,18 @@ class MathGrader:
         return self._process
 
     def _ask(self, gold: str, answer: str, timeout_s: float | None) -> tuple[str | None, bool] | None:
-        """Send one comparison; its reply, or None when none came within ``timeout_s`` (child killed)."""
+        """Send one comparison; its reply, or None when none came within ``timeout_s`` or the child
+        is gone (it is then killed; the next call starts a fresh one)."""
         process = self._start()
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(json.dumps([gold, answer]) + "\n")
-        process.stdin.flush()
-        ready, _, _ = select.select([process.stdout], [], [], timeout_s)
-        line = process.stdout.readline() if ready else ""
+        try:
+            process.stdin.write(json.dumps([gold, answer]) + "\n")
+            process.stdin.flush()
+        except OSError:  # the child exited (BrokenPipeError)
+            line = ""
+        else:
+            ready, _, _ = select.select([process.stdout], [], [], timeout_s)
+            line = process.stdout.readline() if ready else ""
         if not line:
             self._kill()
             return None
@@ -173,8 +180,13 @@ class MathGrader:
         return MathVerdict(*reply)
 
     def warm_up(self) -> None:
-        """Start the child and let it import math-verify, so that no timeout pays for the import."""
-        self._ask("1", "1", None)
+        """Start the child and let it import math-verify, so that no timeout pays for the import.
+
+        A child that cannot start or answer (math-verify not installed) is a one-line error."""
+        if self._ask("1", "1", 120.0) != ("1", True):
+            raise LatentThoughtsError(
+                "the MATH grader could not start: install math-verify (pip install 'math-verify[antlr4_13_2]')"
+            )
 
     def _kill(self) -> None:
         if self._process is not None:
@@ -182,7 +194,8 @@ class MathGrader:
             self._process.wait()
             for pipe in (self._process.stdin, self._process.stdout):
                 if pipe is not None:
-                    pipe.close()
+                    with contextlib.suppress(OSError):  # a dead child's stdin cannot be flushed
+                        pipe.close()
         self._process = None
 
     def close(self) -> None:
