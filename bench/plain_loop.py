@@ -1,10 +1,10 @@
 """A plain PyTorch training loop: the baseline the trainer is measured against.
 
-It trains on exactly the packed windows the trainer built (``PackedArrays``) with the trainer's
-optimisation settings (AdamW with the same decay/no-decay parameter groups, linear warm-up then
-cosine decay, gradient clipping, bf16 autocast over fp32 weights) and nothing else: no callbacks,
-no logging machinery, no data loader. Windows are visited in seeded epoch-shuffled order, like the
-trainer's sampler. Used by ``bench/train.py`` (throughput) and ``bench/trainer_dynamics.py`` (loss
+It trains on exactly the packed windows the trainer built (its window file, ``PackedWindows``) with
+the trainer's optimisation settings (AdamW with the same decay/no-decay parameter groups, linear
+warm-up then cosine decay, gradient clipping, bf16 autocast over fp32 weights) and nothing else: no
+callbacks, no logging machinery, no data loader. Windows are visited in seeded epoch-shuffled order,
+like the trainer's sampler. Used by ``bench/train.py`` (throughput) and ``bench/trainer_dynamics.py`` (loss
 curves over seeds).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,8 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from latent_thoughts.train.budget import steps_for_tokens
 from latent_thoughts.train.config import OptimConfig, TrainConfig
-from latent_thoughts.train.data import PackedArrays, build_training_data, read_sources
+from latent_thoughts.train.data import build_documents, build_training_data, read_sources
+from latent_thoughts.train.windows import PackedWindows
 
 # Parameters without weight decay, as transformers.Trainer chooses them (biases and norm weights).
 _NO_DECAY = ("bias", "norm")
@@ -41,20 +43,22 @@ class PlainRun:
         return tokens_per_step * (len(self.step_ends) - 1) / (self.step_ends[-1] - self.step_ends[0])
 
 
-def training_windows(config: TrainConfig, tokenizer: Any) -> PackedArrays:
+def training_windows(config: TrainConfig, tokenizer: Any) -> PackedWindows:
     """The packed windows the trainer builds for ``config`` (a pure function of files, tokenizer and
-    seed), rebuilt here so the plain loop trains on exactly the same tokens in the same windows."""
+    seed), rebuilt here into ``OUTPUT_DIR/data/plain-windows.bin`` so the plain loop trains on exactly
+    the same tokens in the same windows."""
     from latent_thoughts.format import DocumentBuilder
 
     assert config.budget.tokens is not None, "the plain loop needs a token budget"
     fmt = config.data.format
     steps = steps_for_tokens(config.budget.tokens, fmt.seq_len, config.optim.global_batch)
     builder = DocumentBuilder(tokenizer, fmt)
-    documents = read_sources(config.data.sources)
+    built = [build_documents(docs, builder) for docs in read_sources(config.data.sources)]
+    path = Path(config.output_dir) / "data" / "plain-windows.bin"
     data = build_training_data(
-        config.data.sources, documents, builder, steps * config.optim.global_batch, config.seed
+        config.data.sources, built, builder, steps * config.optim.global_batch, config.seed, path
     )
-    return data.arrays
+    return data.windows
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -80,7 +84,7 @@ def epoch_order(windows: int, steps: int, batch: int, seed: int) -> np.ndarray:
 
 def plain_train(
     model: torch.nn.Module,
-    arrays: PackedArrays,
+    arrays: PackedWindows,
     optim: OptimConfig,
     steps: int,
     bf16: bool,

@@ -19,7 +19,7 @@ CHUNKS = [
     ["First compute 12 + 30 = 42. ", "Then 42 x 2 = 84, ", "which is the answer."],
 ]
 THOUGHTS = ["37 x 24 is 30 x 24 plus 7 x 24.", "888 + 129 = 1017.", "The power rule gives 2x."]
-THOUGHT_TOKENS = 24
+THOUGHT_TOKENS = 48  # the longest thought is about 30 tokens with digits split
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -15,6 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -22,7 +25,7 @@ from latent_thoughts.cli import main as cli_main
 from latent_thoughts.config import ConfigError
 from latent_thoughts.corpus import ChunkConfig, chunk_document, write_chunks
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import DocumentBuilder, FormatConfig, SpecialIds
+from latent_thoughts.format import DocumentBuilder, FormatConfig, SpecialIds, pack_documents
 from latent_thoughts.testbed import TestbedConfig, TestbedOracle, generate_documents
 from latent_thoughts.tokenizer import train_bpe_tokenizer
 from latent_thoughts.train import (
@@ -36,7 +39,9 @@ from latent_thoughts.train import (
     training_flops_per_token,
 )
 from latent_thoughts.train.data import (
+    build_documents,
     build_training_data,
+    epoch_windows,
     mix_documents,
     read_source,
     read_sources,
@@ -140,18 +145,70 @@ def test_flop_matched_raw_tokens_add_the_extra_compute() -> None:
 # --- data ---------------------------------------------------------------------------------------------------
 
 
+def old_mix_documents(
+    sources: list[list[np.ndarray]], shares: list[float], total_tokens: int, seed: int
+) -> list[np.ndarray]:
+    """The mixture as it was drawn before it became indices: whole documents, a seeded pass at a
+    time per source, then one shuffle of all draws."""
+    drawn: list[np.ndarray] = []
+    for index, (documents, share) in enumerate(zip(sources, shares, strict=True)):
+        target, tokens, passes = math.ceil(total_tokens * share), 0, 0
+        while tokens < target and documents:
+            for position in np.random.default_rng([seed, index, passes]).permutation(len(documents)):
+                drawn.append(documents[position])
+                tokens += len(documents[position])
+                if tokens >= target:
+                    break
+            passes += 1
+    order = np.random.default_rng([seed, len(sources), 0xD0C]).permutation(len(drawn))
+    return [drawn[i] for i in order]
+
+
 def test_mixture_follows_weights_repeats_small_sources_and_is_seeded() -> None:
-    small = [np.full(10, 1, dtype=np.int32) for _ in range(5)]  # 50 tokens
-    large = [np.full(10, 2, dtype=np.int32) for _ in range(100)]  # 1,000 tokens
-    mixed, tokens, docs = mix_documents([small, large], [0.5, 0.5], 400, seed=3)
-    assert tokens == [200, 200] and docs == [20, 20]  # the small source is read four times over
-    again, _, _ = mix_documents([small, large], [0.5, 0.5], 400, seed=3)
-    assert [d[0] for d in mixed] == [d[0] for d in again]
-    other, _, _ = mix_documents([small, large], [0.5, 0.5], 400, seed=4)
-    assert [d[0] for d in mixed] != [d[0] for d in other]
+    small = np.full(5, 10)  # 5 documents of 10 tokens: 50 tokens
+    large = np.full(100, 10)  # 1,000 tokens
+    mixture = mix_documents([small, large], [0.5, 0.5], 400, seed=3)
+    assert mixture.drawn_tokens == [200, 200] and mixture.drawn_documents == [20, 20]
+    assert np.bincount(mixture.document[mixture.source == 0]).tolist() == [4] * 5  # read four times over
+    again = mix_documents([small, large], [0.5, 0.5], 400, seed=3)
+    assert again.source.tolist() == mixture.source.tolist()
+    assert again.document.tolist() == mixture.document.tolist()
+    other = mix_documents([small, large], [0.5, 0.5], 400, seed=4)
+    assert other.source.tolist() != mixture.source.tolist()
 
 
-def test_thoughts_source_builds_interleaved_documents(testbed_data: Path, tiny_tokenizer) -> None:
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=12), min_size=1, max_size=3),
+    total=st.integers(0, 600),
+    seed=st.integers(0, 2**16),
+)
+def test_mixture_indices_draw_the_documents_the_old_mixture_drew(
+    sizes: list[list[int]], total: int, seed: int
+) -> None:
+    assume(all(sum(lengths) for lengths in sizes))
+    sources = [
+        [np.full(n, 1000 * s + d, dtype=np.int32) for d, n in enumerate(ns)] for s, ns in enumerate(sizes)
+    ]
+    shares = [len(ns) / sum(len(x) for x in sizes) for ns in sizes]
+    mixture = mix_documents([np.array(ns) for ns in sizes], shares, total, seed)
+    drawn = list(mixture.documents(sources))
+    old = old_mix_documents(sources, shares, total, seed)
+    assert [d.tolist() for d in drawn] == [d.tolist() for d in old]
+    assert sum(mixture.drawn_tokens) == sum(len(d) for d in old)
+
+
+def test_mixture_streams_every_drawn_document_in_training_order() -> None:
+    built = [[np.array([d], dtype=np.int32) for d in range(10)], [np.array([100 + d]) for d in range(3)]]
+    mixture = mix_documents([np.ones(10), np.ones(3)], [0.5, 0.5], 150_000, seed=0)  # 150,000 draws
+    streamed = [int(document[0]) for document in mixture.documents(built)]
+    expected = np.where(mixture.source == 0, mixture.document, 100 + mixture.document)
+    assert streamed == expected.tolist()
+
+
+def test_thoughts_source_builds_interleaved_documents(
+    testbed_data: Path, tiny_tokenizer, tmp_path: Path
+) -> None:
     source = SourceConfig(
         kind="thoughts",
         chunks=str(testbed_data / "bootstrap_chunks.parquet"),
@@ -163,24 +220,50 @@ def test_thoughts_source_builds_interleaved_documents(testbed_data: Path, tiny_t
     assert documents[0][0].thoughts is not None and all(documents[0][0].thoughts)
     assert documents[1][0].plain and documents[1][0].thoughts is None
     builder = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64))
-    data = build_training_data([source, raw], documents, builder, num_windows=40, seed=0)
-    assert data.arrays.input_ids.shape == (40, 64)
-    assert int(data.arrays.lengths.min()) == 64  # every window full: the mixture never runs dry
+    built = [build_documents(docs, builder) for docs in documents]
+    data = build_training_data([source, raw], built, builder, 40, seed=0, path=tmp_path / "w.bin")
+    assert data.windows.input_ids.shape == (40, 64)
+    assert int(data.windows.lengths.min()) == 64  # every window full: the mixture never runs dry
     special = SpecialIds.from_tokenizer(tiny_tokenizer)
-    assert (data.arrays.input_ids == special.sol).any()
+    assert (data.windows.input_ids == special.sol).any()
     thoughts, raws = data.sources
     assert 2.5 < thoughts.drawn_tokens / raws.drawn_tokens < 3.5  # weights 3:1
 
 
-def test_epoch_budget_makes_that_many_passes(testbed_data: Path, tiny_tokenizer) -> None:
+@pytest.mark.parametrize("reset", [False, True])
+def test_training_windows_are_the_old_mixture_packed_by_pack_documents(
+    testbed_data: Path, tiny_tokenizer, tmp_path: Path, reset: bool
+) -> None:
+    sources = [
+        SourceConfig(kind="raw", chunks=str(testbed_data / "bootstrap_chunks.parquet"), weight=1.0),
+        SourceConfig(
+            kind="thoughts",
+            chunks=str(testbed_data / "bootstrap_chunks.parquet"),
+            thoughts=str(testbed_data / "bootstrap_thoughts.parquet"),
+            weight=2.0,
+        ),
+    ]
+    builder = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=48, reset_position_ids=reset))
+    built = [build_documents(docs, builder) for docs in read_sources(sources)]
+    data = build_training_data(sources, built, builder, 70, seed=5, path=tmp_path / "w.bin")
+    old = old_mix_documents(built, [1 / 3, 2 / 3], 70 * 48, seed=5)
+    windows = list(pack_documents(old, 48, tiny_tokenizer.pad_token_id, reset))[:70]
+    assert data.windows.input_ids.tobytes() == np.array([w.input_ids for w in windows], np.int32).tobytes()
+    if reset:
+        positions = np.array([w.position_ids for w in windows], np.int32)
+        assert data.windows.position_ids is not None
+        assert data.windows.position_ids.tobytes() == positions.tobytes()
+
+
+def test_epoch_budget_makes_that_many_passes(testbed_data: Path, tiny_tokenizer, tmp_path: Path) -> None:
     source = SourceConfig(kind="raw", chunks=str(testbed_data / "bootstrap_chunks.parquet"))
     builder = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64))
-    data = build_training_data(
-        [source], read_sources([source]), builder, num_windows=None, seed=0, epochs=2.0
-    )
+    built = [build_documents(docs, builder) for docs in read_sources([source])]
+    windows = epoch_windows(built, 2.0, 64)
+    data = build_training_data([source], built, builder, windows, seed=0, path=tmp_path / "w.bin")
     (stats,) = data.sources
-    assert data.arrays.num_tokens == len(data.arrays.lengths) * 64
-    assert len(data.arrays.lengths) == -(-2 * stats.tokens // 64)  # ceil(2 passes / window)
+    assert data.windows.num_tokens == len(data.windows) * 64
+    assert len(data.windows) == windows == -(-2 * stats.tokens // 64)  # ceil(2 passes / window)
     assert 1.99 < stats.epochs < 2.05
 
 

@@ -9,9 +9,12 @@ The path from files to tensors, in order:
    (prior/posterior layouts for thoughts, plain text otherwise; BOS/EOS around each document).
 3. :func:`mix_documents` draws documents from each source until the source's share of the token
    budget is reached, cycling through fresh seeded permutations when a source is smaller than its
-   share (repetition), and shuffles the draw into one training order.
-4. :func:`pack_windows` packs that order back to back into fixed windows
-   (:func:`~latent_thoughts.format.pack_documents`) and keeps exactly the number the budget needs.
+   share (repetition), and shuffles the draw into one training order: a :class:`Mixture` of
+   (source, document) indices, not copies of the documents.
+4. :func:`build_training_data` streams that order into a window file
+   (:func:`~latent_thoughts.train.windows.write_windows`: packed with numpy, back to back, exactly
+   the number of windows the budget needs); :class:`PackedDataset` reads the windows lazily from
+   the file's map.
 
 Everything is a pure function of the files, the tokenizer and the seed, so every process of a
 distributed run and every resumed run sees the same windows in the same order.
@@ -35,9 +38,10 @@ from torch.utils.data import Dataset
 
 from latent_thoughts.corpus import group_by_document, iter_chunks
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import DocumentBuilder, FormatConfig, pack_documents
+from latent_thoughts.format import DocumentBuilder, FormatConfig
 from latent_thoughts.tables import read_parquet
 from latent_thoughts.train.config import SourceConfig
+from latent_thoughts.train.windows import PackedWindows, write_windows
 
 logger = logging.getLogger(__name__)
 
@@ -181,104 +185,98 @@ def source_shares(sizes: Sequence[int], weights: Sequence[float | None]) -> list
     return [value / total for value in raw]
 
 
+@dataclass
+class Mixture:
+    """The training order as (source, document) index pairs, and what each source contributed.
+
+    ``source`` (int32) and ``document`` (int64) are parallel arrays, one entry per drawn document in
+    training order; a repeated document appears once per draw. ``drawn_tokens`` and
+    ``drawn_documents`` are per source.
+    """
+
+    source: np.ndarray
+    document: np.ndarray
+    drawn_tokens: list[int]
+    drawn_documents: list[int]
+
+    def documents(self, built: Sequence[Sequence[np.ndarray]]) -> Iterator[np.ndarray]:
+        """The drawn documents' token ids in training order, read from ``built`` (per source) as
+        the stream goes: no drawn document is copied ahead of the packer."""
+        step = 1 << 16  # indices turned into Python ints a block at a time
+        for start in range(0, len(self.source), step):
+            sources = self.source[start : start + step].tolist()
+            documents = self.document[start : start + step].tolist()
+            for source, document in zip(sources, documents, strict=True):
+                yield built[source][document]
+
+
 def mix_documents(
-    sources: Sequence[Sequence[np.ndarray]],
+    lengths: Sequence[np.ndarray],
     shares: Sequence[float],
     total_tokens: int,
     seed: int,
-) -> tuple[list[np.ndarray], list[int], list[int]]:
+) -> Mixture:
     """Draw whole documents from each source until it reaches its share of ``total_tokens``.
 
-    Each source is read in seeded random order; when it runs out, a new pass starts with a fresh
-    permutation (so a small source is repeated, a pass at a time). The draws of all sources are
-    then shuffled together. Returns the documents in training order, and per source the tokens
-    and documents drawn.
+    ``lengths`` holds each source's document lengths in tokens. Each source is read in seeded random
+    order; when it runs out, a new pass starts with a fresh permutation (so a small source is
+    repeated, a pass at a time). The draws of all sources are then shuffled together.
     """
-    drawn: list[np.ndarray] = []
+    sources, documents = [], []
     drawn_tokens, drawn_docs = [], []
-    for index, (documents, share) in enumerate(zip(sources, shares, strict=True)):
-        target = math.ceil(total_tokens * share)
-        tokens = count = 0
-        passes = 0
-        while tokens < target and documents:
-            order = np.random.default_rng([seed, index, passes]).permutation(len(documents))
-            for position in order:
-                document = documents[position]
-                drawn.append(document)
-                tokens += len(document)
-                count += 1
-                if tokens >= target:
-                    break
-            passes += 1
+    for index, (sizes, share) in enumerate(zip(lengths, shares, strict=True)):
+        drawn, tokens = _draw_source(
+            np.asarray(sizes, dtype=np.int64), math.ceil(total_tokens * share), seed, index
+        )
+        sources.append(np.full(len(drawn), index, dtype=np.int32))
+        documents.append(drawn)
         drawn_tokens.append(tokens)
-        drawn_docs.append(count)
-    order = np.random.default_rng([seed, len(sources), 0xD0C]).permutation(len(drawn))
-    return [drawn[i] for i in order], drawn_tokens, drawn_docs
+        drawn_docs.append(len(drawn))
+    source = np.concatenate(sources) if sources else np.zeros(0, dtype=np.int32)
+    document = np.concatenate(documents) if documents else np.zeros(0, dtype=np.int64)
+    order = np.random.default_rng([seed, len(lengths), 0xD0C]).permutation(len(source))
+    return Mixture(source[order], document[order], drawn_tokens, drawn_docs)
 
 
-@dataclass
-class PackedArrays:
-    """Packed windows: ``input_ids`` [windows, seq_len] int32, ``lengths`` of real tokens per window
-    (padding only ever ends the last one), and ``position_ids`` when positions reset per document."""
-
-    input_ids: np.ndarray
-    lengths: np.ndarray
-    position_ids: np.ndarray | None = None
-
-    @property
-    def num_tokens(self) -> int:
-        """Real (non-padding) tokens in all windows."""
-        return int(self.lengths.sum())
-
-
-def pack_windows(
-    documents: Iterable[Any],
-    seq_len: int,
-    pad_id: int,
-    limit: int | None = None,
-    reset_position_ids: bool = False,
-) -> PackedArrays:
-    """Pack ``documents`` (token id sequences or arrays) back to back into windows of ``seq_len``
-    and keep the first ``limit`` windows (all when ``limit`` is None)."""
-    ids: list[np.ndarray] = []
-    lengths: list[int] = []
-    positions: list[np.ndarray] = []
-    for window in pack_documents(documents, seq_len, pad_id, reset_position_ids):
-        if limit is not None and len(ids) >= limit:
-            break
-        ids.append(np.asarray(window.input_ids, dtype=np.int32))
-        lengths.append(window.num_real_tokens)
-        if reset_position_ids:
-            positions.append(np.asarray(window.position_ids, dtype=np.int32))
-    return PackedArrays(
-        np.stack(ids) if ids else np.zeros((0, seq_len), dtype=np.int32),
-        np.asarray(lengths, dtype=np.int64),
-        np.stack(positions) if positions else None,
-    )
+def _draw_source(lengths: np.ndarray, target: int, seed: int, index: int) -> tuple[np.ndarray, int]:
+    """Document indices of source ``index`` in its seeded pass orders until ``target`` tokens are
+    reached (the document that reaches it included), and the tokens drawn."""
+    drawn: list[np.ndarray] = []
+    tokens = passes = 0
+    if not len(lengths) or not lengths.sum():
+        return np.zeros(0, dtype=np.int64), 0
+    while tokens < target:
+        order = np.random.default_rng([seed, index, passes]).permutation(len(lengths))
+        running = tokens + np.cumsum(lengths[order])
+        taken = int(np.searchsorted(running, target)) + 1  # up to the first document reaching it
+        drawn.append(order[:taken])
+        tokens = int(running[min(taken, len(order)) - 1])
+        passes += 1
+    return (np.concatenate(drawn) if drawn else np.zeros(0, dtype=np.int64)), tokens
 
 
 class PackedDataset(Dataset):
     """A map-style dataset of packed windows, as the Trainer's model inputs.
 
-    Item ``i`` is ``{"input_ids", "labels"[, "position_ids"]}`` (int64 tensors of ``seq_len``);
-    labels are the input ids with padding set to -100 (the model shifts them itself).
+    Item ``i`` is ``{"input_ids", "labels"[, "position_ids"]}`` (int64 tensors of ``seq_len``), read
+    from the window file's map when asked for; labels are the input ids with padding set to -100
+    (the model shifts them itself).
     """
 
-    def __init__(self, arrays: PackedArrays) -> None:
-        self.arrays = arrays
+    def __init__(self, windows: PackedWindows) -> None:
+        self.windows = windows
 
     def __len__(self) -> int:
-        return int(self.arrays.input_ids.shape[0])
+        return len(self.windows)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(np.asarray(self.arrays.input_ids[index], dtype=np.int64))
+        ids = torch.from_numpy(np.array(self.windows.input_ids[index], dtype=np.int64))
         labels = ids.clone()
-        labels[int(self.arrays.lengths[index]) :] = -100
+        labels[self.windows.length(index) :] = -100
         item = {"input_ids": ids, "labels": labels}
-        if self.arrays.position_ids is not None:
-            item["position_ids"] = torch.from_numpy(
-                np.asarray(self.arrays.position_ids[index], dtype=np.int64)
-            )
+        positions = self.windows.position_ids
+        if positions is not None:
+            item["position_ids"] = torch.from_numpy(np.array(positions[index], dtype=np.int64))
         return item
 
 
@@ -287,16 +285,16 @@ class PackedDataset(Dataset):
 
 @dataclass
 class TrainingData:
-    """The built training windows and what each source contributed."""
+    """The training windows (a mapped file) and what each source contributed."""
 
-    arrays: PackedArrays
+    windows: PackedWindows
     sources: list[SourceStats]
 
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly summary for logs and metrics.json."""
         return {
-            "windows": len(self.arrays.lengths),
-            "tokens": self.arrays.num_tokens,
+            "windows": len(self.windows),
+            "tokens": self.windows.num_tokens,
             "sources": [{**asdict(stats), "epochs": round(stats.epochs, 4)} for stats in self.sources],
         }
 
@@ -312,57 +310,65 @@ def read_sources(sources: Sequence[SourceConfig]) -> list[list[SourceDocument]]:
     return read
 
 
+def document_lengths(built: Sequence[np.ndarray]) -> np.ndarray:
+    """Tokens of each built document, int64."""
+    return np.fromiter((len(document) for document in built), dtype=np.int64, count=len(built))
+
+
+def epoch_windows(built: Sequence[Sequence[np.ndarray]], epochs: float, seq_len: int) -> int:
+    """Windows that ``epochs`` passes over all built sources fill (at least one)."""
+    tokens = sum(int(document_lengths(documents).sum()) for documents in built)
+    return max(1, math.ceil(epochs * tokens / seq_len))
+
+
 def build_training_data(
     sources: Sequence[SourceConfig],
-    documents: Sequence[Sequence[SourceDocument]],
+    built: Sequence[Sequence[np.ndarray]],
     builder: DocumentBuilder,
-    num_windows: int | None,
+    num_windows: int,
     seed: int,
-    epochs: float | None = None,
+    path: str | Path,
 ) -> TrainingData:
-    """Build, mix and pack the training windows.
+    """Mix and pack ``num_windows`` training windows into the window file ``path``.
 
-    Pass ``num_windows`` (the budget in windows) or, with ``num_windows=None``, ``epochs`` over the
-    mixture (the window count then follows from the data). ``documents`` are the sources as read by
-    :func:`read_sources`, in the order of ``sources``.
+    ``built`` holds each source's documents as token ids (:func:`build_documents`), in the order of
+    ``sources``; ``builder`` gives the format (window length, position resets) and the pad id. The
+    mixture is drawn as document indices and the packer reads the documents from ``built`` as it
+    streams, so no drawn document is held twice.
     """
     fmt: FormatConfig = builder.config
-    built = [build_documents(docs, builder) for docs in documents]
-    sizes = [int(sum(len(doc) for doc in docs)) for docs in built]
+    lengths = [document_lengths(documents) for documents in built]
+    sizes = [int(source_lengths.sum()) for source_lengths in lengths]
     shares = source_shares(sizes, [source.weight for source in sources])
-    if num_windows is None:
-        if epochs is None:
-            raise LatentThoughtsError("build_training_data needs num_windows or epochs")
-        num_windows = max(1, math.ceil(epochs * sum(sizes) / fmt.seq_len))
-    mixed, drawn_tokens, drawn_docs = mix_documents(built, shares, num_windows * fmt.seq_len, seed)
-    pad_id = builder.tokenizer.pad_token_id
-    arrays = pack_windows(
-        mixed, fmt.seq_len, int(pad_id if pad_id is not None else 0), num_windows, fmt.reset_position_ids
+    mixture = mix_documents(lengths, shares, num_windows * fmt.seq_len, seed)
+    windows = write_windows(
+        path, mixture.documents(built), fmt.seq_len, _pad_id(builder), num_windows, fmt.reset_position_ids
     )
     stats = [
-        SourceStats(source.label, len(docs), size, share, tokens, count)
-        for source, docs, size, share, tokens, count in zip(
-            sources, built, sizes, shares, drawn_tokens, drawn_docs, strict=True
+        SourceStats(source.label, len(documents), size, share, tokens, count)
+        for source, documents, size, share, tokens, count in zip(
+            sources, built, sizes, shares, mixture.drawn_tokens, mixture.drawn_documents, strict=True
         )
     ]
-    return TrainingData(arrays, stats)
+    return TrainingData(windows, stats)
 
 
-def build_validation_data(sources: Sequence[SourceConfig], builder: DocumentBuilder) -> PackedArrays | None:
-    """Held-out windows: every document of every validation source once, packed in file order."""
+def build_validation_data(
+    sources: Sequence[SourceConfig], builder: DocumentBuilder, path: str | Path
+) -> PackedWindows | None:
+    """Held-out windows in the window file ``path``: every document of every validation source once,
+    packed in file order; None without validation sources."""
     if not sources:
         return None
-    documents: list[np.ndarray] = []
-    for docs in read_sources(sources):
-        documents.extend(build_documents(docs, builder))
+    documents = (document for docs in read_sources(sources) for document in build_documents(docs, builder))
+    fmt = builder.config
+    return write_windows(path, documents, fmt.seq_len, _pad_id(builder), None, fmt.reset_position_ids)
+
+
+def _pad_id(builder: DocumentBuilder) -> int:
+    """The tokenizer's pad id (0 when it has none): what the last window is padded with."""
     pad_id = builder.tokenizer.pad_token_id
-    return pack_windows(
-        documents,
-        builder.config.seq_len,
-        int(pad_id if pad_id is not None else 0),
-        None,
-        builder.config.reset_position_ids,
-    )
+    return int(pad_id if pad_id is not None else 0)
 
 
 def data_fingerprint(sources: Sequence[SourceConfig], extra: dict[str, Any]) -> str:
@@ -376,22 +382,3 @@ def data_fingerprint(sources: Sequence[SourceConfig], extra: dict[str, Any]) -> 
             stamps.append([str(Path(name).resolve()), stat.st_size, stat.st_mtime_ns])
         items.append([source.model_dump(mode="json"), stamps])
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def save_arrays(arrays: PackedArrays, path: Path) -> None:
-    """Save packed windows to ``path`` (an .npz), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial.npz")
-    if arrays.position_ids is None:
-        np.savez(partial, input_ids=arrays.input_ids, lengths=arrays.lengths)
-    else:
-        np.savez(
-            partial, input_ids=arrays.input_ids, lengths=arrays.lengths, position_ids=arrays.position_ids
-        )
-    partial.replace(path)
-
-
-def load_arrays(path: Path) -> PackedArrays:
-    """Load packed windows saved by :func:`save_arrays`."""
-    with np.load(path) as data:
-        return PackedArrays(data["input_ids"], data["lengths"], data.get("position_ids"))

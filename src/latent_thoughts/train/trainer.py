@@ -11,7 +11,10 @@ non-finite loss that keeps the last good checkpoint, and an early stop for time-
 Layout of ``output_dir``::
 
     tokenizer/                    the run's tokenizer (with the latent tokens), made once
-    data/train-<hash>.npz         the packed training windows (rebuilt only when inputs change)
+    data/train-<hash>.bin         the packed training windows, a memory-mapped window file
+                                  (latent_thoughts.train.windows), rebuilt only when inputs change
+    data/train-<hash>.json        what each source contributed (written last: the cache is complete)
+    data/validation-<hash>.bin    the held-out windows, when the run has validation sources
     checkpoints/checkpoint-<N>/   HF model + tokenizer + optimizer/scheduler/RNG state
     model/                        the final model and tokenizer (from_pretrained, engines)
     train_config.yaml, metrics.json
@@ -40,6 +43,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+from latent_thoughts.atomic import atomic_write
 from latent_thoughts.config import dump_config
 from latent_thoughts.engines.transformers_engine import cpu_supports_bf16
 from latent_thoughts.errors import LatentThoughtsError
@@ -52,18 +56,18 @@ from latent_thoughts.tokenizer import (
     train_bpe_tokenizer,
 )
 from latent_thoughts.train.budget import model_flops_per_token, steps_for_tokens, tokens_for_steps
-from latent_thoughts.train.config import TrainConfig
+from latent_thoughts.train.config import SourceConfig, TrainConfig
 from latent_thoughts.train.data import (
-    PackedArrays,
     PackedDataset,
     SourceDocument,
+    build_documents,
     build_training_data,
     build_validation_data,
     data_fingerprint,
-    load_arrays,
+    epoch_windows,
     read_sources,
-    save_arrays,
 )
+from latent_thoughts.train.windows import PackedWindows, open_windows
 
 logger = logging.getLogger(__name__)
 
@@ -293,49 +297,63 @@ def training_arguments(config: TrainConfig, max_steps: int, has_validation: bool
 # --- data ------------------------------------------------------------------------------------------------
 
 
+def _data_key(sources: Sequence[SourceConfig], builder: DocumentBuilder, **extra: Any) -> str:
+    """The cache key of windows built from ``sources`` with this format and vocabulary (and ``extra``)."""
+    return data_fingerprint(
+        sources, {"format": builder.config.model_dump(mode="json"), "vocab": len(builder.tokenizer), **extra}
+    )
+
+
 def _load_or_build(
     config: TrainConfig,
     documents: Sequence[Sequence[SourceDocument]],
     builder: DocumentBuilder,
     output_dir: Path,
-) -> tuple[dict[str, Any], PackedArrays, int]:
-    """Training windows from the cache in ``output_dir/data`` or built afresh.
+) -> tuple[dict[str, Any], PackedWindows, int]:
+    """Training windows from the window file in ``output_dir/data``, built there first if missing.
 
     Returns the data summary (per-source documents, tokens, epochs), the windows and the steps.
     """
     fmt = builder.config
     global_batch = config.optim.global_batch
-    key = data_fingerprint(
+    key = _data_key(
         config.data.sources,
-        {
-            "format": fmt.model_dump(mode="json"),
-            "budget": config.budget.model_dump(mode="json"),
-            "global_batch": global_batch,
-            "seed": config.seed,
-            "vocab": len(builder.tokenizer),
-        },
+        builder,
+        budget=config.budget.model_dump(mode="json"),
+        global_batch=global_batch,
+        seed=config.seed,
     )
-    cache = output_dir / "data" / f"train-{key}.npz"
+    cache = output_dir / "data" / f"train-{key}.bin"
     summary_path = cache.with_suffix(".json")
     if cache.exists() and summary_path.exists():
-        arrays = load_arrays(cache)
-        return json.loads(summary_path.read_text()), arrays, len(arrays.lengths) // global_batch
+        windows = open_windows(cache)
+        return json.loads(summary_path.read_text()), windows, len(windows) // global_batch
+    built = [build_documents(docs, builder) for docs in documents]
     if config.budget.tokens is not None:
         steps = steps_for_tokens(config.budget.tokens, fmt.seq_len, global_batch)
-        data = build_training_data(config.data.sources, documents, builder, steps * global_batch, config.seed)
     else:
-        # Epochs: count the windows one pass makes, then round up to whole optimizer steps.
-        probe = build_training_data(
-            config.data.sources, documents, builder, None, config.seed, epochs=config.budget.epochs
-        )
-        steps = max(1, math.ceil(len(probe.arrays.lengths) / global_batch))
-        data = build_training_data(config.data.sources, documents, builder, steps * global_batch, config.seed)
-    if len(data.arrays.lengths) < steps * global_batch:
+        # Epochs: the windows one pass makes, rounded up to whole optimizer steps.
+        assert config.budget.epochs is not None
+        steps = max(1, math.ceil(epoch_windows(built, config.budget.epochs, fmt.seq_len) / global_batch))
+    data = build_training_data(config.data.sources, built, builder, steps * global_batch, config.seed, cache)
+    if len(data.windows) < steps * global_batch:
         raise LatentThoughtsError("the training sources produced fewer windows than the budget needs")
     summary = data.summary()
-    save_arrays(data.arrays, cache)
-    summary_path.write_text(json.dumps(summary, indent=2))
-    return summary, data.arrays, steps
+    with atomic_write(summary_path) as partial:
+        partial.write_text(json.dumps(summary, indent=2))
+    return summary, data.windows, steps
+
+
+def _load_or_build_validation(
+    config: TrainConfig, builder: DocumentBuilder, output_dir: Path
+) -> PackedWindows | None:
+    """Held-out windows from ``output_dir/data``, built there first if missing; None without any."""
+    if not config.data.validation:
+        return None
+    path = output_dir / "data" / f"validation-{_data_key(config.data.validation, builder)}.bin"
+    if path.exists():
+        return open_windows(path)
+    return build_validation_data(config.data.validation, builder, path)
 
 
 # --- the entry point -------------------------------------------------------------------------------------
@@ -387,8 +405,8 @@ def train(
         output_dir.mkdir(parents=True, exist_ok=True)
         tokenizer = prepare_tokenizer(config, documents, output_dir)
         builder = DocumentBuilder(tokenizer, config.data.format)
-        data_summary, arrays, max_steps = _load_or_build(config, documents, builder, output_dir)
-        validation = build_validation_data(config.data.validation, builder)
+        data_summary, windows, max_steps = _load_or_build(config, documents, builder, output_dir)
+        validation = _load_or_build_validation(config, builder, output_dir)
     del documents
     args = training_arguments(config, max_steps=max_steps, has_validation=has_validation)
     if args.process_index == 0:
@@ -410,7 +428,7 @@ def train(
     trainer = _LatentTrainer(
         model=model,
         args=args,
-        train_dataset=PackedDataset(arrays),
+        train_dataset=PackedDataset(windows),
         eval_dataset=PackedDataset(validation) if validation is not None else None,
         processing_class=tokenizer,
         callbacks=list(callbacks),
