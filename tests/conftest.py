@@ -50,3 +50,28 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     model.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_long_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """Like ``tiny_model_dir`` but with 4096 positions, room for 8-shot GSM8K prompts (about 2000 ids)."""
+    spec = ScratchModelConfig(
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=4096,
+    )
+    model = create_llama(
+        spec,
+        vocab_size=len(tiny_tokenizer),
+        seed=0,
+        bos_token_id=tiny_tokenizer.bos_token_id,
+        eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny_long_llama")
+    model.save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    return folder

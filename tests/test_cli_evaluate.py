@@ -46,3 +46,86 @@ def test_evaluate_a_served_model(
     with serve_subprocess(tiny_model_dir, tmp_path) as base_url:
         assert main([*argv, "--base-url", base_url, "--out", str(remote)]) == 0
     assert json.loads(remote.read_text())["generations"] == json.loads(local.read_text())["generations"]
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+QUICK = ["--max-thought-tokens", "8", "--max-answer-tokens", "12", "--device", "cpu", "--dtype", "fp32"]
+
+
+def _benchmark_run(model: Path, out: Path, mode: str, limit: int, extra: list[str]) -> int:
+    argv = ["evaluate", str(model), "--tasks", "gsm8k,math", "--mode", mode, "--limit", str(limit)]
+    return main([*argv, "--data-dir", str(DATA), "--out", str(out), *QUICK, *extra])
+
+
+def _check_outputs(out: Path, mode: str, limit: int) -> None:
+    for task in ("gsm8k", "math"):
+        lines = (out / f"{task}_{mode}.jsonl").read_text().splitlines()
+        assert len(lines) == limit
+        record = json.loads(lines[0])
+        assert {"prompt", "generations", "extracted", "verdicts", "correct"} <= set(record)
+        summary = json.loads((out / f"{task}_{mode}.json").read_text())
+        assert summary["n"] == limit and 0.0 <= summary["accuracy"] <= 1.0 and "stderr" in summary
+    assert "by_subject" in json.loads((out / f"math_{mode}.json").read_text())
+
+
+@pytest.mark.parametrize("mode", ["raw", "latent"])
+def test_evaluate_gsm8k_and_math_writes_the_log_and_the_aggregate(
+    tiny_long_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    assert _benchmark_run(tiny_long_model_dir, tmp_path / "eval", mode, 5, ["--shots", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"gsm8k {mode} mode: accuracy" in printed and f"math {mode} mode: accuracy" in printed
+    _check_outputs(tmp_path / "eval", mode, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["raw", "latent"])
+def test_evaluate_50_gsm8k_and_50_math_problems(tiny_long_model_dir: Path, tmp_path: Path, mode: str) -> None:
+    assert _benchmark_run(tiny_long_model_dir, tmp_path / "eval", mode, 50, []) == 0
+    _check_outputs(tmp_path / "eval", mode, 50)
+
+
+def test_benchmarks_and_the_testbed_together(tiny_long_model_dir: Path, tmp_path: Path) -> None:
+    problems = tmp_path / "eval.jsonl"
+    write_problems(make_eval_problems(TestbedConfig(eval_problems=2)), problems)
+    argv = ["evaluate", str(tiny_long_model_dir), "--tasks", "math500,testbed", "--problems", str(problems)]
+    assert (
+        main([*argv, "--limit", "2", "--shots", "1", "--data-dir", str(DATA), "--out", str(tmp_path), *QUICK])
+        == 0
+    )
+    assert json.loads((tmp_path / "testbed_latent.json").read_text())["total"] == 2
+    assert json.loads((tmp_path / "math500_latent.json").read_text())["n"] == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "culprit"),
+    [
+        (["--tasks", "gsm8k", "--limit", "0"], "--limit"),
+        (["--tasks", "gsm8k", "--limit", "-3"], "--limit"),
+        (["--tasks", "gsm8k,mmlu"], "mmlu"),
+        (["--tasks", "testbed"], "--problems"),
+        (["--tasks", "gsm8k", "--gsm8k-file", "/nowhere/gsm8k.jsonl"], "/nowhere/gsm8k.jsonl"),
+    ],
+)
+def test_evaluate_errors_are_one_line(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], extra: list[str], culprit: str
+) -> None:
+    assert main(["evaluate", str(tiny_model_dir), "--data-dir", str(DATA), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert culprit in err and "\n" not in err and err.startswith("error:")
+
+
+def test_evaluate_gsm8k_on_a_served_model_matches_the_local_one(
+    tiny_long_model_dir: Path, tmp_path: Path
+) -> None:
+    argv = ["evaluate", str(tiny_long_model_dir), "--tasks", "gsm8k", "--limit", "2", "--shots", "1"]
+    argv += ["--data-dir", str(DATA), "--max-thought-tokens", "8", "--max-answer-tokens", "12"]
+    assert main([*argv, "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "local")]) == 0
+    with serve_subprocess(tiny_long_model_dir, tmp_path) as base_url:
+        assert main([*argv, "--base-url", base_url, "--out", str(tmp_path / "remote")]) == 0
+
+    def generations(folder: str) -> list[list[str]]:
+        lines = (tmp_path / folder / "gsm8k_latent.jsonl").read_text().splitlines()
+        return [json.loads(line)["generations"] for line in lines]
+
+    assert generations("remote") == generations("local")

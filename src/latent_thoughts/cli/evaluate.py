@@ -1,32 +1,79 @@
-"""``latent-thoughts evaluate MODEL_DIR --problems eval.jsonl --mode raw|latent``: testbed accuracy."""
+"""``latent-thoughts evaluate MODEL --tasks gsm8k,math,math500,testbed --mode latent|raw --out RUN/eval/``.
+
+GSM8K (8-shot), MATH and MATH-500 (4-shot) with latent-aware prompting and symbolic grading
+(:mod:`latent_thoughts.evaluate.benchmark`), and the testbed task (``--problems``,
+:mod:`latent_thoughts.evaluate.testbed`), all through one engine: the model folder, or the model served
+at ``--base-url``. With benchmark tasks ``--out`` is a folder receiving, per task, ``TASK_MODE.jsonl``
+(one graded record per problem) and ``TASK_MODE.json`` (the aggregate); with the testbed task alone it
+is the JSON file of accuracy and generations, as before.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+DEFAULT_DATA_DIR = "../shared/data"
+"""Where the benchmark files are looked for when neither --data-dir nor LATENT_THOUGHTS_DATA is set."""
 
 
 def register(subparsers: Any) -> None:
     """Add the ``evaluate`` verb."""
     parser = subparsers.add_parser(
         "evaluate",
-        help="greedy exact-match accuracy of a model on testbed problems",
+        help="few-shot GSM8K/MATH accuracy and testbed accuracy of a model, raw or latent mode",
         description=(
-            "Evaluate a saved model (or one served over HTTP, --base-url) on held-out testbed problems: "
-            "raw mode (the model continues the question, latent tokens banned) or latent mode (question, "
-            "SOL PRIOR, thought, then answer)."
+            "Evaluate a saved model (or one served over HTTP, --base-url) on GSM8K, MATH, MATH-500 and the "
+            "testbed task: raw mode (latent tokens banned) or latent mode (question, SOL PRIOR, thought "
+            "until EOL, then the answer)."
         ),
     )
     parser.add_argument(
         "model", metavar="MODEL_DIR", help="model folder with its tokenizer (train's OUTPUT/model)"
     )
     parser.add_argument(
-        "--problems", required=True, help="eval.jsonl from `latent-thoughts testbed generate`"
+        "--tasks",
+        help="comma-separated tasks among gsm8k, math, math500, testbed (default: testbed when --problems "
+        "is given)",
     )
-    parser.add_argument("--mode", choices=["raw", "latent"], required=True, help="how the model is prompted")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    parser.add_argument(
+        "--problems", help="testbed problems: eval.jsonl from `latent-thoughts testbed generate`"
+    )
+    parser.add_argument(
+        "--mode", choices=["raw", "latent"], default="latent", help="how the model is prompted"
+    )
+    parser.add_argument(
+        "--limit", type=int, help="evaluate N problems per task (the first, or --seed's draw)"
+    )
+    parser.add_argument(
+        "--seed", type=int, help="draw the --limit problems at random with this seed (also seeds sampling)"
+    )
+    parser.add_argument("--subjects", help="MATH: comma-separated subjects (e.g. Algebra,Geometry)")
+    parser.add_argument("--levels", help="MATH: comma-separated levels (e.g. 1,2)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
+        help="folder of gsm8k_test.jsonl, math_test.jsonl, math500_test.jsonl (default: $LATENT_THOUGHTS_DATA "
+        f"or {DEFAULT_DATA_DIR})",
+    )
+    for task in ("gsm8k", "math", "math500"):
+        parser.add_argument(f"--{task}-file", help=f"the {task} JSONL file (overrides --data-dir)")
+    parser.add_argument(
+        "--samples", type=int, default=1, help="samples per problem: maj@k and pass@k (default 1)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, help="sampling temperature (default 0, greedy; 1 with --samples)"
+    )
+    parser.add_argument("--shots", type=int, help="few-shot exemplars (default 8 for GSM8K, 4 for MATH)")
+    parser.add_argument("--max-thought-tokens", type=int, default=256, help="longest thought (latent mode)")
+    parser.add_argument("--max-answer-tokens", type=int, default=384, help="longest answer")
+    parser.add_argument("--batch-size", type=int, default=8, help="problems per engine call")
+    parser.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per MATH comparison")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="compute dtype")
     parser.add_argument(
@@ -34,27 +81,156 @@ def register(subparsers: Any) -> None:
         help="evaluate the model served at this OpenAI-compatible API root instead (e.g. "
         "http://127.0.0.1:8000/v1 from `latent-thoughts serve` or vLLM); MODEL_DIR then gives the tokenizer",
     )
-    parser.add_argument("--out", help="write accuracy and generations to this JSON file")
-    parser.add_argument("--show", type=int, default=3, help="print this many generations (default 3)")
+    parser.add_argument("--out", help="output folder (benchmark tasks) or JSON file (testbed task alone)")
+    parser.add_argument("--show", type=int, default=3, help="print this many testbed generations (default 3)")
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Evaluate, print the accuracy and a few generations, optionally save them."""
-    from latent_thoughts.evaluate.testbed import evaluate_model_dir, evaluate_testbed
-    from latent_thoughts.testbed.task import grade, read_problems
+def _tasks(args: argparse.Namespace) -> list[str]:
+    """The tasks asked for, checked; a wrong one is a one-line error."""
+    from latent_thoughts.errors import LatentThoughtsError
+    from latent_thoughts.evaluate.tasks import BENCHMARKS
 
-    problems = read_problems(args.problems)[: args.limit]
+    if args.tasks is None:
+        if args.problems is None:
+            raise LatentThoughtsError("choose --tasks (gsm8k, math, math500, testbed) or give --problems")
+        return ["testbed"]
+    tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    for task in tasks:
+        if task not in (*BENCHMARKS, "testbed"):
+            raise LatentThoughtsError(
+                f"--tasks: unknown task {task!r}; choose from gsm8k, math, math500, testbed"
+            )
+    if "testbed" in tasks and args.problems is None:
+        raise LatentThoughtsError("--tasks testbed needs --problems (eval.jsonl of the testbed)")
+    if args.limit is not None and args.limit <= 0:
+        raise LatentThoughtsError(f"--limit must be a positive number of problems, got {args.limit}")
+    return tasks
+
+
+@contextmanager
+def _engine(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
+    """``(engine, tokenizer)``: the local model folder, or the server at ``--base-url``."""
     if args.base_url:
         from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig
         from latent_thoughts.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(args.model)
         with HTTPEngine(HTTPEngineConfig(base_url=args.base_url)) as engine:
-            result = evaluate_testbed(engine, tokenizer, problems, args.mode)
-    else:
-        engine_options = {"device": args.device, "dtype": args.dtype}
-        result = evaluate_model_dir(args.model, problems, args.mode, engine_options=engine_options)
+            yield engine, tokenizer
+        return
+    from latent_thoughts.config import validate_config
+    from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+
+    options = {"model": str(args.model), "device": args.device, "dtype": args.dtype}
+    config = validate_config(TransformersEngineConfig, options, "evaluation engine options")
+    local = TransformersEngine(config)
+    yield local, local.tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate every task asked for, print one line per task and write the outputs.
+
+    Every task's problems are read before the model is loaded, so a wrong path fails at once."""
+    tasks = _tasks(args)
+    benchmarks = {task: _benchmark_problems(args, task) for task in tasks if task != "testbed"}
+    testbed = _testbed_problems(args) if "testbed" in tasks else None
+    with _engine(args) as (engine, tokenizer):
+        for task, (path, problems) in benchmarks.items():
+            _run_benchmark(args, task, path, problems, engine, tokenizer)
+        if testbed is not None:
+            out = args.out
+            if out and benchmarks:
+                out = str(Path(out) / f"testbed_{args.mode}.json")
+            _run_testbed(args, testbed, engine, tokenizer, out)
+    return 0
+
+
+def _benchmark_problems(args: argparse.Namespace, task: str) -> tuple[Path, list[Any]]:
+    """The file of a benchmark task and the chosen subset of its problems."""
+    from latent_thoughts.evaluate.tasks import read_task, select_problems, task_path
+
+    path = task_path(task, args.data_dir, getattr(args, f"{task}_file"))
+    problems = select_problems(
+        read_task(task, path),
+        limit=args.limit,
+        subjects=_list(args.subjects) if task != "gsm8k" else (),
+        levels=_list(args.levels) if task != "gsm8k" else (),
+        seed=args.seed,
+    )
+    return path, problems
+
+
+def _testbed_problems(args: argparse.Namespace) -> list[Any]:
+    """The testbed problems of ``--problems`` (the first ``--limit`` of them)."""
+    from latent_thoughts.testbed.task import read_problems
+
+    return read_problems(args.problems)[: args.limit]
+
+
+def _run_benchmark(
+    args: argparse.Namespace, task: str, path: Path, problems: list[Any], engine: Any, tokenizer: Any
+) -> None:
+    """Evaluate one benchmark task; write the records to TASK_MODE.jsonl, the aggregate to TASK_MODE.json."""
+    from latent_thoughts.evaluate.benchmark import (
+        BenchmarkSettings,
+        ProblemRecord,
+        aggregate,
+        evaluate_benchmark,
+    )
+    from latent_thoughts.evaluate.grading import MathGrader
+
+    temperature = args.temperature if args.temperature is not None else (1.0 if args.samples > 1 else 0.0)
+    settings = BenchmarkSettings(
+        samples=args.samples,
+        temperature=temperature,
+        max_thought_tokens=args.max_thought_tokens,
+        max_answer_tokens=args.max_answer_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed or 0,
+        shots=args.shots,
+    )
+    log = None
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        log = (Path(args.out) / f"{task}_{args.mode}.jsonl").open("w", encoding="utf-8")
+
+    def write(record: ProblemRecord) -> None:
+        if log is not None:
+            log.write(json.dumps(record.to_json()) + "\n")
+            log.flush()
+
+    try:
+        with MathGrader(args.grading_timeout) as grader:
+            records = evaluate_benchmark(
+                engine, tokenizer, problems, args.mode, settings, grader=grader, on_record=write
+            )
+    finally:
+        if log is not None:
+            log.close()
+    summary = {"model": str(args.model), "file": str(path), **aggregate(records, args.mode, args.samples)}
+    line = f"{task} {args.mode} mode: accuracy {summary['accuracy']:.3f} ± {summary['stderr']:.3f} on {summary['n']} problems"
+    if "flexible" in summary:
+        line += f" (flexible {summary['flexible']['accuracy']:.3f})"
+    if args.samples > 1:
+        line += f", pass@{args.samples} {summary[f'pass@{args.samples}']:.3f}"
+    print(line)
+    if args.out:
+        (Path(args.out) / f"{task}_{args.mode}.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _list(text: str | None) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()] if text else []
+
+
+def _run_testbed(
+    args: argparse.Namespace, problems: list[Any], engine: Any, tokenizer: Any, out: str | None
+) -> None:
+    """The testbed task: accuracy, the thoughts' arithmetic in latent mode, a few generations."""
+    from latent_thoughts.evaluate.testbed import evaluate_testbed
+    from latent_thoughts.testbed.task import grade
+
+    result = evaluate_testbed(engine, tokenizer, problems, args.mode)
     print(f"{args.mode} mode: {result.correct}/{result.total} correct, accuracy {result.accuracy:.3f}")
     thoughts: dict[str, Any] = {}
     if args.mode == "latent":
@@ -73,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     for problem, generation in list(zip(problems, result.generations, strict=True))[: args.show]:
         mark = "right" if grade(problem, generation) else "wrong"
         print(f"  [{mark}] {problem.question!r} -> {generation.strip()[:160]!r} (answer {problem.answer})")
-    if args.out:
+    if out:
         record = {
             "model": str(args.model),
             "mode": args.mode,
@@ -83,6 +259,5 @@ def run(args: argparse.Namespace) -> int:
             **thoughts,
             "generations": result.generations,
         }
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
-    return 0
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(record, indent=2) + "\n")

@@ -18,6 +18,7 @@ The layout (the truncated prefix c and chunk x, the posterior prompt, the joint 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -105,3 +106,29 @@ def score_thoughts(
         (layout.joint_context, [layout.joint_continuation(ids) for ids in closed]),
     )
     return [ThoughtScore(ids, log_q, log_p) for ids, (log_q, log_p) in zip(closed, pairs, strict=True)]
+
+
+def estep_chunks(
+    engine: Engine,
+    layouts: Sequence[EStepLayout],
+    k: int,
+    max_thought_tokens: int,
+    seed: int | None = None,
+) -> list[list[ThoughtScore]]:
+    """The E-step of several chunks: K thoughts each (:func:`sample_thoughts`), scored in both roles
+    (:func:`score_thoughts`); ``result[i]`` holds chunk i's K scored thoughts. The EM loop resamples
+    from their weights; the validation ELBO (:mod:`latent_thoughts.evaluate.likelihood`) averages them."""
+    samples = sample_thoughts(engine, layouts, k, max_thought_tokens, seed)
+    return [
+        score_thoughts(engine, layout, [sample.token_ids for sample in group])
+        for layout, group in zip(layouts, samples, strict=True)
+    ]
+
+
+def log_mean_weight(scores: Sequence[ThoughtScore]) -> float:
+    """log (1/K) sum_k w_k of a chunk's K thoughts, computed stably (the chunk's ELBO(K) term)."""
+    if not scores:
+        raise LatentThoughtsError("no thoughts to average")
+    log_ws = [score.log_w for score in scores]
+    top = max(log_ws)
+    return top + math.log(sum(math.exp(log_w - top) for log_w in log_ws) / len(log_ws))

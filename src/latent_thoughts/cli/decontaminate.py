@@ -1,0 +1,92 @@
+"""``latent-thoughts decontaminate FILE.parquet ... --tasks gsm8k,math --out DIR``: n-gram overlap check.
+
+Reads training files (chunks, thoughts, rephrasings), reports the rows sharing a long n-gram with an
+evaluation set (:mod:`latent_thoughts.evaluate.decontamination`) in ``DIR/contamination.jsonl`` and
+writes a filtered copy of each file, under its own name, in ``DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``decontaminate`` verb."""
+    parser = subparsers.add_parser(
+        "decontaminate",
+        help="find training rows that share long n-grams with GSM8K/MATH; write filtered copies",
+        description=(
+            "Measure 13-gram overlap (on normalised text) between training Parquet files (chunks, "
+            "thoughts, rephrasings) and the evaluation sets; report contaminated rows and write copies "
+            "without them."
+        ),
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="training Parquet files")
+    parser.add_argument("--tasks", default="gsm8k,math", help="evaluation sets (gsm8k, math, math500)")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
+        help=f"folder of the evaluation files (default: $LATENT_THOUGHTS_DATA or {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument("--ngram", type=int, default=13, help="n-gram length in words (default 13)")
+    parser.add_argument(
+        "--columns", help="comma-separated text columns (default: text and thought, if present)"
+    )
+    parser.add_argument("--out", required=True, help="folder for contamination.jsonl and the filtered copies")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Index the evaluation sets, scan every file, write the report and the filtered copies."""
+    import pyarrow.parquet as pq
+
+    from latent_thoughts.errors import LatentThoughtsError
+    from latent_thoughts.evaluate.decontamination import (
+        BenchmarkIndex,
+        filter_table,
+        scan_table,
+        text_columns,
+    )
+    from latent_thoughts.evaluate.tasks import read_task, task_path
+    from latent_thoughts.tables import read_parquet
+
+    tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    problems = [problem for task in tasks for problem in read_task(task, task_path(task, args.data_dir))]
+    index = BenchmarkIndex(problems, args.ngram)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    columns = [name.strip() for name in args.columns.split(",")] if args.columns else None
+    with (out / "contamination.jsonl").open("w", encoding="utf-8") as report:
+        for name in args.files:
+            path = Path(name)
+            if (out / path.name).resolve() == path.resolve():
+                raise LatentThoughtsError(f"{path}: --out would overwrite the input; choose another folder")
+            table = read_parquet(path, "training")
+            checked = text_columns(table, columns)
+            missing = [column for column in checked if column not in table.column_names]
+            if not checked or missing:
+                raise LatentThoughtsError(
+                    f"{path}: no text column to check ({', '.join(missing) or 'text, thought'})"
+                )
+            hits = scan_table(table, index, checked)
+            for hit in hits:
+                report.write(json.dumps({"file": str(path), **dataclasses.asdict(hit)}) + "\n")
+            kept = filter_table(table, hits)
+            pq.write_table(kept, out / path.name)
+            rows = len({hit.row for hit in hits})
+            problems_hit = sorted({problem for hit in hits for problem in hit.problems})
+            shown = ", ".join(problems_hit[:5]) + (" ..." if len(problems_hit) > 5 else "")
+            print(
+                f"{path}: {rows} of {table.num_rows} rows contaminated"
+                + (f" ({shown})" if problems_hit else "")
+                + f"; {kept.num_rows} rows kept in {out / path.name}"
+            )
+    print(f"{index.problems} evaluation problems, {len(index.owner)} distinct {args.ngram}-grams")
+    return 0
