@@ -40,6 +40,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from latent_thoughts.corpus import ChunkConfig, chunk_document, write_chunks
+from latent_thoughts.engines.transformers_engine import cpu_supports_bf16
 from latent_thoughts.format import DocumentBuilder
 from latent_thoughts.testbed import TestbedConfig, TestbedOracle, generate_documents
 from latent_thoughts.testbed.recipe import TestbedRecipe
@@ -288,6 +289,7 @@ def main() -> None:
     print(f"trainer/plain: {packed_tps / plain_tps:.2f}x")
     print(f"packed / padded: {packed_tps / padded['tokens_per_second']:.2f}x")
     model_flops = packed_tps * flops_per_token
+    emulated = not torch.cuda.is_available() and not cpu_supports_bf16()
     print(
         f"model FLOPs/s (packed): {model_flops / 1e9:.2f} GFLOP/s at {flops_per_token / 1e6:.1f} MFLOP/token"
     )
@@ -296,6 +298,11 @@ def main() -> None:
             f"  share of the {name} matmul peak (same process, best of before {peaks_before[name] / 1e9:.1f} "
             f"and after {peaks_after[name] / 1e9:.1f} GFLOP/s): {model_flops / peak:.1%}"
             + ("  <- the precision this run trained in" if name == precision else "")
+            + (
+                "  (bf16 is emulated on this CPU: no AVX512-BF16 or AMX)"
+                if name == "bf16" and emulated
+                else ""
+            )
         )
     print("throughput is timed from the end of step 1 to the last step (start-up and warm-up left out)")
 
