@@ -27,51 +27,37 @@ def tiny_tokenizer():
     return tokenizer
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    """A folder holding a randomly initialised 2-layer Llama (width 32) and its tokenizer."""
+def save_tiny_llama(folder: Path, tokenizer, positions: int) -> Path:
+    """Save a randomly initialised 2-layer Llama (width 32, seed 0) with ``positions`` positions and
+    ``tokenizer`` to ``folder``."""
     spec = ScratchModelConfig(
         hidden_size=32,
         num_layers=2,
         num_heads=4,
         num_kv_heads=2,
         intermediate_size=64,
-        max_position_embeddings=512,
+        max_position_embeddings=positions,
     )
     model = create_llama(
         spec,
-        vocab_size=len(tiny_tokenizer),
+        vocab_size=len(tokenizer),
         seed=0,
-        bos_token_id=tiny_tokenizer.bos_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
-    folder = tmp_path_factory.mktemp("tiny_llama")
     model.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A folder holding a randomly initialised 2-layer Llama (width 32) and its tokenizer."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tiny_tokenizer, positions=512)
 
 
 @pytest.fixture(scope="session")
 def tiny_long_model_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """Like ``tiny_model_dir`` but with 4096 positions, room for 8-shot GSM8K prompts (about 2000 ids)."""
-    spec = ScratchModelConfig(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=4096,
-    )
-    model = create_llama(
-        spec,
-        vocab_size=len(tiny_tokenizer),
-        seed=0,
-        bos_token_id=tiny_tokenizer.bos_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
-    folder = tmp_path_factory.mktemp("tiny_long_llama")
-    model.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_long_llama"), tiny_tokenizer, positions=4096)

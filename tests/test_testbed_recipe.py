@@ -12,6 +12,7 @@ from latent_thoughts.testbed.recipe import (
     evaluate_arm,
     prepare_data,
     thought_arithmetic,
+    thought_steps,
     train_config,
 )
 from latent_thoughts.tokenizer import load_tokenizer
@@ -69,3 +70,14 @@ def test_a_short_run_writes_thoughts_the_checker_reads(tmp_path: Path) -> None:
     )
     assert evaluation.claims >= evaluation.problems  # it writes derivations, at least one claim a thought
     assert 0 <= evaluation.true_claims <= evaluation.claims
+
+
+def test_thought_steps_locate_a_product_without_the_addend() -> None:
+    problems = make_eval_problems(TestbedConfig(eval_problems=2))
+    first = problems[0]
+    factor_a, _, factor_b, op, _ = first.expression.split()
+    product = int(factor_a) * int(factor_b)
+    computes_but_miscopies = f"{factor_a} x {factor_b} = {product}. {product} {op} 240 = {product + 240}."
+    assert thought_steps([first], [first.thought + "<|END_OF_LATENT|>"]) == (1, 1)
+    assert thought_steps([first], [computes_but_miscopies + "<|END_OF_LATENT|>"]) == (1, 0)
+    assert thought_steps([first], ["12 x 3 = 36.<|END_OF_LATENT|>"]) == (0, 0)

@@ -234,17 +234,21 @@ def _run_testbed(
     print(f"{args.mode} mode: {result.correct}/{result.total} correct, accuracy {result.accuracy:.3f}")
     thoughts: dict[str, Any] = {}
     if args.mode == "latent":
-        from latent_thoughts.testbed.recipe import thought_arithmetic
+        from latent_thoughts.testbed.recipe import thought_arithmetic, thought_steps
 
         claims, true_claims, copied = thought_arithmetic(problems, result.generations)
+        products, last_operands = thought_steps(problems, result.generations)
         thoughts = {
             "claims": claims,
             "true_claim_share": true_claims / claims if claims else 0.0,
             "copied_operand_share": copied / len(problems),
+            "right_product_share": products / len(problems),
+            "right_last_operand_share": last_operands / len(problems),
         }
         print(
             f"thoughts: {true_claims}/{claims} arithmetic claims true ({thoughts['true_claim_share']:.1%}); "
-            f"{copied}/{len(problems)} start from the question's first factor"
+            f"{copied}/{len(problems)} start from the question's first factor; {products}/{len(problems)} reach "
+            f"its product, {last_operands}/{len(problems)} end with its last step on the right number"
         )
     for problem, generation in list(zip(problems, result.generations, strict=True))[: args.show]:
         mark = "right" if grade(problem, generation) else "wrong"

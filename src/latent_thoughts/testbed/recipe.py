@@ -18,6 +18,7 @@ chosen.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,9 @@ from latent_thoughts.config import StageConfig
 from latent_thoughts.testbed.checker import check_thought
 from latent_thoughts.testbed.task import Problem
 from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
+
+_CLAIM = re.compile(r"(\d+) ([x+-]) (\d+) = (\d+)")
+"""An arithmetic claim of a testbed thought: ``a op b = c``."""
 
 Arm = Literal["raw", "thoughts"]
 ARMS: tuple[Arm, ...] = ("raw", "thoughts")
@@ -218,6 +222,27 @@ def thought_arithmetic(problems: Sequence[Problem], generations: Sequence[str]) 
         true_claims += checked.valid_claims
         copied += thought.lstrip().startswith(problem.expression.split()[0] + " x ")
     return claims, true_claims, copied
+
+
+def thought_steps(problems: Sequence[Problem], generations: Sequence[str]) -> tuple[int, int]:
+    """How many latent-mode thoughts reach the question's product (a claim whose value is the product
+    of its two factors), and how many end with the question's last step applied to the right number
+    (the last claim's operator and second operand are the question's last ones, as written there).
+
+    Together they locate a failure: a right product with a wrong last operand means the model
+    computes but does not copy the addend from the question.
+    """
+    from latent_thoughts.format import LATENT_TOKENS
+
+    right_products = right_last_operands = 0
+    for problem, text in zip(problems, generations, strict=True):
+        terms = problem.expression.split()
+        product = int(terms[0]) * int(terms[2])
+        claims = _CLAIM.findall(text.partition(LATENT_TOKENS.eol)[0])
+        right_products += any(int(value) == product for *_, value in claims)
+        if len(terms) > 3 and claims:
+            right_last_operands += claims[-1][1:3] == (terms[-2], terms[-1])
+    return right_products, right_last_operands
 
 
 def evaluate_arm(
