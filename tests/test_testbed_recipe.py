@@ -81,3 +81,14 @@ def test_thought_steps_locate_a_product_without_the_addend() -> None:
     assert thought_steps([first], [first.thought + "<|END_OF_LATENT|>"]) == (1, 1)
     assert thought_steps([first], [computes_but_miscopies + "<|END_OF_LATENT|>"]) == (1, 0)
     assert thought_steps([first], ["12 x 3 = 36.<|END_OF_LATENT|>"]) == (0, 0)
+
+
+def test_the_demo_generates_the_recipes_world() -> None:
+    from latent_thoughts.cli.demo import RECIPE_WORLD
+
+    world = TestbedRecipe().world
+    assert [f"bootstrap_documents={world.bootstrap_documents}"] == RECIPE_WORLD
+    assert (
+        world.model_copy(update={"bootstrap_documents": TestbedConfig().bootstrap_documents})
+        == TestbedConfig()
+    )

@@ -30,6 +30,9 @@ from typing import Any
 
 import yaml
 
+RECIPE_WORLD = ["bootstrap_documents=1000"]
+"""The testbed recipe's world (``TestbedRecipe().world``): the default world with more documents."""
+
 DEFAULT_TOKENS = "2M"
 """Training tokens per model: two models train in about 7 minutes on 2 cores (about 11k tokens/s)."""
 
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     seed = [f"seed={args.seed}"]
     _step(
         "1. generate the testbed world",
-        ["testbed", "generate", "--out", str(out / "testbed"), *seed],
+        ["testbed", "generate", "--out", str(out / "testbed"), *RECIPE_WORLD, *seed],
     )
     _step(
         "2. cut the bootstrap split into chunks",

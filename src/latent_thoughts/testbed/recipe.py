@@ -45,7 +45,10 @@ class TestbedRecipe(StageConfig):
 
     __test__ = False  # not a pytest test class despite its name
 
-    world: TestbedConfig = Field(default_factory=TestbedConfig)
+    world: TestbedConfig = Field(
+        default_factory=lambda: TestbedConfig(bootstrap_documents=1000),
+        description="1,000 documents: at 250 the thought arm's 21 passes replaced copying by memory",
+    )
     vocab_size: int = Field(512, ge=262, description="byte-level BPE shared by both arms (digits split)")
     split_digits: bool = True
     width: int = Field(128, gt=0)
