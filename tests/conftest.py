@@ -27,9 +27,8 @@ def tiny_tokenizer():
     return tokenizer
 
 
-def save_tiny_llama(folder: Path, tokenizer, positions: int) -> Path:
-    """Save a randomly initialised 2-layer Llama (width 32, seed 0) with ``positions`` positions and
-    ``tokenizer`` to ``folder``."""
+def tiny_llama(tokenizer, positions: int = 512):
+    """A randomly initialised 2-layer Llama (width 32, seed 0) over ``tokenizer``'s vocabulary."""
     spec = ScratchModelConfig(
         hidden_size=32,
         num_layers=2,
@@ -38,7 +37,7 @@ def save_tiny_llama(folder: Path, tokenizer, positions: int) -> Path:
         intermediate_size=64,
         max_position_embeddings=positions,
     )
-    model = create_llama(
+    return create_llama(
         spec,
         vocab_size=len(tokenizer),
         seed=0,
@@ -46,7 +45,11 @@ def save_tiny_llama(folder: Path, tokenizer, positions: int) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model.save_pretrained(folder)
+
+
+def save_tiny_llama(folder: Path, tokenizer, positions: int) -> Path:
+    """Save :func:`tiny_llama` with ``positions`` positions and ``tokenizer`` to ``folder``."""
+    tiny_llama(tokenizer, positions).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

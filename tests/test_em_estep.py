@@ -11,7 +11,7 @@ import torch
 from latent_thoughts.em.estep import closed_thought, sample_thoughts, score_roles, score_thoughts
 from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 from latent_thoughts.format import DocumentBuilder, FormatConfig, SpecialIds, e_step_layout, pack_documents
-from latent_thoughts.modeling import ScratchModelConfig, create_llama
+from tests.conftest import tiny_llama
 
 CHUNKS = [
     ["We know that 37 x 24 = 888. ", "Adding 129 gives 1017. ", "So the total is 1017."],
@@ -25,22 +25,7 @@ THOUGHT_TOKENS = 48  # the longest thought is about 30 tokens with digits split
 @pytest.fixture(scope="module")
 def trained(tiny_tokenizer) -> Any:
     """A 2-layer Llama (width 32) after 40 AdamW steps on thought documents: peaked, not random."""
-    spec = ScratchModelConfig(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-    )
-    model = create_llama(
-        spec,
-        vocab_size=len(tiny_tokenizer),
-        seed=0,
-        bos_token_id=tiny_tokenizer.bos_token_id,
-        eos_token_id=tiny_tokenizer.eos_token_id,
-        pad_token_id=tiny_tokenizer.pad_token_id,
-    )
+    model = tiny_llama(tiny_tokenizer, positions=256)
     builder = DocumentBuilder(tiny_tokenizer, FormatConfig(seed=1))
     documents = [
         builder.build(f"doc{i}-{copy}", chunks, [THOUGHTS[(i + j) % 3] for j in range(len(chunks))]).input_ids
