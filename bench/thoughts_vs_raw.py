@@ -21,20 +21,71 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 from latent_thoughts.config import load_config
 from latent_thoughts.testbed import make_eval_problems
-from latent_thoughts.testbed.recipe import TestbedRecipe, evaluate_arm, prepare_data, train_config
-from latent_thoughts.train import train
+from latent_thoughts.testbed.recipe import RecipeData, TestbedRecipe, evaluate_arm, prepare_data, train_config
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_arm(
+    recipe_overrides: list[str], data: RecipeData, out: str, arm: str, seed: int, threads: int
+) -> dict[str, Any]:
+    """Train one arm for one seed and evaluate it (in a worker process); returns its results row."""
+    import torch
+
+    from latent_thoughts.train import train
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    recipe = load_config(TestbedRecipe, None, recipe_overrides)
+    problems = make_eval_problems(recipe.world)
+    config = train_config(
+        recipe, arm, seed, data, Path(out) / f"seed{seed}" / arm, progress_bar=False, logging_steps=100
+    )
+    clock = time.perf_counter()
+    result = train(config, resume=True)
+    assert result.model_dir is not None
+    train_s = time.perf_counter() - clock
+    modes = ["latent", "raw"] if arm == "thoughts" else ["raw"]
+    evaluations = {mode: evaluate_arm(result.model_dir, problems, mode) for mode in modes}
+    return {
+        "arm": arm,
+        "seed": seed,
+        "tokens": result.tokens,
+        "train_s": round(train_s, 1),
+        "tokens_per_second": result.metrics.get("tokens_per_second"),
+        "epochs": result.metrics.get("data", {}).get("sources", [{}])[0].get("epochs"),
+        "evaluations": {mode: evaluation.as_dict() for mode, evaluation in evaluations.items()},
+    }
+
+
+def report_row(row: dict[str, Any]) -> None:
+    """One line per finished run, as it finishes."""
+    mode = "latent" if row["arm"] == "thoughts" else "raw"
+    first = row["evaluations"][mode]
+    extra = (
+        f", true claims {first['true_claim_share']:.2f}, copied operand {first['copied_operand_share']:.2f}"
+        if row["arm"] == "thoughts"
+        else ""
+    )
+    print(
+        f"seed {row['seed']} {row['arm']:8s} ({mode} mode): accuracy {first['accuracy']:.3f}, "
+        f"{row['epochs']:.1f} epochs of its data, {row['train_s']:.0f}s training "
+        f"({row['tokens_per_second']} tokens/s){extra}",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -46,8 +97,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="24k tokens and 40 problems: plumbing only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], help="recipe overrides, e.g. tokens=6M batch=16")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="runs trained at a time, each on cores/parallel threads (2: both arms of a seed at once, "
+        "which on 2 small cores trains about 20%% more tokens per second than one run on both)",
+    )
     args = parser.parse_args()
-    overrides = ["tokens=24k", "world.eval_problems=40", *args.set] if args.quick else args.set
+    if args.parallel < 1:
+        parser.error(f"--parallel must be at least 1, got {args.parallel}")
+    overrides = ["tokens=24k", "world.eval_problems=40", *args.set] if args.quick else list(args.set)
     recipe = load_config(TestbedRecipe, None, overrides)
     logging.basicConfig(level=logging.WARNING)
 
@@ -55,45 +115,22 @@ def main() -> None:
     out = Path(args.out)
     data = prepare_data(recipe, out / "data")
     problems = make_eval_problems(recipe.world)
+    threads = max(1, (os.cpu_count() or 1) // args.parallel)
+    jobs = [(seed, arm) for seed in args.seeds for arm in ("raw", "thoughts")]
     rows: list[dict[str, Any]] = []
-    for seed in args.seeds:
-        for arm in ("raw", "thoughts"):
-            config = train_config(
-                recipe, arm, seed, data, out / f"seed{seed}" / arm, progress_bar=False, logging_steps=100
-            )
-            clock = time.perf_counter()
-            result = train(config, resume=True)
-            assert result.model_dir is not None
-            train_s = time.perf_counter() - clock
-            modes = ["latent", "raw"] if arm == "thoughts" else ["raw"]
-            evaluations = {mode: evaluate_arm(result.model_dir, problems, mode) for mode in modes}
-            row = {
-                "arm": arm,
-                "seed": seed,
-                "tokens": result.tokens,
-                "train_s": round(train_s, 1),
-                "tokens_per_second": result.metrics.get("tokens_per_second"),
-                "epochs": result.metrics.get("data", {}).get("sources", [{}])[0].get("epochs"),
-                "evaluations": {mode: evaluation.as_dict() for mode, evaluation in evaluations.items()},
-            }
-            rows.append(row)
-            first = evaluations[modes[0]]
-            print(
-                f"seed {seed} {arm:8s} ({modes[0]} mode): accuracy {first.accuracy:.3f}, "
-                f"{row['epochs']:.1f} epochs of its data, {train_s:.0f}s training"
-                + (
-                    f", true claims {first.true_claim_share:.2f}, copied operand {first.copied_operand_share:.2f}"
-                    if arm == "thoughts"
-                    else ""
-                ),
-                flush=True,
-            )
+    with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(run_arm, overrides, data, str(out), arm, seed, threads) for seed, arm in jobs]
+        for future in as_completed(futures):
+            rows.append(future.result())
+            report_row(rows[-1])
+    rows.sort(key=lambda row: (row["seed"], row["arm"]))
 
     print()
     print(
         f"Testbed, {len(problems)} held-out problems, {recipe.tokens:,} training tokens per run (scratch "
         f"Llama width {recipe.width}, {recipe.layers} layers, lr {recipe.lr:g}, batch {recipe.batch} x "
-        f"{recipe.seq_len}), seeds {args.seeds}"
+        f"{recipe.seq_len}, {recipe.world.bootstrap_documents} bootstrap documents), seeds {args.seeds}, "
+        f"{args.parallel} run(s) at a time on {threads} thread(s) each"
     )
     print("| arm | eval mode | accuracy mean ± std | per seed |")
     print("| --- | --- | --- | --- |")

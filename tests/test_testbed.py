@@ -84,6 +84,22 @@ def test_ground_truth_derivation_is_partial_products_then_sums():
     )
 
 
+def test_plan_without_numbers_leaves_the_operands_to_the_question():
+    statement = Statement(37, 24, (("+", 129), ("-", 56)))
+    assert statement.plan(numbers=False) == (
+        "Multiply the two factors place by place, then add the next number, then subtract the next number."
+    )
+    # The world's ground-truth plans and the oracle's agree, and the derivations are unchanged.
+    config = SMALL.model_copy(update={"oracle_plan_numbers": False})
+    oracle = TestbedOracle.from_config(config)
+    document = generate_documents(config, "bootstrap")[0]
+    pose, resolve = document.sentences[0], document.sentences[1]
+    assert pose.thought == oracle.thought("", pose.text) and not any(c.isdigit() for c in pose.thought)
+    assert resolve.thought == oracle.thought(pose.text, resolve.text) == generate_documents(
+        SMALL, "bootstrap"
+    )[0].sentences[1].thought
+
+
 def test_documents_pose_then_resolve_in_separate_sentences():
     for document in generate_documents(SMALL, "bootstrap"):
         kinds = [s.kind for s in document.sentences]

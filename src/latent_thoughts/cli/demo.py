@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-RECIPE_WORLD = ["bootstrap_documents=1000"]
+RECIPE_WORLD = ["bootstrap_documents=2000"]
 """The testbed recipe's world (``TestbedRecipe().world``): the default world with more documents."""
 
 DEFAULT_TOKENS = "2M"

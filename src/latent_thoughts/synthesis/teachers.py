@@ -37,6 +37,7 @@ class OracleTeacher(StageConfig):
         0.5, ge=0, le=1, description="share of wrong thoughts that are irrelevant"
     )
     seed: int = Field(0, description="seed of the noise when a call passes none")
+    plan_numbers: bool = Field(True, description="a posing sentence's plan restates its numbers")
 
 
 class BatchApiOptions(StageConfig):
@@ -117,7 +118,7 @@ def build_teacher(config: TeacherConfig, source: str = "teacher") -> Engine:
     from latent_thoughts.testbed.oracle import TestbedOracle
 
     oracle = config.oracle
-    return TestbedOracle(oracle.noise, oracle.irrelevant_share, oracle.seed)
+    return TestbedOracle(oracle.noise, oracle.irrelevant_share, oracle.seed, oracle.plan_numbers)
 
 
 def token_counter(config: TeacherConfig) -> TokenCounter:

@@ -66,15 +66,18 @@ class SentenceThought:
         return " ".join([self.plan, *self.claims] if self.plan else self.claims)
 
 
-def sentence_thought(sentence: ParsedSentence, before: ParsedSentence | None) -> SentenceThought:
-    """The thought of one sentence given the sentence ``before`` it (None: nothing in view).
+def sentence_thought(
+    sentence: ParsedSentence, before: ParsedSentence | None, plan_numbers: bool = True
+) -> SentenceThought:
+    """The thought of one sentence given the sentence ``before`` it (None: nothing in view); a posing
+    sentence's plan names its numbers unless ``plan_numbers`` is false (:meth:`Statement.plan`).
 
     Raises LatentThoughtsError for a resolving sentence not preceded by a posing sentence: the
     expression it resolves cannot be read from its text alone.
     """
     if sentence.kind == "pose":
         assert sentence.statement is not None
-        return SentenceThought(plan=sentence.statement.plan())
+        return SentenceThought(plan=sentence.statement.plan(plan_numbers))
     if sentence.kind == "resolve":
         if before is None or before.statement is None or before.kind != "pose":
             raise LatentThoughtsError(
@@ -91,7 +94,7 @@ def sentence_thought(sentence: ParsedSentence, before: ParsedSentence | None) ->
     return SentenceThought(claims=(claim(previous, op, operand),))
 
 
-def derive_chunk(prefix: str, chunk: str) -> list[SentenceThought]:
+def derive_chunk(prefix: str, chunk: str, plan_numbers: bool = True) -> list[SentenceThought]:
     """The correct thought of every sentence of ``chunk`` after ``prefix`` (one per sentence).
 
     Raises LatentThoughtsError naming the first sentence that is not a testbed sentence, or a
@@ -103,7 +106,7 @@ def derive_chunk(prefix: str, chunk: str) -> list[SentenceThought]:
     before = last_sentence(prefix)
     thoughts = []
     for sentence in sentences:
-        thoughts.append(sentence_thought(sentence, before))
+        thoughts.append(sentence_thought(sentence, before, plan_numbers))
         before = sentence
     return thoughts
 
@@ -123,7 +126,9 @@ class TestbedOracle:
 
     __test__ = False
 
-    def __init__(self, noise: float = 0.0, irrelevant_share: float = 0.5, seed: int = 0) -> None:
+    def __init__(
+        self, noise: float = 0.0, irrelevant_share: float = 0.5, seed: int = 0, plan_numbers: bool = True
+    ) -> None:
         if not 0.0 <= noise <= 1.0:
             raise LatentThoughtsError(f"oracle noise must be in [0, 1], got {noise}")
         if not 0.0 <= irrelevant_share <= 1.0:
@@ -131,14 +136,16 @@ class TestbedOracle:
         self.noise = noise
         self.irrelevant_share = irrelevant_share
         self.seed = seed
-        self.identity = f"testbed-oracle(noise={noise},irrelevant={irrelevant_share},seed={seed})"
+        self.plan_numbers = plan_numbers
+        plan = "" if plan_numbers else ",plan_numbers=False"
+        self.identity = f"testbed-oracle(noise={noise},irrelevant={irrelevant_share},seed={seed}{plan})"
         self.usage = Usage()
         self.device = "cpu"
 
     @classmethod
     def from_config(cls, config: TestbedConfig) -> TestbedOracle:
         """The oracle with the noise settings and seed of a testbed config."""
-        return cls(config.oracle_noise, config.oracle_irrelevant_share, config.seed)
+        return cls(config.oracle_noise, config.oracle_irrelevant_share, config.seed, config.oracle_plan_numbers)
 
     def sample(
         self,
@@ -218,7 +225,7 @@ class TestbedOracle:
         """The oracle's thought for ``chunk`` after ``prefix``: the correct derivation, or with
         probability ``noise`` (a pure function of seed, prefix, chunk and ``index``) a noisy one."""
         seed = self.seed if seed is None else seed
-        thoughts = derive_chunk(prefix, chunk)
+        thoughts = derive_chunk(prefix, chunk, self.plan_numbers)
         if uniform("oracle-noise", seed, prefix, chunk, index) >= self.noise:
             return " ".join(thought.text for thought in thoughts)
         pick = uniform("oracle-pick", seed, prefix, chunk, index)

@@ -46,8 +46,8 @@ class TestbedRecipe(StageConfig):
     __test__ = False  # not a pytest test class despite its name
 
     world: TestbedConfig = Field(
-        default_factory=lambda: TestbedConfig(bootstrap_documents=1000),
-        description="1,000 documents: at 250 the thought arm's 21 passes replaced copying by memory",
+        default_factory=lambda: TestbedConfig(bootstrap_documents=2000),
+        description="2,000 documents: at 250 the thought arm's 21 passes replaced copying by memory; see docs/testbed.md",
     )
     vocab_size: int = Field(512, ge=262, description="byte-level BPE shared by both arms (digits split)")
     split_digits: bool = True

@@ -125,6 +125,13 @@ class TestbedConfig(StageConfig):
     oracle_noise: float = Field(
         0.0, ge=0.0, le=1.0, description="chance the oracle's thought for a chunk is wrong"
     )
+    oracle_plan_numbers: bool = Field(
+        True,
+        description=(
+            "whether the oracle's plan for a posing sentence restates its numbers; training then always "
+            "shows them twice, evaluation once (see docs/testbed.md)"
+        ),
+    )
     oracle_irrelevant_share: float = Field(
         0.5,
         ge=0.0,
@@ -226,9 +233,17 @@ class Statement:
         """The ground-truth claims, one per step: partial products, their sums, then the further steps."""
         return derive_statement(self.a, self.b, self.steps)
 
-    def plan(self) -> str:
+    def plan(self, numbers: bool = True) -> str:
         """The thought behind posing the statement: what to compute, with no arithmetic claims,
-        e.g. ``Multiply 37 by 24 place by place, then add 129.``"""
+        e.g. ``Multiply 37 by 24 place by place, then add 129.``; without ``numbers`` the plan names
+        no operand (``Multiply the two factors place by place, then add the next number.``), so a
+        derivation can copy its operands only from the question, as in evaluation."""
+        if not numbers:
+            return (
+                "Multiply the two factors place by place"
+                + "".join(f", then {PLAN_VERBS[op]} the next number" for op, _ in self.steps)
+                + "."
+            )
         return (
             f"Multiply {self.a} by {self.b} place by place"
             + "".join(f", then {PLAN_VERBS[op]} {value}" for op, value in self.steps)
@@ -394,11 +409,13 @@ def pose_text(statement: Statement, opener: str) -> str:
     return f"{opener} {statement.expression}."
 
 
-def statement_sentences(statement: Statement, opener: str, phrase: str) -> tuple[Sentence, Sentence]:
+def statement_sentences(
+    statement: Statement, opener: str, phrase: str, plan_numbers: bool = True
+) -> tuple[Sentence, Sentence]:
     """The posing sentence (after ``opener``) and the resolving sentence (after ``phrase``) of
     ``statement``, each with its ground-truth thought: the plan, then the derivation."""
     return (
-        Sentence(pose_text(statement, opener), statement.plan(), "pose", None, statement),
+        Sentence(pose_text(statement, opener), statement.plan(plan_numbers), "pose", None, statement),
         Sentence(
             f"{phrase} {statement.result}.",
             " ".join(statement.derivation()),
@@ -438,7 +455,8 @@ def generate_documents(config: TestbedConfig, split: DocumentSplit) -> list[Test
             else:
                 statement = sampler.draw()
                 opener, phrase = rng.choice(POSE_OPENERS), rng.choice(RESOLVE_PHRASES)
-                document.sentences.extend(statement_sentences(statement, opener, phrase))
+                sentences = statement_sentences(statement, opener, phrase, config.oracle_plan_numbers)
+                document.sentences.extend(sentences)
         documents.append(document)
     return documents
 
