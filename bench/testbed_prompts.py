@@ -98,7 +98,9 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     print(f"{args.model}: {len(problems)} problems, greedy")
     # Exemplars: the validation split's first product-plus-addend statements (never in training).
-    exemplars = [p for p in make_eval_problems(recipe.world, "validation") if re.search(r"x \d+ \+ \d+\.$", p.question)]
+    exemplars = [
+        p for p in make_eval_problems(recipe.world, "validation") if re.search(r"x \d+ \+ \d+\.$", p.question)
+    ]
     prompts = {**PROMPTS, **{f"{k}-shot (worked exemplars)": few_shot(exemplars[:k]) for k in (1, 2)}}
     for name, prompt in prompts.items():
         print(f"| {name} | {accuracy(model, tokenizer, problems, prompt):.3f} |", flush=True)

@@ -95,9 +95,11 @@ def test_plan_without_numbers_leaves_the_operands_to_the_question():
     document = generate_documents(config, "bootstrap")[0]
     pose, resolve = document.sentences[0], document.sentences[1]
     assert pose.thought == oracle.thought("", pose.text) and not any(c.isdigit() for c in pose.thought)
-    assert resolve.thought == oracle.thought(pose.text, resolve.text) == generate_documents(
-        SMALL, "bootstrap"
-    )[0].sentences[1].thought
+    assert (
+        resolve.thought
+        == oracle.thought(pose.text, resolve.text)
+        == generate_documents(SMALL, "bootstrap")[0].sentences[1].thought
+    )
 
 
 def test_documents_pose_then_resolve_in_separate_sentences():

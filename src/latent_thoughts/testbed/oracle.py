@@ -145,7 +145,9 @@ class TestbedOracle:
     @classmethod
     def from_config(cls, config: TestbedConfig) -> TestbedOracle:
         """The oracle with the noise settings and seed of a testbed config."""
-        return cls(config.oracle_noise, config.oracle_irrelevant_share, config.seed, config.oracle_plan_numbers)
+        return cls(
+            config.oracle_noise, config.oracle_irrelevant_share, config.seed, config.oracle_plan_numbers
+        )
 
     def sample(
         self,
