@@ -37,7 +37,7 @@ from latent_thoughts.evaluate.prompting import (
     prompt_token_ids,
 )
 from latent_thoughts.evaluate.tasks import EvalProblem
-from latent_thoughts.evaluate.testbed import _decode, _token_ids
+from latent_thoughts.evaluate.testbed import _decode, _token_ids, thought_banned_ids
 from latent_thoughts.format import LATENT_TOKENS, SpecialIds, encode_text
 
 ANSWER_STOP = ("\n\nQuestion:", "\n\nProblem:")
@@ -169,7 +169,7 @@ def _generate(
         max_new_tokens=settings.max_thought_tokens,
         stop=[special.eol],
         stop_on_eos=False,
-        banned_ids=[special.sol, special.prior, special.post],  # a thought is text that ends at EOL
+        banned_ids=thought_banned_ids(special),  # a thought is text that ends at EOL
         **common,
     )
     thoughts: list[list[int]] = []
