@@ -181,13 +181,7 @@ def _run_benchmark(
     args: argparse.Namespace, task: str, path: Path, problems: list[Any], engine: Any, tokenizer: Any
 ) -> None:
     """Evaluate one benchmark task; write the records to TASK_MODE.jsonl, the aggregate to TASK_MODE.json."""
-    from latent_thoughts.evaluate.benchmark import (
-        BenchmarkSettings,
-        ProblemRecord,
-        aggregate,
-        evaluate_benchmark,
-    )
-    from latent_thoughts.evaluate.grading import MathGrader
+    from latent_thoughts.evaluate.benchmark import BenchmarkSettings, evaluate_to_files, summary_line
 
     temperature = args.temperature if args.temperature is not None else (1.0 if args.samples > 1 else 0.0)
     settings = BenchmarkSettings(
@@ -199,33 +193,18 @@ def _run_benchmark(
         seed=args.seed or 0,
         shots=args.shots,
     )
-    log = None
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        log = (Path(args.out) / f"{task}_{args.mode}.jsonl").open("w", encoding="utf-8")
-
-    def write(record: ProblemRecord) -> None:
-        if log is not None:
-            log.write(json.dumps(record.to_json()) + "\n")
-            log.flush()
-
-    try:
-        with MathGrader(args.grading_timeout) as grader:
-            records = evaluate_benchmark(
-                engine, tokenizer, problems, args.mode, settings, grader=grader, on_record=write
-            )
-    finally:
-        if log is not None:
-            log.close()
-    summary = {"model": str(args.model), "file": str(path), **aggregate(records, args.mode, args.samples)}
-    line = f"{task} {args.mode} mode: accuracy {summary['accuracy']:.3f} ± {summary['stderr']:.3f} on {summary['n']} problems"
-    if "flexible" in summary:
-        line += f" (flexible {summary['flexible']['accuracy']:.3f})"
-    if args.samples > 1:
-        line += f", pass@{args.samples} {summary[f'pass@{args.samples}']:.3f}"
-    print(line)
-    if args.out:
-        (Path(args.out) / f"{task}_{args.mode}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    info = {"model": str(args.model), "file": str(path)}
+    summary = evaluate_to_files(
+        engine,
+        tokenizer,
+        problems,
+        args.mode,
+        settings,
+        args.out,
+        grading_timeout=args.grading_timeout,
+        info=info,
+    )
+    print(summary_line(summary))
 
 
 def _list(text: str | None) -> list[str]:

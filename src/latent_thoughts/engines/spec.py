@@ -90,8 +90,9 @@ def is_engine_file(model: str | Path) -> bool:
 def read_engine_spec(model: str | Path, local_options: Mapping[str, Any] | None = None) -> EngineSpec:
     """The engine of a ``MODEL`` argument: an engine file, or a model folder (kind transformers).
 
-    ``local_options`` (``device``, ``dtype``: what the command line set) are merged into a
-    transformers engine's options; they are an error for a served model, where the server decides.
+    ``local_options`` (``device``, ``dtype``, ...: what the command line set; None values are
+    ignored) are merged into a transformers engine's options; they are an error for a served model,
+    where the server decides.
     """
     local = {key: value for key, value in (local_options or {}).items() if value is not None}
     if is_engine_file(model):
