@@ -43,9 +43,41 @@ def test_evaluate_a_served_model(
     local, remote = tmp_path / "local.json", tmp_path / "remote.json"
     argv = ["evaluate", str(tiny_model_dir), "--problems", str(problems), "--mode", "latent"]
     assert main([*argv, "--device", "cpu", "--dtype", "fp32", "--out", str(local)]) == 0
+    engine_file = tmp_path / "served.yaml"
     with serve_subprocess(tiny_model_dir, tmp_path) as base_url:
         assert main([*argv, "--base-url", base_url, "--out", str(remote)]) == 0
-    assert json.loads(remote.read_text())["generations"] == json.loads(local.read_text())["generations"]
+        # MODEL as an engine file: the same server, named in YAML with the tokenizer's folder
+        engine_file.write_text(f"kind: http\nhttp: {{base_url: '{base_url}'}}\ntokenizer: {tiny_model_dir}\n")
+        argv[1] = str(engine_file)
+        assert main([*argv, "--out", str(tmp_path / "file.json")]) == 0
+    expected = json.loads(local.read_text())["generations"]
+    assert json.loads(remote.read_text())["generations"] == expected
+    assert json.loads((tmp_path / "file.json").read_text())["generations"] == expected
+
+
+def test_evaluate_a_local_engine_file(tiny_model_dir: Path, tmp_path: Path) -> None:
+    problems = tmp_path / "eval.jsonl"
+    write_problems(make_eval_problems(TestbedConfig(eval_problems=2)), problems)
+    engine_file = tmp_path / "local.yaml"
+    engine_file.write_text(
+        f"kind: transformers\ntransformers: {{model: {tiny_model_dir}, device: cpu, dtype: fp32}}\n"
+    )
+    for model, out in ((tiny_model_dir, "folder.json"), (engine_file, "file.json")):
+        argv = [
+            "evaluate",
+            str(model),
+            "--problems",
+            str(problems),
+            "--mode",
+            "latent",
+            "--out",
+            str(tmp_path / out),
+        ]
+        assert (
+            main([*argv, *(["--device", "cpu", "--dtype", "fp32"] if model == tiny_model_dir else [])]) == 0
+        )
+    folder, file = (json.loads((tmp_path / name).read_text()) for name in ("folder.json", "file.json"))
+    assert file["generations"] == folder["generations"] and file["total"] == 2
 
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -105,6 +137,7 @@ def test_benchmarks_and_the_testbed_together(tiny_long_model_dir: Path, tmp_path
         (["--tasks", "gsm8k,mmlu"], "mmlu"),
         (["--tasks", "testbed"], "--problems"),
         (["--tasks", "gsm8k", "--gsm8k-file", "/nowhere/gsm8k.jsonl"], "/nowhere/gsm8k.jsonl"),
+        (["--tasks", "gsm8k", "--base-url", "http://127.0.0.1:9/v1", "--device", "cpu"], "--device"),
     ],
 )
 def test_evaluate_errors_are_one_line(

@@ -93,7 +93,8 @@ def test_latent_mode_thinks_until_eol_then_answers(tiny_tokenizer, problems) -> 
     special = SpecialIds.from_tokenizer(tiny_tokenizer)
     thinking = engine.calls[0]
     assert thinking["stop"] == [special.eol] and thinking["stop_on_eos"] is False  # phase 1: EOL, not EOS
-    assert "banned_ids" not in thinking
+    # a thought may not open a latent span of its own: SOL, PRIOR and POST are banned until EOL
+    assert set(thinking["banned_ids"]) == {special.sol, special.prior, special.post}
     assert engine.calls[-1]["banned_ids"]  # phase 2 bans the latent tokens
 
 
@@ -145,7 +146,9 @@ def test_a_model_folder_gives_what_model_generate_gives(tiny_model_dir: Path, pr
     options = {"max_thought_tokens": 5, "max_answer_tokens": 4, "progress": False}
     latent_result = evaluate_model_dir(tiny_model_dir, problems, "latent", **options)
     prompts = [prompt_ids(p, tokenizer, thinking=True) for p in problems]
-    thoughts = hf_greedy(model, tokenizer, prompts, 5, [special.eol])
+    thoughts = hf_greedy(
+        model, tokenizer, prompts, 5, [special.eol], [special.sol, special.prior, special.post]
+    )
     assert [g.partition(LATENT_TOKENS.eol)[0] for g in latent_result.generations] == [
         tokenizer.decode([t for t in ids if t not in latent]) for ids in thoughts
     ]

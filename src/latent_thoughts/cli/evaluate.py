@@ -2,8 +2,9 @@
 
 GSM8K (8-shot), MATH and MATH-500 (4-shot) with latent-aware prompting and symbolic grading
 (:mod:`latent_thoughts.evaluate.benchmark`), and the testbed task (``--problems``,
-:mod:`latent_thoughts.evaluate.testbed`), all through one engine: the model folder, or the model served
-at ``--base-url``. With benchmark tasks ``--out`` is a folder receiving, per task, ``TASK_MODE.jsonl``
+:mod:`latent_thoughts.evaluate.testbed`), all through one engine: MODEL is a model folder or an engine
+file (:mod:`latent_thoughts.engines.spec`: a model served over HTTP, or a local one with engine
+options); ``--base-url URL`` with a model folder is short for an http engine file. With benchmark tasks ``--out`` is a folder receiving, per task, ``TASK_MODE.jsonl``
 (one graded record per problem) and ``TASK_MODE.json`` (the aggregate); with the testbed task alone it
 is the JSON file of accuracy and generations, as before.
 """
@@ -28,13 +29,16 @@ def register(subparsers: Any) -> None:
         "evaluate",
         help="few-shot GSM8K/MATH accuracy and testbed accuracy of a model, raw or latent mode",
         description=(
-            "Evaluate a saved model (or one served over HTTP, --base-url) on GSM8K, MATH, MATH-500 and the "
-            "testbed task: raw mode (latent tokens banned) or latent mode (question, SOL PRIOR, thought "
+            "Evaluate a saved model (a folder, or an engine file naming a served or local model) on GSM8K, "
+            "MATH, MATH-500 and the testbed task: raw mode (latent tokens banned) or latent mode (question, SOL PRIOR, thought "
             "until EOL, then the answer)."
         ),
     )
     parser.add_argument(
-        "model", metavar="MODEL_DIR", help="model folder with its tokenizer (train's OUTPUT/model)"
+        "model",
+        metavar="MODEL",
+        help="model folder with its tokenizer (train's OUTPUT/model), or an engine file (YAML: kind http "
+        "with http.base_url and tokenizer, or kind transformers with transformers.model and options)",
     )
     parser.add_argument(
         "--tasks",
@@ -74,12 +78,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--max-answer-tokens", type=int, default=384, help="longest answer")
     parser.add_argument("--batch-size", type=int, default=8, help="problems per engine call")
     parser.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per MATH comparison")
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="compute dtype")
+    parser.add_argument(
+        "--device", help="local model: auto (a GPU when there is one; the default), cpu, cuda, cuda:N"
+    )
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="local model: compute dtype")
     parser.add_argument(
         "--base-url",
         help="evaluate the model served at this OpenAI-compatible API root instead (e.g. "
-        "http://127.0.0.1:8000/v1 from `latent-thoughts serve` or vLLM); MODEL_DIR then gives the tokenizer",
+        "http://127.0.0.1:8000/v1 from `latent-thoughts serve` or vLLM); MODEL is then the tokenizer's folder",
     )
     parser.add_argument("--out", help="output folder (benchmark tasks) or JSON file (testbed task alone)")
     parser.add_argument("--show", type=int, default=3, help="print this many testbed generations (default 3)")
@@ -110,22 +116,25 @@ def _tasks(args: argparse.Namespace) -> list[str]:
 
 @contextmanager
 def _engine(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
-    """``(engine, tokenizer)``: the local model folder, or the server at ``--base-url``."""
+    """``(engine, tokenizer)`` of MODEL (a folder or an engine file), or of the server at ``--base-url``."""
+    from latent_thoughts.engines.spec import http_spec, is_engine_file, open_engine, read_engine_spec
+    from latent_thoughts.errors import LatentThoughtsError
+
+    local = {"device": args.device, "dtype": args.dtype}
     if args.base_url:
-        from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig
-        from latent_thoughts.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.model)
-        with HTTPEngine(HTTPEngineConfig(base_url=args.base_url)) as engine:
-            yield engine, tokenizer
-        return
-    from latent_thoughts.config import validate_config
-    from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-
-    options = {"model": str(args.model), "device": args.device, "dtype": args.dtype}
-    config = validate_config(TransformersEngineConfig, options, "evaluation engine options")
-    local = TransformersEngine(config)
-    yield local, local.tokenizer
+        if is_engine_file(args.model):
+            raise LatentThoughtsError(
+                f"--base-url: {args.model} is an engine file already; set http.base_url there"
+            )
+        if any(value is not None for value in local.values()):
+            raise LatentThoughtsError(
+                "--device/--dtype: the model served at --base-url runs where its server puts it"
+            )
+        spec = http_spec(args.base_url, args.model)
+    else:
+        spec = read_engine_spec(args.model, local)
+    with open_engine(spec) as pair:
+        yield pair
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,13 +181,7 @@ def _run_benchmark(
     args: argparse.Namespace, task: str, path: Path, problems: list[Any], engine: Any, tokenizer: Any
 ) -> None:
     """Evaluate one benchmark task; write the records to TASK_MODE.jsonl, the aggregate to TASK_MODE.json."""
-    from latent_thoughts.evaluate.benchmark import (
-        BenchmarkSettings,
-        ProblemRecord,
-        aggregate,
-        evaluate_benchmark,
-    )
-    from latent_thoughts.evaluate.grading import MathGrader
+    from latent_thoughts.evaluate.benchmark import BenchmarkSettings, evaluate_to_files, summary_line
 
     temperature = args.temperature if args.temperature is not None else (1.0 if args.samples > 1 else 0.0)
     settings = BenchmarkSettings(
@@ -190,33 +193,18 @@ def _run_benchmark(
         seed=args.seed or 0,
         shots=args.shots,
     )
-    log = None
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        log = (Path(args.out) / f"{task}_{args.mode}.jsonl").open("w", encoding="utf-8")
-
-    def write(record: ProblemRecord) -> None:
-        if log is not None:
-            log.write(json.dumps(record.to_json()) + "\n")
-            log.flush()
-
-    try:
-        with MathGrader(args.grading_timeout) as grader:
-            records = evaluate_benchmark(
-                engine, tokenizer, problems, args.mode, settings, grader=grader, on_record=write
-            )
-    finally:
-        if log is not None:
-            log.close()
-    summary = {"model": str(args.model), "file": str(path), **aggregate(records, args.mode, args.samples)}
-    line = f"{task} {args.mode} mode: accuracy {summary['accuracy']:.3f} ± {summary['stderr']:.3f} on {summary['n']} problems"
-    if "flexible" in summary:
-        line += f" (flexible {summary['flexible']['accuracy']:.3f})"
-    if args.samples > 1:
-        line += f", pass@{args.samples} {summary[f'pass@{args.samples}']:.3f}"
-    print(line)
-    if args.out:
-        (Path(args.out) / f"{task}_{args.mode}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    info = {"model": str(args.model), "file": str(path)}
+    summary = evaluate_to_files(
+        engine,
+        tokenizer,
+        problems,
+        args.mode,
+        settings,
+        args.out,
+        grading_timeout=args.grading_timeout,
+        info=info,
+    )
+    print(summary_line(summary))
 
 
 def _list(text: str | None) -> list[str]:

@@ -18,10 +18,12 @@ GSM8K is graded strictly (the record also keeps the flexible verdict); MATH with
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
@@ -37,7 +39,7 @@ from latent_thoughts.evaluate.prompting import (
     prompt_token_ids,
 )
 from latent_thoughts.evaluate.tasks import EvalProblem
-from latent_thoughts.evaluate.testbed import _decode, _token_ids
+from latent_thoughts.evaluate.testbed import _decode, _token_ids, thought_banned_ids
 from latent_thoughts.format import LATENT_TOKENS, SpecialIds, encode_text
 
 ANSWER_STOP = ("\n\nQuestion:", "\n\nProblem:")
@@ -169,7 +171,7 @@ def _generate(
         max_new_tokens=settings.max_thought_tokens,
         stop=[special.eol],
         stop_on_eos=False,
-        banned_ids=[special.sol, special.prior, special.post],  # a thought is text that ends at EOL
+        banned_ids=thought_banned_ids(special),  # a thought is text that ends at EOL
         **common,
     )
     thoughts: list[list[int]] = []
@@ -274,3 +276,57 @@ def aggregate(records: Sequence[ProblemRecord], mode: PromptMode, samples: int =
         if groups:
             result[f"by_{attribute}"] = {name: _accuracy(groups[name]) for name in sorted(groups)}
     return result
+
+
+def evaluate_to_files(
+    engine: Engine,
+    tokenizer: Any,
+    problems: Sequence[EvalProblem],
+    mode: PromptMode,
+    settings: BenchmarkSettings,
+    out_dir: str | Path | None,
+    *,
+    grading_timeout: float = 5.0,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate_benchmark` on one task, writing ``out_dir/TASK_MODE.jsonl`` (a record per problem,
+    appended as it is graded) and ``out_dir/TASK_MODE.json`` (``info`` plus :func:`aggregate`).
+
+    Returns the aggregate (with ``info``); nothing is written when ``out_dir`` is None."""
+    task = problems[0].task if problems else "?"
+    log = None
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        log = (Path(out_dir) / f"{task}_{mode}.jsonl").open("w", encoding="utf-8")
+
+    def write(record: ProblemRecord) -> None:
+        if log is not None:
+            log.write(json.dumps(record.to_json()) + "\n")
+            log.flush()
+
+    try:
+        with MathGrader(grading_timeout) as grader:
+            records = evaluate_benchmark(
+                engine, tokenizer, problems, mode, settings, grader=grader, on_record=write
+            )
+    finally:
+        if log is not None:
+            log.close()
+    summary = {**(info or {}), **aggregate(records, mode, settings.samples)}
+    if out_dir is not None:
+        (Path(out_dir) / f"{task}_{mode}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line of an aggregate: ``gsm8k latent mode: accuracy 0.120 ± 0.046 on 50 problems (flexible ...)``."""
+    line = (
+        f"{summary['task']} {summary['mode']} mode: accuracy {summary['accuracy']:.3f} ± "
+        f"{summary['stderr']:.3f} on {summary['n']} problems"
+    )
+    if "flexible" in summary:
+        line += f" (flexible {summary['flexible']['accuracy']:.3f})"
+    samples = summary.get("samples", 1)
+    if samples > 1:
+        line += f", pass@{samples} {summary[f'pass@{samples}']:.3f}"
+    return line

@@ -35,8 +35,10 @@ FEW_SHOT_HEADERS = ("Question:", "Problem:")
 """Headers of the next few-shot block; a generation is cut before the first one."""
 
 _NUMBER = r"-?\$?\s?-?[0-9][0-9,]*(?:\.[0-9]+)?|-?\$?\s?-?\.[0-9]+"
-_STRICT_RE = re.compile(r"(?:answer is|####)\s*:?\s*\$?\s*(" + _NUMBER + ")", re.IGNORECASE)
-_NUMBER_RE = re.compile(_NUMBER)
+STRICT_RE = re.compile(r"(?:answer is|####)\s*:?\s*\$?\s*(" + _NUMBER + ")", re.IGNORECASE)
+"""GSM8K strict: the number after ``answer is`` or ``####`` (the last match answers)."""
+NUMBER_RE = re.compile(_NUMBER)
+"""GSM8K flexible: any number (the last one answers); also the lm-eval export's filters."""
 
 
 def answer_text(generation: str) -> str:
@@ -60,9 +62,9 @@ def extract_gsm8k(generation: str, *, strict: bool) -> str | None:
     """The answer number of a GSM8K generation as written, or None (see module notes)."""
     text = answer_text(generation)
     if strict:
-        matches = _STRICT_RE.findall(text)
+        matches = STRICT_RE.findall(text)
         return matches[-1].strip() if matches else None
-    numbers = _NUMBER_RE.findall(text)
+    numbers = NUMBER_RE.findall(text)
     return numbers[-1].strip() if numbers else None
 
 

@@ -7,8 +7,9 @@ Two modes:
   first sentence (the resolving sentence, `` It equals 1017.``) answers;
 - ``latent``: the prompt is the question as a chunk followed by ``SOL PRIOR``
   (:func:`latent_thoughts.testbed.prompt_ids`, :func:`latent_thoughts.format.thinking_prompt`); the
-  model writes its thought until EOL (phase 1), then, after EOL, the resolving sentence, with the
-  latent tokens banned (phase 2).
+  model writes its thought until EOL with SOL, PRIOR and POST banned (phase 1: a thought opens no
+  latent span of its own), then, after EOL, the resolving sentence, with all four latent tokens
+  banned (phase 2).
 
 Generation goes through the :class:`~latent_thoughts.engines.base.Engine` protocol (greedy,
 ``temperature`` 0, banned ids, stop ids and strings), so a local model, a model behind
@@ -106,7 +107,16 @@ def evaluate_testbed(
     if mode == "raw":
         texts = [_decode(tokenizer, ids, latent_ids) for ids in answer(prompts)]
     else:
-        thoughts = generate(prompts, "thinking", max_thought_tokens, [special.eol], stop_on_eos=False)
+        # A thought is text that ends at EOL: it must not open a latent span of its own (the benchmark
+        # path bans the same three ids).
+        thoughts = generate(
+            prompts,
+            "thinking",
+            max_thought_tokens,
+            [special.eol],
+            stop_on_eos=False,
+            banned_ids=thought_banned_ids(special),
+        )
         thoughts = [
             thought if thought[-1:] == [special.eol] else [*thought, special.eol] for thought in thoughts
         ]
@@ -119,6 +129,11 @@ def evaluate_testbed(
         ]
     correct = sum(grade(problem, text) for problem, text in zip(problems, texts, strict=True))
     return TestbedEvalResult(mode, correct, len(problems), texts)
+
+
+def thought_banned_ids(special: SpecialIds) -> list[int]:
+    """The ids a thought may not contain: SOL, PRIOR and POST (it ends at EOL and opens no new span)."""
+    return [special.sol, special.prior, special.post]
 
 
 def _token_ids(tokenizer: Any, sample: Sample) -> list[int]:

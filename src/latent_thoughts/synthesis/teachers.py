@@ -20,7 +20,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from latent_thoughts.config import StageConfig, load_config, validate_config
+from latent_thoughts.config import StageConfig, load_config
+from latent_thoughts.engines import spec
 from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.synthesis.costs import Prices, TokenCounter, make_counter
@@ -91,30 +92,17 @@ def load_teacher(path: str | Path, overrides: Sequence[str] = ()) -> TeacherConf
 
 def engine_options(config: TeacherConfig, source: str = "teacher") -> StageConfig:
     """The validated options of the engine ``config`` names (its own options class)."""
-    if config.kind == "http":
-        from latent_thoughts.engines.http_engine import HTTPEngineConfig
-
-        return validate_config(HTTPEngineConfig, config.http, f"{source}: http")
-    if config.kind == "transformers":
-        from latent_thoughts.engines.transformers_engine import TransformersEngineConfig
-
-        return validate_config(TransformersEngineConfig, config.transformers, f"{source}: transformers")
-    return config.oracle
+    if config.kind == "oracle":
+        return config.oracle
+    section = config.http if config.kind == "http" else config.transformers
+    return spec.engine_options(config.kind, section, source)
 
 
 def build_teacher(config: TeacherConfig, source: str = "teacher") -> Engine:
     """The engine of ``config``, ready to chat (a transformers model is loaded here)."""
-    options = engine_options(config, source)
-    if config.kind == "http":
-        from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig
-
-        assert isinstance(options, HTTPEngineConfig)
-        return HTTPEngine(options)
-    if config.kind == "transformers":
-        from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-
-        assert isinstance(options, TransformersEngineConfig)
-        return TransformersEngine(options)
+    if config.kind != "oracle":
+        section = config.http if config.kind == "http" else config.transformers
+        return spec.build_engine(config.kind, section, source)
     from latent_thoughts.testbed.oracle import TestbedOracle
 
     oracle = config.oracle

@@ -1,0 +1,67 @@
+"""``latent-thoughts export-lm-eval --out DIR``: lm-evaluation-harness tasks over the local files.
+
+Writes ``DIR/lt_gsm8k_cot.yaml``, ``DIR/lt_math.yaml`` and ``DIR/lt_math500.yaml``
+(:mod:`latent_thoughts.evaluate.lm_eval_export`) and prints the ``lm_eval`` command that runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``export-lm-eval`` verb."""
+    parser = subparsers.add_parser(
+        "export-lm-eval",
+        help="write lm-evaluation-harness task YAMLs over the local GSM8K / MATH / MATH-500 files",
+        description=(
+            "Write lm-eval tasks (raw mode: GSM8K 8-shot chain of thought with this project's exemplars and "
+            "strict/flexible filters using evaluate's own regular expressions; MATH and MATH-500 4-shot, "
+            "string match of the final answer) over the local files, to cross-check `evaluate` with "
+            "`lm_eval --include_path DIR --tasks lt_gsm8k_cot`."
+        ),
+    )
+    parser.add_argument("--out", required=True, help="folder receiving the task YAMLs")
+    parser.add_argument(
+        "--tasks",
+        default="gsm8k,math,math500",
+        help="comma-separated among gsm8k, math, math500 (default all)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
+        help=f"folder of the benchmark files (default: $LATENT_THOUGHTS_DATA or {DEFAULT_DATA_DIR})",
+    )
+    for task in ("gsm8k", "math", "math500"):
+        parser.add_argument(f"--{task}-file", help=f"the {task} JSONL file (overrides --data-dir)")
+    parser.add_argument(
+        "--max-gen-toks", type=int, default=384, help="longest answer in tokens (default 384)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Write the YAMLs and print how to run them."""
+    from latent_thoughts.errors import LatentThoughtsError
+    from latent_thoughts.evaluate.lm_eval_export import TASK_NAMES, export_tasks
+    from latent_thoughts.evaluate.tasks import task_path
+
+    tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    for task in tasks:
+        if task not in TASK_NAMES:
+            raise LatentThoughtsError(f"--tasks: unknown task {task!r}; choose from gsm8k, math, math500")
+    if args.max_gen_toks <= 0:
+        raise LatentThoughtsError(f"--max-gen-toks must be positive, got {args.max_gen_toks}")
+    paths = {task: task_path(task, args.data_dir, getattr(args, f"{task}_file")) for task in tasks}
+    for path in export_tasks(paths, args.out, max_gen_toks=args.max_gen_toks):
+        print(f"wrote {path}")
+    names = ",".join(TASK_NAMES[task] for task in tasks)
+    print(
+        f"run: lm_eval --model hf --model_args pretrained=MODEL_DIR --include_path {args.out} --tasks {names} "
+        "--log_samples --output_path OUT"
+    )
+    return 0

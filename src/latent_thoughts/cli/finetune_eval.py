@@ -1,0 +1,148 @@
+"""``latent-thoughts finetune-eval MODEL --task gsm8k|math --out DIR``: fine-tune a copy, then evaluate it.
+
+The protocol of :mod:`latent_thoughts.evaluate.finetune`: a copy of MODEL (a folder, or an engine file
+of kind transformers) is fine-tuned on the task's training problems with the loss on the answer only,
+in raw or latent format, saved to ``DIR/model``, and evaluated zero-shot in the same format by the
+``evaluate`` code: ``DIR/eval/TASK_MODE.jsonl`` and ``.json``. ``DIR/finetune.json`` records the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``finetune-eval`` verb."""
+    parser = subparsers.add_parser(
+        "finetune-eval",
+        help="fine-tune a copy of a model on GSM8K or MATH training problems, then evaluate it",
+        description=(
+            "Fine-tune a copy of MODEL on the task's training problems (loss on the answer only; latent "
+            "mode: the prompt ends in SOL PRIOR and the worked solution is the thought), then evaluate it "
+            "zero-shot in the same format. gsm8k trains on gsm8k_train.jsonl and evaluates on "
+            "gsm8k_test.jsonl. math trains on math_train.jsonl when the data folder has one (or "
+            "--train-file) and evaluates on MATH; the shared data has no MATH train split, so by default "
+            "math trains on the 4,500 MATH test problems outside MATH-500 and evaluates on MATH-500 "
+            "(a warning says so)."
+        ),
+    )
+    parser.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model folder with its tokenizer, or an engine file of kind transformers",
+    )
+    parser.add_argument("--task", required=True, choices=["gsm8k", "math"], help="the task to fine-tune on")
+    parser.add_argument("--out", required=True, help="output folder: model/, eval/, finetune.json")
+    parser.add_argument(
+        "--mode", choices=["raw", "latent"], default="latent", help="prompt format of training and evaluation"
+    )
+    parser.add_argument("--limit-train", type=int, help="train on N problems drawn with --seed (default all)")
+    parser.add_argument("--limit", type=int, help="evaluate the first N problems (default all)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--epochs", type=float, default=1.0, help="passes over the training problems (default 1)"
+    )
+    budget.add_argument("--steps", type=int, help="optimizer steps instead of --epochs")
+    parser.add_argument(
+        "--lr", type=float, default=2e-5, help="peak learning rate (cosine decay; default 2e-5)"
+    )
+    parser.add_argument("--train-batch-size", type=int, default=8, help="examples per optimizer step")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=1024,
+        help="longest training example in tokens (longer ones skipped)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training draw and of training")
+    parser.add_argument(
+        "--data-dir",
+        default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
+        help=f"folder of the task files (default: $LATENT_THOUGHTS_DATA or {DEFAULT_DATA_DIR})",
+    )
+    parser.add_argument("--train-file", help="the training JSONL file (overrides --data-dir)")
+    parser.add_argument("--eval-file", help="the evaluated JSONL file (overrides --data-dir)")
+    parser.add_argument("--max-thought-tokens", type=int, default=256, help="longest thought (latent mode)")
+    parser.add_argument("--max-answer-tokens", type=int, default=384, help="longest answer")
+    parser.add_argument("--batch-size", type=int, default=8, help="problems per engine call in evaluation")
+    parser.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per MATH comparison")
+    parser.add_argument("--device", help="evaluation: auto (a GPU when there is one; the default), cpu, cuda")
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="evaluation: compute dtype")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Fine-tune, evaluate, print the training loss and the accuracy line."""
+    from pathlib import Path
+
+    from latent_thoughts.engines.spec import local_model_dir, open_engine, read_engine_spec
+    from latent_thoughts.errors import LatentThoughtsError
+    from latent_thoughts.evaluate.benchmark import BenchmarkSettings, evaluate_to_files, summary_line
+    from latent_thoughts.evaluate.finetune import FinetuneSettings, finetune, finetune_split, select_training
+    from latent_thoughts.evaluate.tasks import read_task, select_problems
+
+    for name in ("limit", "steps", "train_batch_size", "max_length"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise LatentThoughtsError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if args.epochs <= 0 or args.lr <= 0:
+        raise LatentThoughtsError(f"--epochs and --lr must be positive, got {args.epochs} and {args.lr}")
+    base = read_engine_spec(args.model)
+    model_dir = local_model_dir(base, "finetune-eval")
+    # Everything is read before training starts, so a wrong path fails at once.
+    split = finetune_split(args.task, args.data_dir, train_file=args.train_file, eval_file=args.eval_file)
+    if split.note:
+        print(f"warning: {split.note}")
+    train = select_training(split.train, args.limit_train, args.seed)
+    problems = select_problems(read_task(split.eval_task, split.eval_path), limit=args.limit)
+
+    settings = FinetuneSettings(
+        epochs=args.epochs,
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.train_batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+    )
+    out = Path(args.out)
+    metrics = finetune(model_dir, args.task, train, args.mode, out, settings)
+    print(
+        f"fine-tuned on {metrics['examples']} {args.task} problems ({metrics['skipped_too_long']} too long), "
+        f"{metrics['steps']} steps: loss {metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}; "
+        f"model in {out / 'model'}"
+    )
+
+    # The copy runs in the base engine's options (device, dtype), with the command line's on top.
+    options = {key: value for key, value in base.transformers.items() if key not in ("model", "tokenizer")}
+    tuned = read_engine_spec(out / "model", {**options, "device": args.device, "dtype": args.dtype})
+    evaluation = BenchmarkSettings(
+        max_thought_tokens=args.max_thought_tokens,
+        max_answer_tokens=args.max_answer_tokens,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        shots=0,
+    )
+    info = {
+        "model": str(out / "model"),
+        "base_model": str(model_dir),
+        "file": str(split.eval_path),
+        "shots": 0,
+    }
+    if split.note:
+        info["note"] = split.note
+    with open_engine(tuned) as (engine, tokenizer):
+        summary = evaluate_to_files(
+            engine,
+            tokenizer,
+            problems,
+            args.mode,
+            evaluation,
+            out / "eval",
+            grading_timeout=args.grading_timeout,
+            info=info,
+        )
+    print(summary_line(summary))
+    return 0
