@@ -183,7 +183,7 @@ def training_example(
     return [*prompt_ids, *completion_ids], [-100] * len(prompt_ids) + completion_ids
 
 
-class _Examples(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class _Examples(torch.utils.data.Dataset):
     """Tokenized examples, each a dict of ``input_ids`` and ``labels`` (lists of ints)."""
 
     def __init__(self, rows: list[tuple[list[int], list[int]]]) -> None:
