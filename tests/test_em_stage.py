@@ -164,3 +164,15 @@ def test_estep_against_a_served_model_gives_the_in_process_log_w(
         assert remote_row["samples"] == local_row["samples"]
         assert remote_row["log_w"] == pytest.approx(local_row["log_w"], abs=1e-3)
         assert remote_row["chosen"] == local_row["chosen"]
+
+
+def test_bad_input_is_a_one_line_error_naming_it(
+    tiny_model_dir: Path, chunks_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["estep", "--chunks", str(chunks_file), "--out", str(tmp_path / "s.parquet")]
+    assert main([*common, "--model", str(tmp_path / "nowhere")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main([*common, "--model", str(tiny_model_dir), "--policy", "best"]) == 2
+    assert "unknown selection policy 'best'" in capsys.readouterr().err
+    assert main([*common, "--model", str(tiny_model_dir), "--k", "0"]) == 2
+    assert "k" in capsys.readouterr().err

@@ -19,9 +19,11 @@ from latent_thoughts.testbed.world import TestbedConfig
 
 
 def _small_world() -> TestbedRecipe:
-    """The testbed recipe at the small default's size: 200 warm-start and 100 bootstrap documents."""
+    """The testbed recipe at the small default's size: 200 warm-start and 100 bootstrap documents,
+    1.5 M tokens per training run."""
     return TestbedRecipe(
-        world=TestbedConfig(warm_start_documents=200, bootstrap_documents=100, eval_problems=200)
+        world=TestbedConfig(warm_start_documents=200, bootstrap_documents=100, eval_problems=200),
+        tokens=1_500_000,
     )
 
 

@@ -146,7 +146,13 @@ def training_config(config: EMConfig, paths: RunPaths, t: int) -> Any:
     else:
         data = RecipeData(paths.chunks("bootstrap"), paths.samples(t), paths.tokenizer)
     base = train_config(
-        config.testbed, "thoughts", config.seed, data, paths.train_dir(t), progress_bar=config.progress
+        config.testbed,
+        "thoughts",
+        config.seed,
+        data,
+        paths.train_dir(t),
+        progress_bar=config.progress,
+        logging_steps=100,
     )
     values = base.model_dump(mode="json")
     values["model"]["init_seed"] = config.seed  # the same base weights for every "from base" run
@@ -172,6 +178,7 @@ def stage_config_of_training(train_config: Any) -> dict[str, Any]:
     """The part of a training config that decides the model (not its progress bar)."""
     values = dict(train_config.model_dump(mode="json"))
     values.pop("progress_bar", None)
+    values.pop("logging_steps", None)
     return values
 
 

@@ -172,10 +172,11 @@ def context_limit(model: Path, configured: int | None) -> int:
 
 def chunk_layouts(
     chunks: Sequence[Chunk], tokenizer: Any, context_tokens: int, thought_tokens: int
-) -> list[EStepLayout]:
-    """The E-step layout of every chunk, in the order given (a document's chunks contiguous, as in a
+) -> list[tuple[Chunk, EStepLayout]]:
+    """Each chunk with its E-step layout, in the order given (a document's chunks contiguous, as in a
     chunk file): each document is tokenized once; a chunk's prefix is the tokens of the earlier
-    chunks that its ``prefix`` text covers."""
+    chunks that its ``prefix`` text covers. A chunk left with no token of its own (whitespace whose
+    token went to the next chunk) has nothing to explain: it is left out and stays raw in training."""
     special = SpecialIds.from_tokenizer(tokenizer)
     counter = TruncationCounter()
     layouts: dict[tuple[str, int], EStepLayout] = {}
@@ -183,9 +184,7 @@ def chunk_layouts(
         ids = tokenize_chunks(tokenizer, [chunk.text for chunk in document]).ids
         for position, chunk in enumerate(document):
             if not ids[position]:
-                raise LatentThoughtsError(
-                    f"chunk {chunk.chunk_index} of {chunk.doc_id!r} has no tokens of its own"
-                )
+                continue
             prefix_start = chunk.start - len(chunk.prefix)
             prefix = [
                 token
@@ -196,7 +195,10 @@ def chunk_layouts(
             layout = e_step_layout(special, prefix, ids[position], context_tokens, thought_tokens)
             layouts[(chunk.doc_id, chunk.chunk_index)] = counter.add(layout)
     counter.log()
-    return [layouts[(chunk.doc_id, chunk.chunk_index)] for chunk in chunks]
+    empty = len(chunks) - len(layouts)
+    if empty:
+        logger.warning("%d chunks have no token of their own; they get no thought", empty)
+    return [(c, layouts[(c.doc_id, c.chunk_index)]) for c in chunks if (c.doc_id, c.chunk_index) in layouts]
 
 
 def _documents(chunks: Sequence[Chunk]) -> list[list[Chunk]]:
@@ -222,7 +224,7 @@ def sampling_key(config: EStepConfig, context_tokens: int) -> dict[str, Any]:
 
 
 def make_items(
-    chunks: Sequence[Chunk], layouts: Sequence[EStepLayout], model: str, sampling: dict[str, Any]
+    laid_out: Sequence[tuple[Chunk, EStepLayout]], model: str, sampling: dict[str, Any]
 ) -> list[EStepItem]:
     """One work item per chunk with its cache key."""
     return [
@@ -238,7 +240,7 @@ def make_items(
                 sampling=sampling,
             ),
         )
-        for chunk, layout in zip(chunks, layouts, strict=True)
+        for chunk, layout in laid_out
     ]
 
 
@@ -416,10 +418,10 @@ def run_estep(request: EStepRequest) -> dict[str, Any]:
     selected = chunks if request.shard is None else select_shard(chunks, *request.shard)
     tokenizer = load_tokenizer(request.model)
     context_tokens = context_limit(request.model, config.context_tokens)
-    layouts = chunk_layouts(selected, tokenizer, context_tokens, config.max_thought_tokens)
+    laid_out = chunk_layouts(selected, tokenizer, context_tokens, config.max_thought_tokens)
     engine, model = open_engine(request)
     try:
-        items = make_items(selected, layouts, model, sampling_key(config, context_tokens))
+        items = make_items(laid_out, model, sampling_key(config, context_tokens))
         with ResultCache(paths.cache_dir, paths.writer, {item.key for item in items}) as cache:
             todo = [item for item in items if cache.status(item.key) != "ok"]
             logger.info("%d chunks: %d cached, %d to sample", len(items), len(items) - len(todo), len(todo))
