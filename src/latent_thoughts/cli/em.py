@@ -17,7 +17,7 @@ def register(subparsers: Any) -> None:
     """Add the ``em`` verb."""
     parser = subparsers.add_parser(
         "em",
-        help="the bootstrapped EM loop: warm start, then E-step / M-step / evaluation per iteration",
+        help="the EM loop (BoLT): warm start, then E-step / M-step / evaluation per iteration",
         description=(
             "Warm start on the testbed's warm-start split with teacher thoughts, then for t = 1..T: the model "
             "of t-1 writes K thoughts per bootstrap chunk and importance weights select one (E-step), a model is "
