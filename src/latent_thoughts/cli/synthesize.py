@@ -67,8 +67,11 @@ def register(subparsers: Any) -> None:
 
     merge = subparsers.add_parser(
         "merge",
-        help="join the shard outputs of a synthesis run",
-        description="Join NAME.shard-i-of-N.parquet files into NAME.parquet, equal to an unsharded run's output.",
+        help="join the shard outputs of a synthesis or E-step run",
+        description=(
+            "Join NAME.shard-i-of-N.parquet files (of `synthesize` or `estep`) into NAME.parquet, equal to an "
+            "unsharded run's output."
+        ),
     )
     merge.add_argument(
         "--out", required=True, type=Path, help="the merged output, e.g. RUN/thoughts/NAME.parquet"
@@ -161,9 +164,18 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    """Join shard outputs and print what was written."""
+    """Join shard outputs (of ``synthesize`` or of ``estep``) and print what was written."""
+    from latent_thoughts.em.stage import is_sample_file, merge_sample_shards
+    from latent_thoughts.generation.shards import shard_files
     from latent_thoughts.synthesis.stage import merge_shards
 
+    shards = list(args.shards) or shard_files(args.out)
+    if shards and is_sample_file(shards[0]):
+        summary = merge_sample_shards(args.out, shards)
+        print(
+            f"merged {len(summary['merged_from'])} E-step shards: {summary['chunks']:,} chunks -> {args.out}"
+        )
+        return 0
     summary = merge_shards(args.out, args.shards)
     print(
         f"merged {len(summary['merged_from'])} shards: {summary['output']['rows']:,} rows, "

@@ -14,13 +14,18 @@ The layout (the truncated prefix c and chunk x, the posterior prompt, the joint 
    ``PRIOR z EOL x``. So when the two roles see the same tokens under the same law, log w is 0 to
    float rounding (tested to 1e-6).
 3. log w = log p - log q: summed log-probs, no length normalisation, no temperature.
+
+Per chunk, :func:`log_mean_weight` is the importance-weighted bound log (1/K) sum w and
+:func:`effective_sample_size` the ESS (sum w)^2 / sum w^2 (METHOD section 5, health metrics). The
+stage over a chunk file is :mod:`latent_thoughts.em.stage`; the choice of one thought,
+:mod:`latent_thoughts.em.selection`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from latent_thoughts.engines.base import Engine, Prompt, Sample
 from latent_thoughts.errors import LatentThoughtsError
@@ -29,11 +34,14 @@ from latent_thoughts.format import EStepLayout
 
 @dataclass(frozen=True)
 class ThoughtScore:
-    """One thought of a chunk: its token ids (closed by EOL), log q(z | c, x) and log p(z, x | c)."""
+    """One thought of a chunk: its token ids (closed by EOL), log q(z | c, x) and log p(z, x | c);
+    ``finish_reason`` says whether the sampler ended it at EOL (``stop``) or at the budget (``length``,
+    EOL then appended)."""
 
     thought_ids: list[int]
     log_q: float
     log_p: float
+    finish_reason: str = "stop"
 
     @property
     def log_w(self) -> float:
@@ -120,7 +128,12 @@ def estep_chunks(
     from their weights; the validation ELBO (:mod:`latent_thoughts.evaluate.likelihood`) averages them."""
     samples = sample_thoughts(engine, layouts, k, max_thought_tokens, seed)
     return [
-        score_thoughts(engine, layout, [sample.token_ids for sample in group])
+        [
+            replace(score, finish_reason=sample.finish_reason)
+            for score, sample in zip(
+                score_thoughts(engine, layout, [sample.token_ids for sample in group]), group, strict=True
+            )
+        ]
         for layout, group in zip(layouts, samples, strict=True)
     ]
 
@@ -132,3 +145,14 @@ def log_mean_weight(scores: Sequence[ThoughtScore]) -> float:
     log_ws = [score.log_w for score in scores]
     top = max(log_ws)
     return top + math.log(sum(math.exp(log_w - top) for log_w in log_ws) / len(log_ws))
+
+
+def effective_sample_size(scores: Sequence[ThoughtScore]) -> float:
+    """(sum_k w_k)^2 / sum_k w_k^2 of a chunk's K thoughts, computed stably: K for equal weights, 1
+    when one weight dominates the rest."""
+    if not scores:
+        raise LatentThoughtsError("no thoughts to weigh")
+    log_ws = [score.log_w for score in scores]
+    top = max(log_ws)
+    weights = [math.exp(log_w - top) for log_w in log_ws]
+    return sum(weights) ** 2 / sum(weight * weight for weight in weights)

@@ -29,7 +29,12 @@ from pydantic import Field, field_validator
 from latent_thoughts.config import StageConfig
 from latent_thoughts.testbed.checker import check_thought
 from latent_thoughts.testbed.task import Problem
-from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
+from latent_thoughts.testbed.world import (
+    DocumentSplit,
+    TestbedConfig,
+    generate_documents,
+    testbed_chunk_config,
+)
 
 _CLAIM = re.compile(r"(\d+) ([x+-]) (\d+) = (\d+)")
 """An arithmetic claim of a testbed thought: ``a op b = c``."""
@@ -84,25 +89,36 @@ def prepare_data(recipe: TestbedRecipe, out: str | Path) -> RecipeData:
     """Write the bootstrap split's chunks, the oracle's thought for each chunk and the shared tokenizer
     under ``out`` (skipped when already there). The tokenizer is trained on the raw texts and the
     thoughts, so both arms count their token budgets in the same units."""
+    out = Path(out)
+    files = RecipeData(out / "chunks.parquet", out / "thoughts.parquet", out / "tokenizer")
+    if (files.tokenizer / "tokenizer_config.json").exists() and files.thoughts.exists():
+        return files
+    texts = write_split(recipe.world, "bootstrap", files.chunks, files.thoughts)
+    train_shared_tokenizer(recipe, texts, files.tokenizer)
+    return files
+
+
+def write_split(
+    world: TestbedConfig, split: DocumentSplit, chunks_path: Path, thoughts_path: Path
+) -> list[str]:
+    """Write one document split of ``world``, one sentence a chunk (:func:`testbed_chunk_config`), and
+    the oracle teacher's thought for each chunk (a thoughts file the trainer reads); returns the chunk
+    texts and the thoughts (for tokenizer training)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from latent_thoughts.corpus import chunk_document, write_chunks
     from latent_thoughts.testbed.oracle import TestbedOracle
 
-    out = Path(out)
-    files = RecipeData(out / "chunks.parquet", out / "thoughts.parquet", out / "tokenizer")
-    if (files.tokenizer / "tokenizer_config.json").exists() and files.thoughts.exists():
-        return files
-    out.mkdir(parents=True, exist_ok=True)
-    chunking = testbed_chunk_config(recipe.world)
-    oracle = TestbedOracle.from_config(recipe.world)
+    chunking = testbed_chunk_config(world)
+    oracle = TestbedOracle.from_config(world)
     chunks = [
         chunk
-        for document in generate_documents(recipe.world, "bootstrap")
+        for document in generate_documents(world, split)
         for chunk in chunk_document(document.doc_id, document.text, chunking)
     ]
-    write_chunks(chunks, files.chunks)
+    chunks_path.parent.mkdir(parents=True, exist_ok=True)
+    write_chunks(chunks, chunks_path)
     thoughts = [oracle.thought(chunk.prefix, chunk.text) for chunk in chunks]
     table = {
         "doc_id": [chunk.doc_id for chunk in chunks],
@@ -110,9 +126,8 @@ def prepare_data(recipe: TestbedRecipe, out: str | Path) -> RecipeData:
         "thought": thoughts,
         "teacher": [oracle.identity] * len(chunks),
     }
-    pq.write_table(pa.table(table), files.thoughts)
-    train_shared_tokenizer(recipe, [*(chunk.text for chunk in chunks), *thoughts], files.tokenizer)
-    return files
+    pq.write_table(pa.table(table), thoughts_path)
+    return [*(chunk.text for chunk in chunks), *thoughts]
 
 
 def train_shared_tokenizer(recipe: TestbedRecipe, texts: Sequence[str], folder: str | Path) -> Path:
@@ -254,9 +269,11 @@ def evaluate_arm(
     mode: str,
     progress: bool = False,
     device: str | None = None,
+    **options: Any,
 ) -> ArmEvaluation:
     """Greedy accuracy of a saved model on ``problems`` in ``mode``; in latent mode also the checker's
-    verdict on the arithmetic claims of every thought the model wrote."""
+    verdict on the arithmetic claims of every thought the model wrote. ``options`` go to
+    :func:`~latent_thoughts.evaluate.testbed.evaluate_testbed` (``max_thought_tokens``, ``batch_size``)."""
     from latent_thoughts.evaluate.testbed import evaluate_model_dir
 
     engine_options = {"device": device} if device is not None else None
@@ -266,6 +283,7 @@ def evaluate_arm(
         mode,  # type: ignore[arg-type]
         engine_options=engine_options,
         progress=progress,
+        **options,
     )
     claims = true_claims = copied = 0
     if mode == "latent":

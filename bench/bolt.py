@@ -1,0 +1,176 @@
+"""BoLT on the testbed: does the importance-weighted E-step select better thoughts, and does the model
+trained on them beat its warm start? (METHOD sections 5-6; the issue's calibration.)
+
+One warm start (the testbed recipe trained on the warm-start split with the oracle teacher's
+thoughts, ``latent-thoughts em`` with ``iterations=0``) is shared by every run below; each run is an
+``em`` run that starts from it (``warm_start_from``):
+
+1. seeds: ``--seeds`` (default 0 1 2) runs of ``--iterations`` (default 1) iterations at K = 4: the
+   seed sets the E-step's sampling and selection seed and the M-step's training seed and base
+   weights. Printed: accuracy of the warm start and of each iteration, mean and standard deviation
+   over seeds, and the validity of the selected against the raw sampled thoughts (share of true
+   claims, share of valid thoughts by the testbed checker);
+2. K: iteration 1 at K in ``--ks`` (default 1 4 16), seed 0: accuracy and selected validity against K.
+
+Everything is written under ``--out`` (``results.json``); every run is resumable, so a rerun only
+computes what is missing. ``--set`` changes any ``em`` option (``testbed.tokens=6M``,
+``mstep.keep_warm_start=true``, ``estep.policy=highest``...). The defaults are the recipe's scale
+(1,000 warm-start and 1,000 bootstrap documents, 4 M tokens per training run): hours on a 2-core
+CPU, minutes on a GPU. ``--quick`` is a plumbing check of a few minutes.
+
+    .venv/bin/python bench/bolt.py                       # the full bench
+    .venv/bin/python bench/bolt.py --quick               # plumbing only
+    .venv/bin/python bench/bolt.py --iterations 2 --set mstep.keep_warm_start=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from latent_thoughts.em.config import load_em_config
+from latent_thoughts.em.loop import run_em
+
+FULL = [
+    "testbed.world.warm_start_documents=1000",
+    "testbed.world.bootstrap_documents=1000",
+    "testbed.world.eval_problems=200",
+    "testbed.tokens=4M",
+]
+"""The recipe's scale (docs/testbed.md: 1,000 documents and 4 M tokens reached 21.5% on one seed)."""
+
+QUICK = [
+    "testbed.world.warm_start_documents=4",
+    "testbed.world.bootstrap_documents=4",
+    "testbed.world.eval_problems=10",
+    "testbed.tokens=8k",
+    "testbed.width=32",
+    "testbed.layers=2",
+    "testbed.heads=2",
+    "testbed.vocab_size=300",
+    "estep.max_thought_tokens=24",
+    "evaluation.max_thought_tokens=24",
+]
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` (sample standard deviation; 0 for one value)."""
+    if not values:
+        return "-"
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
+
+
+def cell(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def main() -> None:
+    """Run the warm start, the seed runs and the K runs; print the tables; write results.json."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default="runs/bench/bolt")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--iterations", type=int, default=1, help="EM iterations of the seed runs (1 or 2)")
+    parser.add_argument("--quick", action="store_true", help="a tiny world and model: plumbing only")
+    parser.add_argument("--set", nargs="*", default=[], help="em overrides, e.g. testbed.tokens=6M")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.out)
+    scale = QUICK if args.quick else FULL
+    common = [*scale, "progress=false", *args.set]
+    started = time.perf_counter()
+
+    def em(name: str, *overrides: str) -> dict[str, Any]:
+        config = load_em_config(None, [*common, f"out={out / name}", *overrides])
+        clock = time.perf_counter()
+        summary = run_em(config, say=lambda line: print(f"[{name}] {line}", flush=True))
+        summary["seconds"] = round(time.perf_counter() - clock, 1)
+        return summary
+
+    warm = em("warm_start", "iterations=0", "seed=0")["iterations"][0]
+    print(
+        f"warm start: accuracy {cell(warm['accuracy'])}, its thoughts' true claims {cell(warm['eval_true_claims'])}"
+    )
+    base = f"warm_start_from={out / 'warm_start'}"
+
+    runs: dict[str, dict[str, Any]] = {}
+    for seed in args.seeds:
+        name = f"seed{seed}_k4"
+        runs[name] = em(
+            name,
+            base,
+            f"seed={seed}",
+            f"estep.seed={1000 * seed}",
+            "estep.k=4",
+            f"iterations={args.iterations}",
+        )
+    for k in args.ks:
+        name = f"seed0_k{k}"
+        if name not in runs:
+            runs[name] = em(name, base, "seed=0", "estep.seed=0", f"estep.k={k}", "iterations=1")
+
+    print()
+    print(f"BoLT on the testbed ({', '.join(scale)}{', ' + ', '.join(args.set) if args.set else ''})")
+    print(f"warm start: accuracy {cell(warm['accuracy'])}")
+    print()
+    print(
+        "| seed | iter | accuracy | true claims sampled / selected | valid sampled / selected | mean ESS | mean bound |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    by_iteration: dict[int, dict[str, list[float]]] = {}
+    for seed in args.seeds:
+        for row in runs[f"seed{seed}_k4"]["iterations"][1:]:
+            t = row["iteration"]
+            print(
+                f"| {seed} | {t} | {cell(row['accuracy'])} | {cell(row['sampled_true_claims'])} / "
+                f"{cell(row['selected_true_claims'])} | {cell(row['sampled_valid'])} / {cell(row['selected_valid'])} | "
+                f"{cell(row['mean_ess'])} | {cell(row['mean_bound'])} |"
+            )
+            values = by_iteration.setdefault(t, {})
+            for key in (
+                "accuracy",
+                "sampled_true_claims",
+                "selected_true_claims",
+                "sampled_valid",
+                "selected_valid",
+            ):
+                if row[key] is not None:
+                    values.setdefault(key, []).append(row[key])
+    print()
+    print(
+        "| iter | accuracy mean ± std | true claims sampled | true claims selected | valid sampled | valid selected |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| 0 (warm start) | {cell(warm['accuracy'])} | - | - | - | - |")
+    for t, values in sorted(by_iteration.items()):
+        print(
+            f"| {t} | {mean_std(values.get('accuracy', []))} | {mean_std(values.get('sampled_true_claims', []))} | "
+            f"{mean_std(values.get('selected_true_claims', []))} | {mean_std(values.get('sampled_valid', []))} | "
+            f"{mean_std(values.get('selected_valid', []))} |"
+        )
+    print()
+    print(
+        "| K | accuracy (iter 1) | true claims selected | valid selected | true claims sampled | mean ESS |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    for k in args.ks:
+        row = runs[f"seed0_k{k}"]["iterations"][1]
+        print(
+            f"| {k} | {cell(row['accuracy'])} | {cell(row['selected_true_claims'])} | {cell(row['selected_valid'])} | "
+            f"{cell(row['sampled_true_claims'])} | {cell(row['mean_ess'])} |"
+        )
+    print(f"total time {time.perf_counter() - started:.0f}s")
+    payload = {"scale": scale, "overrides": args.set, "warm_start": warm, "runs": runs}
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

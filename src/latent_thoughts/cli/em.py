@@ -1,0 +1,61 @@
+"""``latent-thoughts em --config EM.yaml``: warm start, then T iterations of E-step, M-step, evaluation.
+
+The loop of METHOD section 6 on the testbed (:mod:`latent_thoughts.em.loop`), resumable stage by
+stage, with ``RUN/manifest.json`` recording what produced every artifact and ``RUN/summary.json`` the
+per-iteration table. Without ``--config`` the built-in defaults run the small CPU setting
+(``configs/em/testbed-small.yaml``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``em`` verb."""
+    parser = subparsers.add_parser(
+        "em",
+        help="the EM loop (BoLT): warm start, then E-step / M-step / evaluation per iteration",
+        description=(
+            "Warm start on the testbed's warm-start split with teacher thoughts, then for t = 1..T: the model "
+            "of t-1 writes K thoughts per bootstrap chunk and importance weights select one (E-step), a model is "
+            "trained on them (M-step) and evaluated. Killed and rerun, it resumes at the unfinished stage; a "
+            "finished stage whose configuration changed is an error unless --force-from names it."
+        ),
+    )
+    parser.add_argument("--config", type=Path, help="EM.yaml (default: the small CPU testbed run)")
+    parser.add_argument("--out", help="run folder (overrides the config's `out`)")
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides, e.g. iterations=3 estep.k=16"
+    )
+    parser.add_argument(
+        "--force-from",
+        metavar="STAGE",
+        help="redo STAGE and every later one (data, warm_start, eval_0, estep_1, mstep_1, eval_1, ...)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run or resume the EM loop; print the per-iteration table."""
+    from latent_thoughts.em.config import load_em_config
+    from latent_thoughts.em.loop import run_em, summary_table
+
+    overrides = list(args.set)
+    if args.out:
+        overrides.append(f"out={args.out}")
+    if args.no_progress:
+        overrides.append("progress=false")
+    config = load_em_config(args.config, overrides)
+    summary = run_em(config, args.force_from, say=lambda line: print(line, flush=True))
+    print()
+    for line in summary_table(summary):
+        print(line)
+    print(f"summary -> {Path(config.out) / 'summary.json'}; lineage -> {Path(config.out) / 'manifest.json'}")
+    return 0
+
+
+__all__ = ["register"]

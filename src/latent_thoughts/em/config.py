@@ -1,0 +1,89 @@
+"""Typed options of ``latent-thoughts em`` (METHOD section 6); every number is a field, never a constant.
+
+The defaults are the small testbed run that fits a 2-core CPU in under 25 minutes (warm start and two
+iterations); ``configs/em/testbed-small.yaml`` spells them out, and ``bench/bolt.py`` runs larger ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from latent_thoughts.config import StageConfig, deep_merge, load_config
+from latent_thoughts.em.stage import EStepConfig
+from latent_thoughts.testbed.recipe import TestbedRecipe
+from latent_thoughts.testbed.world import TestbedConfig
+
+
+def _small_world() -> TestbedRecipe:
+    """The testbed recipe at the small default's size: 200 warm-start and 100 bootstrap documents,
+    1.5 M tokens per training run."""
+    return TestbedRecipe(
+        world=TestbedConfig(warm_start_documents=200, bootstrap_documents=100, eval_problems=200),
+        tokens=1_500_000,
+    )
+
+
+class MStepConfig(StageConfig):
+    """How each M-step trains (METHOD section 6: from the base model, on the bootstrap split)."""
+
+    init: Literal["base", "previous"] = Field(
+        "base", description="base: the base model's weights, as the paper; previous: the model of t-1"
+    )
+    keep_warm_start: bool = Field(
+        False, description="also train on the warm-start split with its teacher thoughts"
+    )
+    warm_start_weight: float | None = Field(
+        None, gt=0.0, lt=1.0, description="its share of the tokens when kept (default: by size)"
+    )
+
+
+class EvaluationConfig(StageConfig):
+    """Evaluation of every model (warm start and each M-step) on the testbed's held-out problems."""
+
+    max_thought_tokens: int = Field(96, gt=0, description="longest thought when answering")
+    batch_size: int = Field(64, gt=0, description="problems per engine call")
+
+
+class EMConfig(StageConfig):
+    """The whole EM run: data, warm start, T iterations of E-step, M-step and evaluation.
+
+    ``testbed`` is the recipe (world, tokenizer, model shape, optimiser) shared by every training
+    stage; its ``tokens`` is the budget of the warm start and of every M-step (matched across
+    iterations).
+    """
+
+    out: str = Field("runs/em", description="run folder")
+    seed: int = Field(0, description="seed of training; E-step t samples with estep.seed + t")
+    iterations: int = Field(2, ge=0, description="EM iterations T after the warm start")
+    warm_start_from: str | None = Field(
+        None,
+        description="another run folder whose data, warm start and its evaluation this run starts from",
+    )
+    testbed: TestbedRecipe = Field(default_factory=_small_world)
+    estep: EStepConfig = Field(
+        default_factory=lambda: EStepConfig(k=4, max_thought_tokens=64, batch_chunks=64)
+    )
+    mstep: MStepConfig = Field(default_factory=MStepConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    device: str = Field("auto", description="where the E-step and evaluation run: auto, cpu, cuda")
+    dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="E-step and evaluation dtype")
+    progress: bool = Field(True, description="progress bars")
+
+    @field_validator("testbed", "estep", mode="before")
+    @classmethod
+    def _over_small_default(cls, value: Any, info: ValidationInfo) -> Any:
+        # A partial ``testbed:`` or ``estep:`` section overrides the small default, not the section's
+        # own class defaults (the recipe's 1,000 documents, the reference 1,024-token thoughts).
+        if isinstance(value, dict):
+            default = cls.model_fields[str(info.field_name)].get_default(call_default_factory=True)
+            return deep_merge(default.model_dump(mode="json"), value)
+        return value
+
+
+def load_em_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> EMConfig:
+    """An :class:`EMConfig` from an optional YAML file and ``key=value`` overrides (one-line errors)."""
+    return load_config(EMConfig, path, overrides)

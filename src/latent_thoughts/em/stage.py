@@ -1,0 +1,515 @@
+"""The E-step stage over a chunk file: ``latent-thoughts estep`` (METHOD section 5).
+
+For every chunk of ``chunks.parquet`` (or of one shard, ``--shard i/N``):
+
+1. its layout: the document is tokenized once and cut at the chunks (the training format's cut,
+   :func:`~latent_thoughts.format.tokenize_chunks`); the prefix c is the chunk file's prefix (the
+   tokens of the chunks it covers) and :func:`~latent_thoughts.format.e_step_layout` makes the one
+   truncation decision (oldest prefix tokens first, then the end of the chunk);
+2. K thoughts from the model in the posterior role, scored in both roles on one numeric path
+   (:func:`latent_thoughts.em.estep.estep_chunks`): log q, log p, log w = log p - log q;
+3. per chunk the bound log (1/K) sum w and the effective sample size (sum w)^2 / sum w^2;
+4. one thought chosen by a selection policy (:mod:`latent_thoughts.em.selection`).
+
+Steps 1-3 of a batch of chunks are appended to the generation cache
+(:mod:`latent_thoughts.generation.cache`, ``NAME.cache/``) before the next batch starts, so a killed
+run resumes where it stopped and shards share one cache. The key hashes the prefix, the chunk, the
+model (its identity and a hash of its weights), the layout version and the sampling settings (K,
+thought budget, context, seed). Selection runs when the output is written, from the cached samples,
+so changing the policy costs no sampling.
+
+The output ``NAME.parquet`` has one row per chunk: ``doc_id, chunk_index, thought`` (the selected
+thought's text, null when the policy kept none) -- the columns the trainer's ``thoughts`` source
+reads, the same as a teacher's thoughts file -- and then every sample with its scores (see
+:data:`SAMPLE_SCHEMA`). ``NAME.summary.json`` holds the run's means. Shards write
+``NAME.shard-i-of-N.parquet``; :func:`merge_sample_shards` (``latent-thoughts merge``) joins them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field, field_validator
+
+from latent_thoughts.config import StageConfig
+from latent_thoughts.corpus import Chunk
+from latent_thoughts.em.estep import ThoughtScore, effective_sample_size, estep_chunks, log_mean_weight
+from latent_thoughts.em.selection import Candidates, get_policy, select
+from latent_thoughts.engines.base import Engine
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.format import EStepLayout, SpecialIds, TruncationCounter, e_step_layout, tokenize_chunks
+from latent_thoughts.generation.cache import CacheRecord, ResultCache, cache_key
+from latent_thoughts.generation.shards import select_shard, shard_files
+from latent_thoughts.synthesis.pipeline import (
+    chunks_fingerprint,
+    load_chunks,
+    output_paths,
+    read_metadata,
+    with_metadata,
+    write_json,
+    write_table,
+)
+
+logger = logging.getLogger(__name__)
+
+LAYOUT_VERSION = "estep-v1"
+"""Version of the E-step layout and record format (part of every cache key)."""
+
+MODE = "estep"
+"""The ``mode`` stored in an E-step output's metadata (``latent-thoughts merge`` dispatches on it)."""
+
+SAMPLE_SCHEMA = pa.schema(
+    [
+        ("doc_id", pa.string()),
+        ("chunk_index", pa.int64()),
+        ("thought", pa.string()),  # the selected thought (null: none kept); what the trainer reads
+        ("chosen", pa.int64()),  # its index among the samples, -1 for none
+        ("key", pa.string()),
+        ("samples", pa.list_(pa.string())),  # the K thoughts, EOL excluded
+        ("sample_tokens", pa.list_(pa.int64())),  # their token counts, EOL excluded
+        ("finish_reasons", pa.list_(pa.string())),  # stop (EOL) or length (thought budget)
+        ("log_q", pa.list_(pa.float64())),
+        ("log_p", pa.list_(pa.float64())),
+        ("log_w", pa.list_(pa.float64())),
+        ("ess", pa.float64()),  # (sum w)^2 / sum w^2
+        ("log_mean_w", pa.float64()),  # log (1/K) sum w: the chunk's bound
+        ("dropped_tokens", pa.int64()),  # prefix and chunk tokens cut by the truncation rule
+        ("text", pa.string()),  # the chunk, for the testbed checker's coverage rule
+    ]
+)
+
+
+class EStepConfig(StageConfig):
+    """Options of the E-step (METHOD section 5; reference K = 4, thoughts up to 1,024 tokens)."""
+
+    k: int = Field(4, ge=1, description="thoughts sampled per chunk")
+    max_thought_tokens: int = Field(1024, gt=0, description="longest thought, its EOL included")
+    context_tokens: int | None = Field(
+        None, gt=8, description="longest E-step sequence (default: the model's max_position_embeddings)"
+    )
+    policy: str = Field("importance", description="importance, highest, uniform or checker")
+    seed: int = Field(0, description="seed of the sampling and of the selection")
+    batch_chunks: int = Field(32, gt=0, description="chunks per engine call and per cache write")
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, value: str) -> str:
+        get_policy(value)  # a one-line error listing the policies
+        return value
+
+
+@dataclass
+class EStepRequest:
+    """One ``estep`` run: the model (a folder; with ``base_url`` only its tokenizer is used), the chunk
+    file, the output and the options."""
+
+    model: Path
+    chunks: Path
+    out: Path
+    config: EStepConfig = field(default_factory=EStepConfig)
+    base_url: str | None = None
+    shard: tuple[int, int] | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class EStepItem:
+    """One chunk's E-step work: its layout and cache key."""
+
+    chunk: Chunk
+    layout: EStepLayout
+    key: str
+
+
+# --- model identity ----------------------------------------------------------------------------
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """A short hash of a model folder's configuration and weights (not of its path or file times), so
+    a model retrained into the same folder gets new cache keys."""
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    files = sorted(
+        path
+        for path in folder.iterdir()
+        if path.name == "config.json" or path.suffix in (".safetensors", ".bin", ".pt")
+    )
+    if not files:
+        raise LatentThoughtsError(f"{folder}: not a model folder (no config.json or weights)")
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def context_limit(model: Path, configured: int | None) -> int:
+    """The E-step context: ``configured``, else the model folder's ``max_position_embeddings``, else 2048."""
+    if configured is not None:
+        return configured
+    config_file = model / "config.json"
+    if config_file.exists():
+        value = json.loads(config_file.read_text()).get("max_position_embeddings")
+        if isinstance(value, int) and value > 8:
+            return value
+    return 2048
+
+
+# --- layouts and keys -----------------------------------------------------------------------------
+
+
+def chunk_layouts(
+    chunks: Sequence[Chunk], tokenizer: Any, context_tokens: int, thought_tokens: int
+) -> list[tuple[Chunk, EStepLayout]]:
+    """Each chunk with its E-step layout, in the order given (a document's chunks contiguous, as in a
+    chunk file): each document is tokenized once; a chunk's prefix is the tokens of the earlier
+    chunks that its ``prefix`` text covers. A chunk left with no token of its own (whitespace whose
+    token went to the next chunk) has nothing to explain: it is left out and stays raw in training."""
+    special = SpecialIds.from_tokenizer(tokenizer)
+    counter = TruncationCounter()
+    layouts: dict[tuple[str, int], EStepLayout] = {}
+    for document in _documents(chunks):
+        ids = tokenize_chunks(tokenizer, [chunk.text for chunk in document]).ids
+        for position, chunk in enumerate(document):
+            if not ids[position]:
+                continue
+            prefix_start = chunk.start - len(chunk.prefix)
+            prefix = [
+                token
+                for earlier, earlier_ids in zip(document[:position], ids[:position], strict=True)
+                if earlier.start >= prefix_start
+                for token in earlier_ids
+            ]
+            layout = e_step_layout(special, prefix, ids[position], context_tokens, thought_tokens)
+            layouts[(chunk.doc_id, chunk.chunk_index)] = counter.add(layout)
+    counter.log()
+    empty = len(chunks) - len(layouts)
+    if empty:
+        logger.warning("%d chunks have no token of their own; they get no thought", empty)
+    return [(c, layouts[(c.doc_id, c.chunk_index)]) for c in chunks if (c.doc_id, c.chunk_index) in layouts]
+
+
+def _documents(chunks: Sequence[Chunk]) -> list[list[Chunk]]:
+    """Runs of chunks of one document, each sorted by chunk index."""
+    runs: list[list[Chunk]] = []
+    for chunk in chunks:
+        if not runs or runs[-1][0].doc_id != chunk.doc_id:
+            runs.append([])
+        runs[-1].append(chunk)
+    return [sorted(run, key=lambda c: c.chunk_index) for run in runs]
+
+
+def sampling_key(config: EStepConfig, context_tokens: int) -> dict[str, Any]:
+    """What of the options determines the samples (the policy and batch size do not)."""
+    return {
+        "k": config.k,
+        "max_thought_tokens": config.max_thought_tokens,
+        "context_tokens": context_tokens,
+        "seed": config.seed,
+        "temperature": 1.0,
+        "top_p": 1.0,
+    }
+
+
+def make_items(
+    laid_out: Sequence[tuple[Chunk, EStepLayout]], model: str, sampling: dict[str, Any]
+) -> list[EStepItem]:
+    """One work item per chunk with its cache key."""
+    return [
+        EStepItem(
+            chunk,
+            layout,
+            cache_key(
+                task=MODE,
+                prefix=chunk.prefix,
+                text=chunk.text,
+                teacher=model,
+                prompt_version=LAYOUT_VERSION,
+                sampling=sampling,
+            ),
+        )
+        for chunk, layout in laid_out
+    ]
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+def record_of(item: EStepItem, scores: Sequence[ThoughtScore], model: str) -> CacheRecord:
+    """The cache record of one chunk's K scored thoughts (token ids with EOL, log q, log p, finish)."""
+    payload = {
+        "thought_ids": [score.thought_ids for score in scores],
+        "log_q": [score.log_q for score in scores],
+        "log_p": [score.log_p for score in scores],
+        "finish": [score.finish_reason for score in scores],
+    }
+    return CacheRecord(
+        key=item.key,
+        status="ok",
+        text=json.dumps(payload, separators=(",", ":")),
+        teacher=model,
+        prompt_version=LAYOUT_VERSION,
+        finish_reason="stop" if all(score.finish_reason == "stop" for score in scores) else "length",
+        completion_tokens=sum(len(score.thought_ids) for score in scores),
+        doc_id=item.chunk.doc_id,
+        chunk_index=item.chunk.chunk_index,
+    )
+
+
+def sample_batches(
+    todo: Sequence[EStepItem],
+    engine: Engine,
+    cache: ResultCache,
+    config: EStepConfig,
+    model: str,
+    progress: bool = True,
+) -> int:
+    """Run the E-step on ``todo`` in batches of ``config.batch_chunks`` chunks, each batch's records
+    fsynced to the cache before the next starts; returns the number of chunks sampled."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="chunk", desc="estep", disable=not progress, dynamic_ncols=True)
+    try:
+        for start in range(0, len(todo), config.batch_chunks):
+            batch = todo[start : start + config.batch_chunks]
+            layouts = [item.layout for item in batch]
+            scored = estep_chunks(engine, layouts, config.k, config.max_thought_tokens, config.seed)
+            cache.append(record_of(item, scores, model) for item, scores in zip(batch, scored, strict=True))
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    return len(todo)
+
+
+@dataclass
+class ChunkSamples:
+    """One chunk's K samples as read back from the cache."""
+
+    thought_ids: list[list[int]]
+    log_q: list[float]
+    log_p: list[float]
+    finish: list[str]
+
+    @classmethod
+    def from_record(cls, record: CacheRecord) -> ChunkSamples:
+        data = json.loads(record.text)
+        return cls(data["thought_ids"], data["log_q"], data["log_p"], data["finish"])
+
+    @property
+    def scores(self) -> list[ThoughtScore]:
+        return [
+            ThoughtScore(ids, q, p, f)
+            for ids, q, p, f in zip(self.thought_ids, self.log_q, self.log_p, self.finish, strict=True)
+        ]
+
+
+def thought_text(tokenizer: Any, thought_ids: Sequence[int], eol: int) -> str:
+    """A sampled thought as text: its tokens without the closing EOL, decoded as they are (a special
+    token drawn inside a thought stays as its text; the trainer reads it back as plain characters)."""
+    ids = list(thought_ids)
+    if ids[-1:] == [eol]:
+        ids = ids[:-1]
+    return str(tokenizer.decode(ids, skip_special_tokens=False)).strip()
+
+
+def build_table(
+    items: Sequence[EStepItem], cache: ResultCache, tokenizer: Any, policy: str, seed: int
+) -> tuple[pa.Table, int]:
+    """The output table of ``items`` from the cache (selection applied now), and the count missing."""
+    eol = SpecialIds.from_tokenizer(tokenizer).eol
+    rows: list[dict[str, Any]] = []
+    missing = 0
+    for item in items:
+        record = cache.get(item.key)
+        if record is None or record.status != "ok":
+            missing += 1
+            continue
+        samples = ChunkSamples.from_record(record)
+        scores = samples.scores
+        texts = [thought_text(tokenizer, ids, eol) for ids in samples.thought_ids]
+        log_w = [score.log_w for score in scores]
+        chosen = select(
+            policy, Candidates(item.chunk.doc_id, item.chunk.chunk_index, item.chunk.text, texts, log_w), seed
+        )
+        rows.append(
+            {
+                "doc_id": item.chunk.doc_id,
+                "chunk_index": item.chunk.chunk_index,
+                "thought": texts[chosen] if chosen is not None else None,
+                "chosen": -1 if chosen is None else chosen,
+                "key": item.key,
+                "samples": texts,
+                "sample_tokens": [len(ids) - (ids[-1:] == [eol]) for ids in samples.thought_ids],
+                "finish_reasons": samples.finish,
+                "log_q": samples.log_q,
+                "log_p": samples.log_p,
+                "log_w": log_w,
+                "ess": effective_sample_size(scores),
+                "log_mean_w": log_mean_weight(scores),
+                "dropped_tokens": item.layout.dropped_prefix + item.layout.dropped_chunk,
+                "text": item.chunk.text,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA), missing
+
+
+def table_summary(table: pa.Table) -> dict[str, Any]:
+    """Means over a samples table: bound, ESS, thought lengths, the share of thoughts closed by EOL."""
+    rows = table.num_rows
+    if rows == 0:
+        return {"chunks": 0}
+    bounds = table.column("log_mean_w").to_pylist()
+    ess = table.column("ess").to_pylist()
+    chosen = table.column("chosen").to_pylist()
+    lengths = table.column("sample_tokens").to_pylist()
+    finishes = [f for group in table.column("finish_reasons").to_pylist() for f in group]
+    selected = [group[index] for group, index in zip(lengths, chosen, strict=True) if index >= 0]
+    k = len(lengths[0])
+    return {
+        "chunks": rows,
+        "k": k,
+        "mean_bound": sum(bounds) / rows,
+        "mean_ess": sum(ess) / rows,
+        "mean_thought_tokens": sum(selected) / len(selected) if selected else 0.0,
+        "mean_sample_tokens": sum(sum(group) for group in lengths) / (rows * k),
+        "selected": len(selected),
+        "closed_by_eol": sum(f == "stop" for f in finishes) / len(finishes),
+    }
+
+
+def open_engine(request: EStepRequest) -> tuple[Engine, str]:
+    """The engine of ``request`` and the model identity that goes into cache keys."""
+    if request.base_url:
+        from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig
+
+        # stop ids and ignore_eos (thoughts end at EOL, never at EOS) are vLLM extensions that
+        # ``latent-thoughts serve`` also speaks
+        remote = HTTPEngine(HTTPEngineConfig(base_url=request.base_url, vllm_extras=True))
+        _ = remote.model  # resolves the served model's name, which completes the identity
+        return remote, remote.identity
+    from latent_thoughts.config import validate_config
+    from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+
+    options = {"model": str(request.model), "device": request.device, "dtype": request.dtype}
+    local = TransformersEngine(validate_config(TransformersEngineConfig, options, "E-step engine options"))
+    return local, f"{local.identity}:{model_fingerprint(request.model)}"
+
+
+def run_estep(request: EStepRequest) -> dict[str, Any]:
+    """Run (or resume) the E-step of ``request``; returns the summary also written next to the output."""
+    from latent_thoughts.tokenizer import load_tokenizer
+
+    started = time.monotonic()
+    config = request.config
+    paths = output_paths(request.out, request.shard)
+    chunks = load_chunks(request.chunks)
+    selected = chunks if request.shard is None else select_shard(chunks, *request.shard)
+    tokenizer = load_tokenizer(request.model)
+    context_tokens = context_limit(request.model, config.context_tokens)
+    laid_out = chunk_layouts(selected, tokenizer, context_tokens, config.max_thought_tokens)
+    engine, model = open_engine(request)
+    try:
+        items = make_items(laid_out, model, sampling_key(config, context_tokens))
+        with ResultCache(paths.cache_dir, paths.writer, {item.key for item in items}) as cache:
+            todo = [item for item in items if cache.status(item.key) != "ok"]
+            logger.info("%d chunks: %d cached, %d to sample", len(items), len(items) - len(todo), len(todo))
+            sampled = sample_batches(todo, engine, cache, config, model, request.progress) if todo else 0
+            table, missing = build_table(items, cache, tokenizer, config.policy, config.seed)
+    finally:
+        close = getattr(engine, "close", None)
+        if callable(close):
+            close()
+    if missing:
+        raise LatentThoughtsError(f"{request.out}: {missing} chunks have no samples after the run")
+    metadata = {
+        "format": 1,
+        "mode": MODE,
+        "model": model,
+        "layout_version": LAYOUT_VERSION,
+        "chunks_fingerprint": chunks_fingerprint(chunks),
+        "sampling": sampling_key(config, context_tokens),
+        "policy": config.policy,
+        "shard": f"{request.shard[0]}/{request.shard[1]}" if request.shard and request.shard[1] > 1 else None,
+    }
+    write_table(with_metadata(table, metadata), paths.result)
+    summary = {
+        **table_summary(table),
+        "sampled_now": sampled,
+        "from_cache": len(items) - sampled,
+        "policy": config.policy,
+        "model": model,
+        "result": str(paths.result),
+        "elapsed_s": round(time.monotonic() - started, 2),
+        "shard": metadata["shard"],
+    }
+    write_json(summary, paths.summary)
+    return summary
+
+
+# --- merge -----------------------------------------------------------------------------------------
+
+
+def is_sample_file(path: str | Path) -> bool:
+    """Whether ``path`` is an E-step output (or shard of one)."""
+    return read_metadata(Path(path)).get("mode") == MODE
+
+
+def merge_sample_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
+    """Join ``NAME.shard-i-of-N.parquet`` E-step outputs into ``out`` (what an unsharded run writes).
+
+    All shards 0..N-1 of one N must be there, from the same chunk file, model, sampling and policy.
+    """
+    inputs = list(inputs) or shard_files(out)
+    if not inputs:
+        raise LatentThoughtsError(
+            f"{out}: no shard outputs ({out.with_suffix('')}.shard-i-of-N.parquet) to merge"
+        )
+    shards: dict[int, tuple[Path, dict[str, Any]]] = {}
+    counts = set()
+    for path in inputs:
+        meta = read_metadata(Path(path))
+        if meta.get("mode") != MODE or not meta.get("shard"):
+            raise LatentThoughtsError(f"{path}: not a shard output of latent-thoughts estep")
+        index, count = (int(part) for part in str(meta["shard"]).split("/"))
+        if index in shards:
+            raise LatentThoughtsError(f"{path}: shard {index} is given twice ({shards[index][0]})")
+        shards[index] = (Path(path), meta)
+        counts.add(count)
+    if len(counts) != 1:
+        raise LatentThoughtsError(f"{out}: shards of different splits given (N = {sorted(counts)})")
+    total = counts.pop()
+    absent = sorted(set(range(total)) - set(shards))
+    if absent:
+        raise LatentThoughtsError(
+            f"{out}: shard(s) {', '.join(map(str, absent))} of {total} missing; run them first"
+        )
+    first = shards[0][1]
+    for _, (path, meta) in sorted(shards.items()):
+        for name in ("model", "layout_version", "chunks_fingerprint", "sampling", "policy"):
+            if meta.get(name) != first.get(name):
+                raise LatentThoughtsError(
+                    f"{path}: {name} {meta.get(name)!r} differs from shard 0's {first.get(name)!r}"
+                )
+    table = pa.concat_tables([pq.read_table(shards[i][0]) for i in range(total)]).replace_schema_metadata(
+        None
+    )
+    write_table(with_metadata(table.cast(SAMPLE_SCHEMA), {**first, "shard": None}), output_paths(out).result)
+    summary = {
+        **table_summary(table),
+        "merged_from": [str(shards[i][0]) for i in range(total)],
+        "result": str(out),
+    }
+    write_json(summary, output_paths(out).summary)
+    return summary

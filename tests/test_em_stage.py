@@ -1,0 +1,178 @@
+"""The E-step stage over a chunk file (``latent-thoughts estep``) on a tiny real Llama."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from latent_thoughts.cli import main
+from latent_thoughts.corpus import chunk_document, read_chunks, write_chunks
+from latent_thoughts.em.estep import ThoughtScore, effective_sample_size, log_mean_weight
+from latent_thoughts.em.stage import ChunkSamples, EStepConfig, EStepRequest, run_estep
+from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+from latent_thoughts.format import SpecialIds, tokenize_chunks
+from latent_thoughts.generation.cache import ResultCache
+from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
+from latent_thoughts.train.config import SourceConfig
+from latent_thoughts.train.data import read_source
+from tests.test_server import serve_subprocess
+
+OPTIONS = {"k": 3, "max_thought_tokens": 10, "batch_chunks": 4, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def chunks_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two testbed documents (one sentence a chunk, the previous sentence as prefix): 29 chunks."""
+    world = TestbedConfig(bootstrap_documents=2, results_per_document=2)
+    chunks = [
+        chunk
+        for document in generate_documents(world, "bootstrap")
+        for chunk in chunk_document(document.doc_id, document.text, testbed_chunk_config(world))
+    ]
+    path = tmp_path_factory.mktemp("estep-chunks") / "chunks.parquet"
+    write_chunks(chunks, path)
+    return path
+
+
+def estep(model_dir: Path, chunks: Path, out: Path, **options: Any) -> dict[str, Any]:
+    base_url = options.pop("base_url", None)
+    shard = options.pop("shard", None)
+    config = EStepConfig(**{**OPTIONS, **options})
+    request = EStepRequest(
+        model_dir,
+        chunks,
+        out,
+        config,
+        base_url=base_url,
+        shard=shard,
+        device="cpu",
+        dtype="fp32",
+        progress=False,
+    )
+    return run_estep(request)
+
+
+@pytest.fixture(scope="module")
+def local_run(tiny_model_dir: Path, chunks_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("estep-local") / "samples.parquet"
+    estep(tiny_model_dir, chunks_file, out)
+    return out
+
+
+def test_log_w_equals_a_hand_computation_from_score(
+    tiny_model_dir: Path, chunks_file: Path, local_run: Path
+) -> None:
+    """For every sample: log q = score(BOS c SOL EOL x SOL POST -> z EOL), log p = score(BOS c SOL ->
+    PRIOR z EOL x), sequences laid out by hand; log w = log p - log q to 1e-4 (fp32)."""
+    engine = TransformersEngine(
+        TransformersEngineConfig(model=str(tiny_model_dir), dtype="fp32", device="cpu")
+    )
+    tokenizer = engine.tokenizer
+    s = SpecialIds.from_tokenizer(tokenizer)
+    chunks = read_chunks(chunks_file)
+    rows = pq.read_table(local_run).to_pylist()
+    assert [(r["doc_id"], r["chunk_index"]) for r in rows] == [(c.doc_id, c.chunk_index) for c in chunks]
+    with ResultCache(local_run.with_name("samples.cache"), None) as cache:
+        for chunk, row in zip(chunks, rows, strict=True):
+            document = [c for c in chunks if c.doc_id == chunk.doc_id]
+            ids = tokenize_chunks(tokenizer, [c.text for c in document]).ids
+            x = ids[chunk.chunk_index]
+            c = ids[chunk.chunk_index - 1] if chunk.chunk_index > 0 else []  # the prefix is one chunk
+            record = cache.get(row["key"])
+            assert record is not None
+            thoughts = ChunkSamples.from_record(record).thought_ids
+            assert len(thoughts) == len(row["log_w"]) == 3
+            for k, z in enumerate(thoughts):
+                assert z[-1] == s.eol
+                (q,) = engine.score([[s.bos, *c, s.sol, s.eol, *x, s.sol, s.post]], [z])
+                (p,) = engine.score([[s.bos, *c, s.sol]], [[s.prior, *z, *x]])
+                assert row["log_q"][k] == pytest.approx(q.logprob, abs=1e-4)
+                assert row["log_p"][k] == pytest.approx(p.logprob, abs=1e-4)
+                assert row["log_w"][k] == pytest.approx(p.logprob - q.logprob, abs=2e-4)
+            scores = [ThoughtScore([], q, p) for q, p in zip(row["log_q"], row["log_p"], strict=True)]
+            assert row["ess"] == pytest.approx(effective_sample_size(scores))
+            assert row["log_mean_w"] == pytest.approx(log_mean_weight(scores))
+            assert row["thought"] == row["samples"][row["chosen"]]
+
+
+def test_ess_is_k_for_equal_weights_and_one_for_a_dominant_weight() -> None:
+    equal = [ThoughtScore([1], -3.0, -5.0) for _ in range(4)]
+    assert effective_sample_size(equal) == pytest.approx(4.0)
+    dominant = [ThoughtScore([1], 0.0, 0.0), *(ThoughtScore([1], 0.0, -80.0) for _ in range(3))]
+    assert effective_sample_size(dominant) == pytest.approx(1.0, abs=1e-9)
+    assert log_mean_weight(equal) == pytest.approx(-2.0)
+
+
+def test_k_of_one_keeps_its_sample(tiny_model_dir: Path, chunks_file: Path, tmp_path: Path) -> None:
+    estep(tiny_model_dir, chunks_file, tmp_path / "k1.parquet", k=1)
+    for row in pq.read_table(tmp_path / "k1.parquet").to_pylist():
+        assert row["chosen"] == 0 and row["thought"] == row["samples"][0] and row["ess"] == 1.0
+
+
+def test_shards_merge_into_the_unsharded_output_and_a_rerun_samples_nothing(
+    tiny_model_dir: Path,
+    chunks_file: Path,
+    local_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "samples.parquet"
+    common = ["estep", "--model", str(tiny_model_dir), "--chunks", str(chunks_file), "--out", str(out)]
+    flags = ["--k", "3", "--max-thought-tokens", "10", "--seed", "5", "--device", "cpu", "--dtype", "fp32"]
+    for shard in ("0/2", "1/2"):
+        assert main([*common, *flags, "--shard", shard, "--no-progress"]) == 0
+    assert main(["merge", "--out", str(out)]) == 0
+    merged, reference = pq.read_table(out).to_pylist(), pq.read_table(local_run).to_pylist()
+    assert [(r["doc_id"], r["chunk_index"], r["thought"], r["log_w"]) for r in merged] == [
+        (r["doc_id"], r["chunk_index"], r["thought"], r["log_w"]) for r in reference
+    ]
+    # the unsharded run finds every chunk in the shards' cache
+    assert main([*common, *flags, "--no-progress"]) == 0
+    assert f"0 sampled now, {len(reference)} from the cache" in capsys.readouterr().out
+    # a new policy costs no sampling: selection runs from the cached samples
+    summary = estep(tiny_model_dir, chunks_file, out, policy="highest")
+    assert summary["sampled_now"] == 0
+    for row in pq.read_table(out).to_pylist():
+        assert row["log_w"][row["chosen"]] == max(row["log_w"])
+
+
+def test_the_trainer_reads_the_samples_as_a_thoughts_source(chunks_file: Path, local_run: Path) -> None:
+    """The samples file is a thoughts file: the trainer's own reader gives each chunk its selected thought."""
+    rows = {(r["doc_id"], r["chunk_index"]): r["thought"] for r in pq.read_table(local_run).to_pylist()}
+    documents = read_source(SourceConfig(kind="thoughts", chunks=str(chunks_file), thoughts=str(local_run)))
+    assert len(documents) == 2
+    for document in documents:
+        assert document.thoughts is not None
+        for index, thought in enumerate(document.thoughts):
+            assert thought == (rows[(document.doc_id, index)] or None)
+
+
+def test_estep_against_a_served_model_gives_the_in_process_log_w(
+    tiny_model_dir: Path, chunks_file: Path, local_run: Path, tmp_path: Path
+) -> None:
+    """``latent-thoughts serve`` (fp32, a real subprocess) and the in-process engine draw the same
+    thoughts (sampling is a function of seed, prompt ids and sample index) and score them to within
+    1e-3 nats (echo scoring of each full sequence against shared-context scoring: float rounding)."""
+    out = tmp_path / "served.parquet"
+    with serve_subprocess(tiny_model_dir, tmp_path) as base_url:
+        estep(tiny_model_dir, chunks_file, out, base_url=base_url)
+    served, local = pq.read_table(out).to_pylist(), pq.read_table(local_run).to_pylist()
+    for remote_row, local_row in zip(served, local, strict=True):
+        assert remote_row["samples"] == local_row["samples"]
+        assert remote_row["log_w"] == pytest.approx(local_row["log_w"], abs=1e-3)
+        assert remote_row["chosen"] == local_row["chosen"]
+
+
+def test_bad_input_is_a_one_line_error_naming_it(
+    tiny_model_dir: Path, chunks_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = ["estep", "--chunks", str(chunks_file), "--out", str(tmp_path / "s.parquet")]
+    assert main([*common, "--model", str(tmp_path / "nowhere")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main([*common, "--model", str(tiny_model_dir), "--policy", "best"]) == 2
+    assert "unknown selection policy 'best'" in capsys.readouterr().err
+    assert main([*common, "--model", str(tiny_model_dir), "--k", "0"]) == 2
+    assert "k" in capsys.readouterr().err
