@@ -157,9 +157,7 @@ def test_answer_extractors_on_arbitrary_generations(budget: int) -> None:
         result = check_thought(text, text)
         assert 0 <= result.valid_claims <= result.claims
 
-    alphabet = st.sampled_from(
-        [*"0123456789 +-x*/=.,$#\n", "The answer is ", "<|EOL|>", "####", "1e999"]
-    )
+    alphabet = st.sampled_from([*"0123456789 +-x*/=.,$#\n", "The answer is ", "<|EOL|>", "####", "1e999"])
     run("answer extractors (generations)", budget, st.text(alphabet=alphabet, max_size=120), check)
 
 
