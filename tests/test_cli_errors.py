@@ -156,7 +156,7 @@ SAME_PATH_CASES: dict[str, Builder] = {
             str(w / "train.yaml"),
             "--output-dir",
             str(w / "run"),
-            f"sources.0.chunks={w / 'run' / 'metrics.json'}",
+            f"model.tokenizer={w / 'run' / 'metrics.json'}",
         ],
         w / "run" / "metrics.json",
     ),

@@ -9,19 +9,19 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.errors import DiskFullError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-def disk_error(path: str | Path, exc: OSError) -> LatentThoughtsError | None:
+def disk_error(path: str | Path, exc: OSError) -> DiskFullError | None:
     """A one-line error for a full disk (or quota, or file-size limit) hit while writing ``path``.
 
     Returns None for any other ``OSError``, which the caller re-raises as it is.
     """
     full = exc.errno in _FULL or (exc.errno is None and "No space left" in str(exc))  # pyarrow's errors
     if full:
-        return LatentThoughtsError(
+        return DiskFullError(
             f"{path}: cannot write, {os.strerror(exc.errno or errno.ENOSPC).lower()}; free some space and rerun "
             "(finished work is kept)"
         )
@@ -36,7 +36,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     within one file system); on an error it is removed and ``path`` is left as it was. The parent
     folder is created. The temporary name is hidden and unique (``.NAME.<random>.partial``), so
     concurrent writers of one path never share it and globs for ``NAME`` patterns never see it.
-    A full disk is a one-line :class:`LatentThoughtsError` naming ``path``.
+    A full disk is a one-line :class:`DiskFullError` naming ``path``.
     """
     path = Path(path)
     partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")

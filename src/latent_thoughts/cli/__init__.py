@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except LatentThoughtsError as exc:
-        return _fail(str(exc), 2, args.verbose)
+        return _fail(str(exc), exc.exit_status, args.verbose)
     except OSError as exc:
         if exc.errno not in _ENVIRONMENT_ERRNOS:
             raise

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from latent_thoughts.atomic import disk_error
 from latent_thoughts.errors import LatentThoughtsError
 
 logger = logging.getLogger(__name__)
@@ -301,9 +302,16 @@ class ResultCache:
         if not lines:
             return
         offset = self._out.seek(0, os.SEEK_END)
-        self._out.write(b"".join(line for _, line in lines))
-        self._out.flush()
-        os.fsync(self._out.fileno())
+        try:
+            self._out.write(b"".join(line for _, line in lines))
+            self._out.flush()
+            os.fsync(self._out.fileno())
+        except OSError as exc:
+            # A full disk may leave half a line: the next open cuts it (it has no newline).
+            error = disk_error(self.path, exc)
+            if error is None:
+                raise
+            raise error from None
         number = self._files.index(self.path)
         for record, line in lines:
             if self._keys is None or record.key in self._keys:
