@@ -437,3 +437,22 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(world: Path, tmp_pat
     assert done.returncode == 1, done.stderr
     assert_one_line_error(done.returncode, done.stderr, "chunks.parquet", "no space left")
     assert done.stdout.strip() == ""  # no half-written file left behind
+
+
+@pytest.mark.slow
+def test_a_26_mb_single_paragraph_is_chunked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real case: one 2.6 MB paragraph used to hit Punkt's 5 s limit and lose the whole run."""
+    words = ["alpha", "beta", "x", "=", "3", "+", "Mr.", "e.g.", "(1)", "end."]
+    text = " ".join(words[(i * 7) % len(words)] for i in range(560_000))
+    corpus = tmp_path / "huge.jsonl"
+    corpus.write_text(
+        json.dumps({"id": "huge", "text": text})
+        + "\n"
+        + json.dumps({"id": "b", "text": "Small. Doc."})
+        + "\n"
+    )
+    out = tmp_path / "chunks.parquet"
+    assert main(["chunk", str(corpus), "--out", str(out)]) == 0
+    assert "cut into pieces" in capsys.readouterr().out
+    rows = pq.read_table(out).to_pylist()
+    assert "".join(row["text"] for row in rows if row["doc_id"] == "huge") == text
