@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(str(disk_error(exc.filename or "output", exc) or _os_message(exc)), 1, args.verbose)
     except KeyboardInterrupt:
-        print("error: interrupted; finished work is kept and a rerun resumes it", file=sys.stderr)
+        print(f"{PROG}: error: interrupted; finished work is kept and a rerun resumes it", file=sys.stderr)
         return 130
 
 
