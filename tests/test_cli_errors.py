@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import string
 import subprocess
 import sys
 from collections.abc import Callable
@@ -416,9 +418,11 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(world: Path, tmp_pat
     if shutil.which("unshare") is None:
         pytest.skip("no unshare here")
     corpus = tmp_path / "big.jsonl"
+    rng = random.Random(0)  # random letters: the Parquet file cannot compress below the disk's size
     with corpus.open("w") as handle:
-        for i in range(200):
-            handle.write(json.dumps({"id": f"d{i}", "text": f"Sentence {i} of many words. " * 40}) + "\n")
+        for i in range(60):
+            words = ("".join(rng.choices(string.ascii_lowercase, k=7)) for _ in range(400))
+            handle.write(json.dumps({"id": f"d{i}", "text": ". ".join(words) + "."}) + "\n")
     small = tmp_path / "small"
     small.mkdir()
     script = (
