@@ -83,7 +83,7 @@ def check_outputs(
         clash = _clash(path, inputs)
         if clash is not None:
             raise LatentThoughtsError(
-                f"{flag} {path}: is also an input ({clash}); writing it would destroy the input, choose another path"
+                f"{flag} {path}: is also an input ({clash}); writing it would overwrite the input, choose another path"
             )
         if path.is_dir():
             raise LatentThoughtsError(f"{flag} {path}: is a folder; give a file path")
