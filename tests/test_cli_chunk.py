@@ -36,7 +36,7 @@ def test_bad_records_are_counted_and_strict_stops(tmp_path: Path, capsys: pytest
     assert len(read_chunks(out)) == 1
     assert main(["chunk", str(corpus), "--out", str(tmp_path / "strict.parquet"), "--strict"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith(f"error: {corpus}:2: unparsable JSON")
+    assert error.startswith(f"latent-thoughts: error: {corpus}:2: unparsable JSON")
     assert not (tmp_path / "strict.parquet").exists()
 
 

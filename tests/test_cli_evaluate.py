@@ -145,7 +145,7 @@ def test_evaluate_errors_are_one_line(
 ) -> None:
     assert main(["evaluate", str(tiny_model_dir), "--data-dir", str(DATA), *extra]) == 2
     err = capsys.readouterr().err.strip()
-    assert culprit in err and "\n" not in err and err.startswith("error:")
+    assert culprit in err and "\n" not in err and err.startswith("latent-thoughts: error:")
 
 
 def test_evaluate_gsm8k_on_a_served_model_matches_the_local_one(

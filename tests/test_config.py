@@ -49,3 +49,38 @@ def test_overrides_parse_yaml_scalars() -> None:
         "d": [1, 2],
         "e": "text",
     }
+
+
+def test_a_folder_or_a_binary_file_is_a_one_line_error(tmp_path: Path) -> None:
+    binary = tmp_path / "b.yaml"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    for path, reason in ((tmp_path, "is a folder"), (binary, "not a text file")):
+        with pytest.raises(ConfigError, match=reason) as caught:
+            load_config(ChunkStageConfig, path)
+        assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_nested_aliases_are_refused_before_they_expand(tmp_path: Path) -> None:
+    lines = ['_a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for previous, name in zip("abcdef", "bcdefg", strict=True):
+        lines.append(f"_{name}: &{name} [" + ", ".join([f"*{previous}"] * 10) + "]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\nchunking: {seed: *g}\n")  # 10 ** 7 values once expanded
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(ChunkStageConfig, bomb)
+    small = tmp_path / "small.yaml"
+    small.write_text("base: &b {seed: 3}\nchunking: *b\n")  # a reasonable anchor is still fine
+    with pytest.raises(ConfigError, match=r"unknown key 'base'"):
+        load_config(ChunkStageConfig, small)
+
+
+def test_a_huge_bad_value_is_described_in_one_short_line() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(ChunkStageConfig, None, [f"chunking.seed=[{', '.join(['1'] * 50_000)}]"])
+    assert len(str(caught.value)) < 200
+
+
+def test_nan_and_infinity_are_refused() -> None:
+    for value in (".nan", ".inf"):
+        with pytest.raises(ConfigError, match=r"chunking\.mean_sentences"):
+            load_config(ChunkStageConfig, None, [f"chunking.mean_sentences={value}"])

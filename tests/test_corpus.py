@@ -13,15 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latent_thoughts.corpus import (
+    MAX_PARAGRAPH_CHARS,
     ChunkConfig,
     CorpusConfig,
+    NoChunksError,
     SkipReport,
+    SplitNotes,
     chunk_document,
     chunk_lengths,
     prefix_of,
     read_chunks,
     read_documents,
     sentence_units,
+    split_document,
     write_chunks,
 )
 from latent_thoughts.errors import LatentThoughtsError
@@ -161,3 +165,57 @@ def test_repeated_ids_are_skipped(tmp_path: Path) -> None:
     docs = list(read_documents([corpus], report=report))
     assert [d.doc_id for d in docs] == ["1", "c:3"]
     assert report.counts["repeated id '1'"] == 1
+
+
+def test_a_huge_paragraph_is_cut_into_pieces_that_concatenate_back() -> None:
+    paragraph = "Word " * 30_000 + "end. " + "More words follow here. " * 4_000  # 240,000 characters
+    notes = SplitNotes()
+    units = sentence_units(paragraph, notes)
+    assert "".join(units) == paragraph
+    assert max(len(unit) for unit in units) <= MAX_PARAGRAPH_CHARS
+    assert "cut into pieces" in notes.summary()
+
+
+def test_punkt_timing_out_falls_back_to_the_plain_rule_and_is_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NLTK runs Punkt's expressions under a wall-clock limit; a huge paragraph used to lose the run."""
+    import nltk.redos
+
+    monkeypatch.setattr(nltk.redos, "DEFAULT_TIMEOUT", 1e-6)  # what a 2.6 MB paragraph hits at 5 s
+    text = "First sentence here. Second one follows! A third? " * 50
+    notes = SplitNotes()
+    chunks, _ = split_document("doc", text, ChunkConfig(mean_sentences=2), notes)
+    assert "".join(chunk.text for chunk in chunks) == text
+    assert len(sentence_units(text)) == 150
+    assert "fallback" in notes.summary()
+
+
+def test_records_with_a_lone_surrogate_or_an_object_id_are_skipped(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(
+        '{"id": "a", "text": "Bad \\udc80 text."}\n{"id": "\\ud800", "text": "Fine."}\n'
+        '{"id": {"x": 1}, "text": "Fine."}\n{"id": "d", "text": "Fine."}\n'
+    )
+    report = SkipReport()
+    assert [d.doc_id for d in read_documents([corpus], report=report)] == ["d"]
+    assert report.total == 3 and "lone surrogate" in report.summary()
+
+
+def test_a_chunk_file_of_wrong_types_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "chunks.parquet"
+    pq.write_table(
+        pa.table(
+            {"doc_id": ["a"], "chunk_index": ["0"], "prefix": [""], "text": ["t"], "start": [0], "end": [1]}
+        ),
+        path,
+    )
+    with pytest.raises(LatentThoughtsError, match="chunk_index"):
+        read_chunks(path)
+
+
+def test_writing_no_chunks_when_some_are_required_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "chunks.parquet"
+    with pytest.raises(NoChunksError):
+        write_chunks([], path, require_chunks=True)
+    assert list(tmp_path.iterdir()) == []

@@ -49,3 +49,28 @@ def test_left_padding_puts_every_row_at_the_end() -> None:
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
     assert positions.tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_a_tiny_temperature_is_greedy_not_the_last_token() -> None:
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.0], [3.0, 0.0, 0.0, 0.0]])
+    uniforms = torch.tensor([0.5, 0.99], dtype=torch.float64)
+    for temperature in (1e-300, 1e-30, 1e-6):
+        tokens, logprobs = draw(logits, uniforms, temperature, 1.0)
+        assert tokens.tolist() == [1, 0] and logprobs.tolist() == [0.0, 0.0]
+
+
+def test_the_engine_refuses_non_finite_temperatures(tiny_model_dir) -> None:
+    import pytest
+
+    from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from latent_thoughts.errors import LatentThoughtsError
+
+    engine = TransformersEngine(
+        TransformersEngineConfig(model=str(tiny_model_dir), dtype="fp32", device="cpu")
+    )
+    for value in (float("nan"), float("inf")):
+        with pytest.raises(LatentThoughtsError, match="finite"):
+            engine.sample(["We know"], temperature=value, max_new_tokens=2)
+    greedy = engine.sample(["We know"], temperature=0.0, max_new_tokens=5)[0][0]
+    tiny = engine.sample(["We know"], temperature=1e-300, max_new_tokens=5)[0][0]
+    assert tiny.token_ids == greedy.token_ids

@@ -33,8 +33,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_subprocess(model_dir: Path, state_dir: Path, timeout_s: float = 120.0) -> Iterator[str]:
-    """Run ``latent-thoughts serve`` (fp32) on a free port; yields the API root; kills it at the end."""
+def serve_subprocess(
+    model_dir: Path,
+    state_dir: Path,
+    timeout_s: float = 120.0,
+    api_key: str | None = None,
+    extra: tuple[str, ...] = (),
+) -> Iterator[str]:
+    """Run ``latent-thoughts serve`` (fp32) on a free port; yields the API root; kills it at the end.
+
+    ``api_key`` is passed in the environment (``LATENT_THOUGHTS_API_KEY``); ``extra`` are more options."""
     port = free_port()
     log_path = state_dir / "serve.log"
     with log_path.open("w") as log:
@@ -42,11 +50,12 @@ def serve_subprocess(model_dir: Path, state_dir: Path, timeout_s: float = 120.0)
             [
                 *(sys.executable, "-m", "latent_thoughts", "serve", str(model_dir), "--port", str(port)),
                 *("--dtype", "fp32", "--device", "cpu", "--state-dir", str(state_dir / "store")),
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             # One thread: the model is tiny, and OpenMP threads spinning against a busy machine are slow.
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            env={**os.environ, "OMP_NUM_THREADS": "1", "LATENT_THOUGHTS_API_KEY": api_key or ""},
         )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -55,7 +64,8 @@ def serve_subprocess(model_dir: Path, state_dir: Path, timeout_s: float = 120.0)
             if process.poll() is not None:
                 pytest.fail(f"the server exited ({process.returncode}): {log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{base_url}/models", timeout=2).status_code == 200:
+                headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+                if httpx.get(f"{base_url}/models", headers=headers, timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

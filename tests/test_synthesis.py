@@ -463,3 +463,17 @@ def test_an_unreachable_teacher_stops_the_run_without_recording_failures(
     err = capsys.readouterr().err
     assert "4 requests in a row failed" in err and "cannot connect" in err
     assert cache_lines(tmp_path / "down.cache") == [] and not out.exists()
+
+
+def test_a_cache_line_cut_short_with_a_newline_is_redone_by_the_rerun(
+    testbed_chunks: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "oracle.parquet"
+    first = synthesize(testbed_chunks, out)
+    cache_file = out.with_name("oracle.cache") / "all.jsonl"
+    lines = cache_file.read_bytes().splitlines(keepends=True)
+    lines[3] = lines[3][:150] + b"\n"  # key and status intact, the rest lost
+    cache_file.write_bytes(b"".join(lines))
+    rerun = synthesize(testbed_chunks, out)
+    assert rerun["output"]["missing"] == 0 and rerun["run"]["requests"] == 1
+    assert rerun["output"]["rows"] == first["output"]["rows"]

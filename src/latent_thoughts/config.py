@@ -27,9 +27,10 @@ class ConfigError(LatentThoughtsError):
 
 
 class StageConfig(BaseModel):
-    """Base class of every stage's options: unknown keys are errors, assignments are validated."""
+    """Base class of every stage's options: unknown keys, NaN and infinities are errors; assignments
+    are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -44,8 +45,12 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             value = raw
+        if _count_values(value, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                f"override {key.strip()!r}: more than {MAX_CONFIG_VALUES:,} values; refusing it"
+            )
         value = _as_number(value)
         node = nested
         parts = key.strip().split(".")
@@ -77,13 +82,44 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
+MAX_CONFIG_VALUES = 100_000
+"""Values a configuration may hold once its aliases are expanded: YAML anchors nested a few levels
+deep (a "billion laughs" file) would otherwise take seconds and gigabytes to validate."""
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """Values in ``data`` with shared (aliased) parts counted each time they appear, up to ``limit + 1``."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping from ``path``; an unreadable or non-mapping file is a ConfigError."""
+    """Read a YAML mapping from ``path``; an unreadable or non-mapping file is a ConfigError.
+
+    A folder, a binary file or a file whose aliases expand past :data:`MAX_CONFIG_VALUES` values is
+    refused with a one-line error too.
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: configuration file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, expected a YAML configuration file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (invalid UTF-8 at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror or exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -92,6 +128,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of options, got {type(data).__name__}")
+    if _count_values(data, MAX_CONFIG_VALUES) > MAX_CONFIG_VALUES:
+        raise ConfigError(
+            f"{path}: more than {MAX_CONFIG_VALUES:,} values once its aliases are expanded; "
+            "refusing it (nested YAML anchors?)"
+        )
     return data
 
 
@@ -134,8 +175,10 @@ def describe_validation_error(cls: type[BaseModel], exc: ValidationError) -> str
         hint = f"; did you mean {'.'.join([*location[:-1], close[0]])!r}?" if close else ""
         options = f" (valid keys: {', '.join(sorted(valid))})" if not close and valid else ""
         return f"unknown key {dotted!r}{hint}{options}"
-    value = error.get("input")
-    return f"{dotted or 'config'}: {error['msg']} (got {value!r})"
+    value = repr(error.get("input"))
+    if len(value) > 80:  # a huge value (an expanded alias, a long list) stays one short line
+        value = value[:77] + "..."
+    return f"{dotted or 'config'}: {error['msg']} (got {value})"
 
 
 def _valid_keys(cls: type[BaseModel], path: Sequence[str]) -> list[str]:

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from latent_thoughts.atomic import atomic_write
 from latent_thoughts.config import StageConfig
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.tables import open_parquet
+from latent_thoughts.tables import open_parquet, require_types
 
 TEXT_SUFFIXES = (".txt", ".md", ".tex")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -151,7 +151,7 @@ def count_documents(files: Sequence[Path]) -> int:
             with path.open("rb") as handle:
                 total += sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
         elif suffix in PARQUET_SUFFIXES:
-            total += pq.ParquetFile(path).metadata.num_rows
+            total += open_parquet(path, "corpus").metadata.num_rows
         else:
             total += 1
     return total
@@ -208,8 +208,27 @@ def _make_document(
         _skip(report, location, "empty document", config.strict)
         return None
     raw_id = record.get(config.id_field)
+    if isinstance(raw_id, (dict, list)):
+        _skip(report, location, f"id field {config.id_field!r} is not a string or number", config.strict)
+        return None
     doc_id = default_id if raw_id is None or raw_id == "" else str(raw_id)
+    for name, value in ((config.text_field, text), (config.id_field, doc_id)):
+        bad = _lone_surrogate(value)
+        if bad is not None:
+            _skip(
+                report, location, f"field {name!r} holds a lone surrogate at character {bad}", config.strict
+            )
+            return None
     return Document(doc_id, text, location)
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """The position of the first lone surrogate (``"\\ud800"`` in JSON), which UTF-8 cannot encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def _read_jsonl(path: Path, config: CorpusConfig, report: SkipReport) -> Iterator[Document]:
@@ -272,6 +291,33 @@ def _relative_id(path: Path, inputs: Sequence[str | Path]) -> str:
 # --- sentence units and chunks -----------------------------------------------------------------
 
 _PARAGRAPH_BREAK = re.compile(r"\n(?:[ \t]*\n)+")
+_SIMPLE_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+")
+
+MAX_PARAGRAPH_CHARS = 50_000
+"""Longer paragraphs are cut (at a line break, else a space) into pieces split one by one: Punkt's
+regular expressions run under a wall-clock limit (5 s in NLTK) that one huge paragraph can exceed."""
+
+
+@dataclass
+class SplitNotes:
+    """Counts of the sentence splitter's exceptions: paragraphs cut for length, fallback splits."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, what: str) -> None:
+        """Count one ``what``."""
+        self.counts[what] += 1
+
+    @property
+    def total(self) -> int:
+        """All counted exceptions."""
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        """One line, empty when there is nothing to say."""
+        if not self.total:
+            return ""
+        return "sentence splitting: " + ", ".join(f"{n} {what}" for what, n in sorted(self.counts.items()))
 
 
 @lru_cache(maxsize=1)
@@ -282,19 +328,49 @@ def _sentence_tokenizer() -> object:
     return PunktSentenceTokenizer()
 
 
-def sentence_units(text: str) -> list[str]:
+def _pieces(paragraph: str, limit: int) -> list[int]:
+    """Start offsets of pieces of at most ``limit`` characters, cut after a line break or a space."""
+    starts, begin = [0], 0
+    while len(paragraph) - begin > limit:
+        window = paragraph[begin : begin + limit]
+        cut = window.rfind("\n")
+        if cut < limit // 2:
+            cut = max(cut, window.rfind(" "))
+        end = begin + (cut + 1 if cut > 0 else limit)
+        starts.append(end)
+        begin = end
+    return starts
+
+
+def _sentence_starts(piece: str, notes: SplitNotes | None) -> list[int]:
+    """Sentence start offsets in ``piece`` by Punkt, or by a plain end-of-sentence rule if Punkt times out."""
+    try:
+        return [begin for begin, _ in _sentence_tokenizer().span_tokenize(piece)]  # type: ignore[attr-defined]
+    except TimeoutError:
+        if notes is not None:
+            notes.add("paragraph pieces split by the fallback rule (Punkt timed out)")
+        return [0, *(match.end() for match in _SIMPLE_SENTENCE_END.finditer(piece))]
+
+
+def sentence_units(text: str, notes: SplitNotes | None = None) -> list[str]:
     """Split ``text`` into sentence units whose concatenation is ``text`` exactly.
 
     Paragraphs (blank-line breaks) are split first, then sentences within each paragraph; the
-    whitespace after a sentence stays with it, and leading whitespace joins the first unit.
+    whitespace after a sentence stays with it, and leading whitespace joins the first unit. A
+    paragraph longer than :data:`MAX_PARAGRAPH_CHARS` is cut into pieces first, and a piece on which
+    Punkt exceeds its time limit is split at ``. ! ?`` followed by space; ``notes`` counts both.
     """
     starts = {0}
     paragraph_start = 0
     for match in [*_PARAGRAPH_BREAK.finditer(text), None]:
         paragraph_end = match.start() if match else len(text)
         paragraph = text[paragraph_start:paragraph_end]
-        for begin, _ in _sentence_tokenizer().span_tokenize(paragraph):  # type: ignore[attr-defined]
-            starts.add(paragraph_start + begin)
+        pieces = _pieces(paragraph, MAX_PARAGRAPH_CHARS)
+        if len(pieces) > 1 and notes is not None:
+            notes.add(f"paragraphs over {MAX_PARAGRAPH_CHARS:,} characters cut into pieces")
+        for piece_start, piece_end in zip(pieces, [*pieces[1:], len(paragraph)], strict=True):
+            for begin in _sentence_starts(paragraph[piece_start:piece_end], notes):
+                starts.add(paragraph_start + piece_start + begin)
         if match:
             paragraph_start = match.end()
     boundaries = sorted(s for s in starts if s < len(text))
@@ -338,11 +414,13 @@ def chunk_document(doc_id: str, text: str, config: ChunkConfig | None = None) ->
 
 
 def split_document(
-    doc_id: str, text: str, config: ChunkConfig | None = None
+    doc_id: str, text: str, config: ChunkConfig | None = None, notes: SplitNotes | None = None
 ) -> tuple[list[Chunk], list[int]]:
-    """Like :func:`chunk_document`, also returning the number of sentence units in each chunk."""
+    """Like :func:`chunk_document`, also returning the number of sentence units in each chunk.
+
+    ``notes`` counts the sentence splitter's exceptions (:func:`sentence_units`)."""
     config = config or ChunkConfig()
-    units = sentence_units(text)
+    units = sentence_units(text, notes)
     lengths = chunk_lengths(len(units), text, config)
     chunks: list[Chunk] = []
     offset = unit = 0
@@ -367,6 +445,11 @@ def prefix_of(document_chunks: Sequence[Chunk], index: int, num_chunks: int) -> 
 
 # --- chunk files -------------------------------------------------------------------------------
 
+
+class NoChunksError(LatentThoughtsError):
+    """A corpus gave no chunk at all (every record skipped, or none there)."""
+
+
 CHUNK_SCHEMA = pa.schema(
     [
         ("doc_id", pa.string()),
@@ -379,8 +462,12 @@ CHUNK_SCHEMA = pa.schema(
 )
 
 
-def write_chunks(chunks: Iterable[Chunk], path: str | Path, rows_per_group: int = 10_000) -> int:
-    """Stream chunks into a Parquet file (written to a temporary name, then renamed); returns the count."""
+def write_chunks(
+    chunks: Iterable[Chunk], path: str | Path, rows_per_group: int = 10_000, require_chunks: bool = False
+) -> int:
+    """Stream chunks into a Parquet file (written to a temporary name, then renamed); returns the count.
+
+    With ``require_chunks`` no chunks at all is an error and nothing is written."""
     count = 0
     buffer: list[Chunk] = []
     with atomic_write(path) as partial, pq.ParquetWriter(partial, CHUNK_SCHEMA) as writer:
@@ -393,6 +480,8 @@ def write_chunks(chunks: Iterable[Chunk], path: str | Path, rows_per_group: int 
         if buffer or count == 0:
             writer.write_table(_chunk_table(buffer))
             count += len(buffer)
+        if require_chunks and count == 0:
+            raise NoChunksError(f"{path}: no chunks to write, nothing written")
     return count
 
 
@@ -402,8 +491,9 @@ def _chunk_table(chunks: Sequence[Chunk]) -> pa.Table:
 
 
 def iter_chunks(path: str | Path) -> Iterator[Chunk]:
-    """Stream the chunks of a chunk file in order."""
+    """Stream the chunks of a chunk file in order (columns of the wrong type are a one-line error)."""
     parquet = open_parquet(path, "chunk", CHUNK_SCHEMA.names)
+    require_types(parquet, path, "chunk", CHUNK_SCHEMA)
     for batch in parquet.iter_batches(columns=CHUNK_SCHEMA.names, batch_size=4096):
         for row in batch.to_pylist():
             yield Chunk(**row)

@@ -19,6 +19,8 @@ def open_parquet(path: str | Path, what: str = "Parquet", columns: Sequence[str]
     path = Path(path)
     if not path.exists():
         raise LatentThoughtsError(f"{path}: {what} file not found")
+    if path.is_dir():
+        raise LatentThoughtsError(f"{path}: is a folder, expected a {what} file")
     try:
         parquet = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as exc:
@@ -33,3 +35,31 @@ def read_parquet(path: str | Path, what: str = "Parquet", columns: Sequence[str]
     """Read ``columns`` (all when None) of a Parquet file, checked as :func:`open_parquet` does."""
     parquet = open_parquet(path, what, columns or ())
     return parquet.read(columns=list(columns) if columns is not None else None)
+
+
+def _kind(data_type: pa.DataType) -> str:
+    """``text``, ``integer``, ``number`` or the type's own name: what a column holds, loosely."""
+    if pa.types.is_string(data_type) or pa.types.is_large_string(data_type):
+        return "text"
+    if pa.types.is_integer(data_type):
+        return "integer"
+    if pa.types.is_floating(data_type):
+        return "number"
+    return str(data_type)
+
+
+def require_types(parquet: pq.ParquetFile, path: str | Path, what: str, schema: pa.Schema) -> None:
+    """Check that the columns of ``schema`` present in ``parquet`` hold the same kind of values.
+
+    Text may be ``string`` or ``large_string`` and integers of any width; anything else (a number
+    where text is expected, say) is a one-line error naming the file and the column.
+    """
+    names = parquet.schema_arrow.names
+    for expected in schema:
+        if expected.name not in names:
+            continue
+        found = parquet.schema_arrow.field(expected.name).type
+        if _kind(found) != _kind(expected.type):
+            raise LatentThoughtsError(
+                f"{path}: not a {what} file (column {expected.name!r} holds {found}, expected {_kind(expected.type)})"
+            )

@@ -2,13 +2,17 @@
 
 Every module in this package that defines ``register(subparsers)`` contributes a verb. A verb's
 module keeps heavy imports (torch, transformers) inside its handler so that ``--help`` stays fast.
-Handlers receive the parsed arguments and return an exit status. A :class:`LatentThoughtsError`
-becomes ``error: <one line>`` on stderr and exit status 2.
+Handlers receive the parsed arguments and return an exit status. A user's mistake never ends in a
+traceback: a :class:`LatentThoughtsError` becomes ``latent-thoughts: error: <one line>`` on stderr
+and exit status 2; an operating-system error on a named file (a full disk, no permission, a missing
+or read-only path) becomes the same kind of line and exit status 1. ``--verbose`` adds the
+traceback. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import pkgutil
@@ -16,13 +20,32 @@ import sys
 from collections.abc import Sequence
 
 from latent_thoughts import __version__
+from latent_thoughts.atomic import disk_error
 from latent_thoughts.errors import LatentThoughtsError
+
+PROG = "latent-thoughts"
+
+# Operating-system errors that mean "this path, on this machine", not a bug of the program.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.ENAMETOOLONG,
+    errno.EMFILE,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per verb module in this package."""
     parser = argparse.ArgumentParser(
-        prog="latent-thoughts",
+        prog=PROG,
         description="Learn from the latent thoughts behind text: chunk, synthesize, train, evaluate.",
     )
     parser.add_argument("--version", action="version", version=f"latent-thoughts {__version__}")
@@ -52,11 +75,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(handler(args) or 0)
     except LatentThoughtsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc), exc.exit_status, args.verbose)
+    except OSError as exc:
+        if exc.errno not in _ENVIRONMENT_ERRNOS:
+            raise
+        return _fail(str(disk_error(exc.filename or "output", exc) or _os_message(exc)), 1, args.verbose)
     except KeyboardInterrupt:
-        print("error: interrupted; finished work is kept and a rerun resumes it", file=sys.stderr)
+        print(f"{PROG}: error: interrupted; finished work is kept and a rerun resumes it", file=sys.stderr)
         return 130
+
+
+def _os_message(exc: OSError) -> str:
+    """``PATH: reason`` for an operating-system error on a file."""
+    where = exc.filename if exc.filename is not None else "a file"
+    also = f" -> {exc.filename2}" if exc.filename2 is not None else ""
+    return f"{where}{also}: {exc.strerror or exc}"
+
+
+def _fail(message: str, status: int, verbose: bool) -> int:
+    """Print ``latent-thoughts: error: MESSAGE`` (one line; the traceback too with ``--verbose``)."""
+    if verbose:
+        logging.getLogger(__name__).exception("traceback of the error below")
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

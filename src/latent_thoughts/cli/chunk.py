@@ -61,13 +61,16 @@ def run(args: argparse.Namespace) -> int:
 
     from latent_thoughts.corpus import (
         Chunk,
+        NoChunksError,
         SkipReport,
+        SplitNotes,
         corpus_files,
         count_documents,
         read_documents,
         split_document,
         write_chunks,
     )
+    from latent_thoughts.outputs import check_outputs
 
     overrides = list(args.set)
     if args.text_field:
@@ -85,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     files = corpus_files(args.inputs)
+    check_outputs(inputs=[*args.inputs, *files, args.config, args.tokenizer], files=[args.out])
     report = SkipReport()
+    notes = SplitNotes()
     stats = CorpusStatistics()
     progress = tqdm(total=count_documents(files), unit="doc", desc="chunking", dynamic_ncols=True)
 
@@ -93,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         for document in read_documents(files, config.corpus, report):
             stats.documents += 1
             stats.characters += len(document.text)
-            document_chunks, sentences = split_document(document.doc_id, document.text, config.chunking)
+            document_chunks, sentences = split_document(
+                document.doc_id, document.text, config.chunking, notes
+            )
             stats.chunks += len(document_chunks)
             stats.sentences_per_chunk.extend(sentences)
             for chunk in document_chunks:
@@ -103,14 +110,19 @@ def run(args: argparse.Namespace) -> int:
             progress.update(1)
 
     try:
-        write_chunks(chunks(), args.out)
+        written = write_chunks(chunks(), args.out, require_chunks=True)
+    except NoChunksError as exc:
+        # Say why nothing was written: every record was skipped, or the input holds none.
+        raise NoChunksError(f"{exc}; {report.summary() or 'the inputs hold no documents'}") from None
     finally:
         progress.close()
     elapsed = time.perf_counter() - started
-    print(f"wrote {args.out}")
+    print(f"wrote {written:,} chunks -> {args.out}")
     for line in stats.lines(with_tokens=tokenizer is not None):
         print(line)
     if report.total:
         print(report.summary())
+    if notes.total:
+        print(notes.summary())
     print(f"time: {elapsed:.1f} s")
     return 0

@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     """Index the evaluation sets, scan every file, write the report and the filtered copies."""
     import pyarrow.parquet as pq
 
+    from latent_thoughts.atomic import atomic_write
     from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.evaluate.decontamination import (
         BenchmarkIndex,
@@ -55,19 +56,22 @@ def run(args: argparse.Namespace) -> int:
         text_columns,
     )
     from latent_thoughts.evaluate.tasks import read_task, task_path
+    from latent_thoughts.outputs import check_outputs
     from latent_thoughts.tables import read_parquet
 
+    out = Path(args.out)
+    check_outputs(
+        inputs=args.files,
+        files=[out / "contamination.jsonl", *(out / Path(name).name for name in args.files)],
+        folders=[out],
+    )
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     problems = [problem for task in tasks for problem in read_task(task, task_path(task, args.data_dir))]
     index = BenchmarkIndex(problems, args.ngram)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     columns = [name.strip() for name in args.columns.split(",")] if args.columns else None
-    with (out / "contamination.jsonl").open("w", encoding="utf-8") as report:
+    with atomic_write(out / "contamination.jsonl") as partial, partial.open("w", encoding="utf-8") as report:
         for name in args.files:
             path = Path(name)
-            if (out / path.name).resolve() == path.resolve():
-                raise LatentThoughtsError(f"{path}: --out would overwrite the input; choose another folder")
             table = read_parquet(path, "training")
             checked = text_columns(table, columns)
             missing = [column for column in checked if column not in table.column_names]
@@ -79,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             for hit in hits:
                 report.write(json.dumps({"file": str(path), **dataclasses.asdict(hit)}) + "\n")
             kept = filter_table(table, hits)
-            pq.write_table(kept, out / path.name)
+            with atomic_write(out / path.name) as copy:
+                pq.write_table(kept, copy)
             rows = len({hit.row for hit in hits})
             problems_hit = sorted({problem for hit in hits for problem in hit.problems})
             shown = ", ".join(problems_hit[:5]) + (" ..." if len(problems_hit) > 5 else "")

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from latent_thoughts.atomic import write_text
+
 RECIPE_WORLD = ["bootstrap_documents=2000"]
 """The testbed recipe's world (``TestbedRecipe().world``): the default world with more documents."""
 
@@ -75,7 +77,7 @@ def write_train_config(out: Path, arm: str, tokens: str, seed: int) -> Path:
     data = RecipeData(out / "chunks.parquet", out / "thoughts" / "oracle.parquet", out / "tokenizer")
     config = train_config(recipe, arm, seed, data, out / arm, logging_steps=100)  # type: ignore[arg-type]
     path = out / f"train-{arm}.yaml"
-    path.write_text(dump_config(config))
+    write_text(path, dump_config(config))
     return path
 
 
@@ -96,9 +98,11 @@ def shared_tokenizer(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run every step of the demo and print a results table."""
+    from latent_thoughts.outputs import check_outputs
     from latent_thoughts.report.plots import plot_accuracy
 
     out = Path(args.out)
+    check_outputs(folders=[out])
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     seed = [f"seed={args.seed}"]
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         ],
     )
     teacher = out / "teacher.yaml"
-    teacher.write_text(yaml.safe_dump({"kind": "oracle", "oracle": {"noise": 0.0, "seed": args.seed}}))
+    write_text(teacher, yaml.safe_dump({"kind": "oracle", "oracle": {"noise": 0.0, "seed": args.seed}}))
     thoughts = out / "thoughts" / "oracle.parquet"
     _step(
         "3. the oracle teacher writes one thought per chunk",
@@ -175,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
             true_claims = f"{record['true_claim_share']:.1%} of its thoughts' arithmetic claims are true"
         problem_count = record["total"]
 
-    (out / "results.json").write_text(json.dumps(accuracies, indent=2) + "\n")
+    write_text(out / "results.json", json.dumps(accuracies, indent=2) + "\n")
     title = f"Testbed: {problem_count} held-out problems, {args.tokens} training tokens per model, seed {args.seed}"
     plot_accuracy(accuracies, out / "accuracy.png", title)
     print(f"\n== results: {title} (one seed; bench/thoughts_vs_raw.py runs three)")

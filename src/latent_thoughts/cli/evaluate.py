@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.atomic import write_text
+
 DEFAULT_DATA_DIR = "../shared/data"
 """Where the benchmark files are looked for when neither --data-dir nor LATENT_THOUGHTS_DATA is set."""
 
@@ -97,6 +99,8 @@ def _tasks(args: argparse.Namespace) -> list[str]:
     from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.evaluate.tasks import BENCHMARKS
 
+    if args.limit is not None and args.limit <= 0:
+        raise LatentThoughtsError(f"--limit must be a positive number of problems, got {args.limit}")
     if args.tasks is None:
         if args.problems is None:
             raise LatentThoughtsError("choose --tasks (gsm8k, math, math500, testbed) or give --problems")
@@ -109,8 +113,6 @@ def _tasks(args: argparse.Namespace) -> list[str]:
             )
     if "testbed" in tasks and args.problems is None:
         raise LatentThoughtsError("--tasks testbed needs --problems (eval.jsonl of the testbed)")
-    if args.limit is not None and args.limit <= 0:
-        raise LatentThoughtsError(f"--limit must be a positive number of problems, got {args.limit}")
     return tasks
 
 
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = _tasks(args)
     benchmarks = {task: _benchmark_problems(args, task) for task in tasks if task != "testbed"}
     testbed = _testbed_problems(args) if "testbed" in tasks else None
+    _check_out(args, benchmarks, testbed is not None)
     with _engine(args) as (engine, tokenizer):
         for task, (path, problems) in benchmarks.items():
             _run_benchmark(args, task, path, problems, engine, tokenizer)
@@ -153,6 +156,21 @@ def run(args: argparse.Namespace) -> int:
                 out = str(Path(out) / f"testbed_{args.mode}.json")
             _run_testbed(args, testbed, engine, tokenizer, out)
     return 0
+
+
+def _check_out(args: argparse.Namespace, benchmarks: dict[str, Any], testbed: bool) -> None:
+    """Before any work: --out must be writable and must not be one of the inputs."""
+    from latent_thoughts.outputs import check_outputs
+
+    if not args.out:
+        return
+    out = Path(args.out)
+    names = [f"{task}_{args.mode}{suffix}" for task in benchmarks for suffix in (".jsonl", ".json")]
+    files = [out / name for name in names]
+    if testbed:
+        files.append(out / f"testbed_{args.mode}.json" if benchmarks else out)
+    inputs = [args.model, args.problems, *(path for path, _ in benchmarks.values())]
+    check_outputs(inputs=inputs, files=files, folders=[out] if benchmarks else [])
 
 
 def _benchmark_problems(args: argparse.Namespace, task: str) -> tuple[Path, list[Any]]:
@@ -251,5 +269,4 @@ def _run_testbed(
             **thoughts,
             "generations": result.generations,
         }
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(record, indent=2) + "\n")
+        write_text(out, json.dumps(record, indent=2) + "\n")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-from pathlib import Path
 from typing import Any
 
 
@@ -46,14 +45,17 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute and print the metrics; optionally write them."""
+    from latent_thoughts.atomic import write_text
     from latent_thoughts.config import validate_config
     from latent_thoughts.corpus import read_documents
     from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
     from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.evaluate.likelihood import elbo, raw_nll, uniform_chunks
+    from latent_thoughts.outputs import check_outputs
 
     if args.limit is not None and args.limit <= 0:
         raise LatentThoughtsError(f"--limit must be a positive number of documents, got {args.limit}")
+    check_outputs(inputs=[args.model, *args.documents], files=[args.out])
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip() and int(k) > 0]
     except ValueError:
@@ -92,6 +94,5 @@ def run(args: argparse.Namespace) -> int:
         record[f"elbo_{k}_per_document"] = mean
         print(f"ELBO({k}) {mean:.3f} nats/document (raw log p {-nll.nll / len(texts):.3f})")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        write_text(args.out, json.dumps(record, indent=2) + "\n")
     return 0

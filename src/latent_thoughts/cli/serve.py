@@ -33,6 +33,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-context-tokens", type=int, help="longest sequence (prompts are cut from the front)"
     )
+    parser.add_argument(
+        "--api-key",
+        help="require Authorization: Bearer KEY on every route (default: $LATENT_THOUGHTS_API_KEY; "
+        "the variable keeps the key out of the process list)",
+    )
+    parser.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="allow a non-local --host without an API key (anyone who reaches the port can use it)",
+    )
+    parser.add_argument("--max-body-mb", type=float, help="largest JSON request body in MiB (default 8)")
+    parser.add_argument("--max-n", type=int, help="largest n of one request (default 128)")
+    parser.add_argument(
+        "--max-prompt-tokens", type=int, help="longest prompt accepted (default: four context lengths)"
+    )
     parser.add_argument("--config", help="YAML file of engine options")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="engine option overrides")
     parser.set_defaults(handler=run)
@@ -40,11 +55,13 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model and serve it until interrupted."""
+    import dataclasses
     from pathlib import Path
 
     from latent_thoughts.config import deep_merge, parse_overrides, read_yaml
     from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.server import serve
+    from latent_thoughts.server.wire import Limits
 
     if not (Path(args.model_dir) / "config.json").exists():
         raise LatentThoughtsError(f"{args.model_dir}: not a model folder (no config.json)")
@@ -54,6 +71,17 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             options[flag] = value
+    limits = Limits()
+    if args.max_body_mb is not None:
+        if args.max_body_mb <= 0:
+            raise LatentThoughtsError(f"--max-body-mb {args.max_body_mb}: must be positive")
+        limits = dataclasses.replace(limits, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
+    for flag, name in (("max_n", "max_n"), ("max_prompt_tokens", "max_prompt_tokens")):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 1:
+                raise LatentThoughtsError(f"--{flag.replace('_', '-')} {value}: must be at least 1")
+            limits = dataclasses.replace(limits, **{name: value})
     serve(
         args.model_dir,
         host=args.host,
@@ -61,5 +89,8 @@ def run(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         model_name=args.served_model_name,
         engine_options=options,
+        api_key=args.api_key,
+        insecure_no_auth=args.insecure_no_auth,
+        limits=limits,
     )
     return 0

@@ -68,7 +68,9 @@ def run_generate(args: argparse.Namespace) -> int:
     """Generate every split of the world into ``args.out`` and print what was written."""
     import yaml
 
+    from latent_thoughts.atomic import write_text
     from latent_thoughts.config import dump_config, load_config
+    from latent_thoughts.outputs import check_outputs
     from latent_thoughts.testbed.task import make_eval_problems, write_problems
     from latent_thoughts.testbed.world import (
         DOCUMENT_SPLITS,
@@ -81,14 +83,15 @@ def run_generate(args: argparse.Namespace) -> int:
 
     config = load_config(TestbedConfig, args.config, args.overrides)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(config), encoding="utf-8")
+    names = ["config.yaml", "chunk.yaml", *(f"{split}.jsonl" for split in DOCUMENT_SPLITS), "eval.jsonl"]
+    check_outputs(inputs=[args.config], files=[out / name for name in names], folders=[out])
+    write_text(out / "config.yaml", dump_config(config))
     # The chunking the testbed needs (a posing and a resolving sentence in separate chunks), as a
     # chunk-stage config file holding the three chunking.* keys of the recommendation.
     chunking = testbed_chunk_config(config).model_dump(
         include={"mean_sentences", "min_sentences", "max_sentences"}
     )
-    (out / "chunk.yaml").write_text(yaml.safe_dump({"chunking": chunking}, sort_keys=False), encoding="utf-8")
+    write_text(out / "chunk.yaml", yaml.safe_dump({"chunking": chunking}, sort_keys=False))
     for split in DOCUMENT_SPLITS:
         documents = generate_documents(config, split)
         write_documents(documents, out / f"{split}.jsonl")

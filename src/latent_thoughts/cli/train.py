@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 
@@ -37,12 +38,20 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the configuration, train, and print where the model went."""
+    from latent_thoughts.outputs import check_outputs
     from latent_thoughts.train import load_train_config, train
 
     overrides = [*args.overrides, *args.set]
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     config = load_train_config(args.config, overrides)
+    out = Path(config.output_dir)
+    check_outputs(
+        inputs=[args.config, *_input_paths(config.model_dump())],
+        files=[out / "train_config.yaml", out / "metrics.json"],
+        folders=[out],
+        flag="output_dir",
+    )
     result = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under a launcher, only the first process reports
@@ -55,3 +64,16 @@ def run(args: argparse.Namespace) -> int:
         line += f", held-out loss {metrics.get('eval_loss_start', float('nan')):.4f} -> {metrics['eval_loss']:.4f}"
     print(line + ")")
     return 0
+
+
+_INPUT_KEYS = ("path", "tokenizer", "chunks", "thoughts", "rephrased")
+
+
+def _input_paths(options: Any) -> list[str]:
+    """Every file or folder a training configuration reads (its model, tokenizer and sources)."""
+    if isinstance(options, dict):
+        found = [value for key, value in options.items() if key in _INPUT_KEYS and isinstance(value, str)]
+        return found + [path for value in options.values() for path in _input_paths(value)]
+    if isinstance(options, list):
+        return [path for value in options for path in _input_paths(value)]
+    return []

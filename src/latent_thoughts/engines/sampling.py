@@ -27,6 +27,16 @@ import torch
 from latent_thoughts.engines.padding import left_pad
 
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any, int], torch.Tensor]
+
+GREEDY_BELOW = 1e-4
+"""Temperatures below this decode greedily: dividing logits by a tiny temperature overflows to
+infinities (1e-300 made every draw the last vocabulary id), and such a law is a point mass anyway."""
+
+
+class Cancelled(Exception):
+    """Raised inside a decode loop when its caller has gone away (``should_stop`` said so)."""
+
+
 """``forward(input_ids, attention_mask, position_ids, cache, keep)``: logits of the last ``keep`` positions."""
 
 
@@ -74,14 +84,15 @@ def draw(
 
     ``banned`` token ids get probability 0. The log-probability is under the distribution actually
     sampled from (banned ids removed, temperature, then top-p renormalised); greedy decoding
-    (``temperature`` 0) takes the argmax with log-probability 0 (a point mass). Cumulative sums are
+    (``temperature`` below :data:`GREEDY_BELOW`, 0 included) takes the argmax with log-probability 0
+    (a point mass). Cumulative sums are
     in float64 so that a large vocabulary cannot push the total away from 1 and make a
     zero-probability token reachable.
     """
     logits = logits.float()
     if banned is not None and banned.numel():
         logits = logits.index_fill(1, banned.to(logits.device), float("-inf"))
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         return logits.argmax(dim=-1), torch.zeros(logits.shape[0], device=logits.device)
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
@@ -139,12 +150,14 @@ def sample_batch(
     pad_id: int,
     device: torch.device,
     stop_check: Callable[[list[int]], bool] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[Row]:
     """Prefill the batch's prompts once, copy each prompt's cache to its sample rows, decode.
 
     ``make_cache(capacity)`` gives an empty KV cache; ``stop_check(tokens)`` says whether a row's
     tokens so far complete a stop string. A row ends at a stop id (kept in its tokens), at a stop
-    string, or after ``max_new_tokens``.
+    string, or after ``max_new_tokens``. ``should_stop()`` is asked before every decode step; when
+    it answers True the loop raises :class:`Cancelled` (the caller went away).
     """
     rows = [Row(prompt=index, sample=s) for index, samples in batch for s in samples]
     if settings.max_new_tokens == 0:
@@ -175,6 +188,8 @@ def sample_batch(
     banned = torch.tensor(sorted(set(settings.banned_ids)), dtype=torch.long) if settings.banned_ids else None
     active = list(range(len(rows)))  # decode-batch position -> index into rows
     for step in range(settings.max_new_tokens):
+        if should_stop is not None and should_stop():
+            raise Cancelled
         tokens, logprobs = draw(logits, uniforms[active, step], settings.temperature, settings.top_p, banned)
         token_list, logprob_list = tokens.tolist(), logprobs.tolist()
         keep: list[int] = []

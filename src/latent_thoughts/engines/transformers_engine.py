@@ -19,9 +19,10 @@ import contextlib
 import copy
 import inspect
 import logging
+import math
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -257,6 +258,12 @@ class TransformersEngine:
         return logits
 
     # ------------------------------------------------------------------ sampling
+    def prompt_length(self, ids: Sequence[int], max_new_tokens: int) -> int:
+        """How many tokens of a prompt of ``ids`` the model sees (longer prompts are cut from the front)."""
+        return max(
+            1, min(len(ids), self.max_context_tokens - max_new_tokens)
+        )  # an empty prompt starts at BOS
+
     def _truncate_prompt(self, ids: list[int], max_new_tokens: int, index: int) -> list[int]:
         """Keep the end of a prompt so that prompt + max_new_tokens fits the context."""
         room = self.max_context_tokens - max_new_tokens
@@ -282,6 +289,7 @@ class TransformersEngine:
         seed: int | None = None,
         stop_on_eos: bool | None = None,
         banned_ids: Sequence[int] = (),
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[list[Sample]]:
         """Draw ``n`` samples for each prompt; returns one list of ``n`` samples per prompt.
 
@@ -291,6 +299,9 @@ class TransformersEngine:
         token that completed it). ``token_logprobs`` are under the sampling distribution after
         banning ``banned_ids``, temperature and top-p. Prompts longer than the context are cut from
         the front. ``stop_on_eos`` overrides the configured choice of stopping at EOS.
+        ``should_stop()``, asked before each decode step, ends the call with
+        :class:`~latent_thoughts.engines.sampling.Cancelled` when it answers True (a server's client
+        went away).
         """
         self._check_sampling(n, temperature, top_p, max_new_tokens)
         stop_ids = {int(s) for s in stop if not isinstance(s, str)}
@@ -340,6 +351,7 @@ class TransformersEngine:
                     self.pad_id,
                     self.torch_device,
                     stop_check if stop_strings else None,
+                    should_stop,
                 )
                 for row in rows:
                     results[row.prompt][row.sample] = self._finish_sample(row, stop_strings)
@@ -352,6 +364,8 @@ class TransformersEngine:
     def _check_sampling(n: int, temperature: float, top_p: float, max_new_tokens: int) -> None:
         if n < 1:
             raise LatentThoughtsError(f"n must be at least 1, got {n}")
+        if not math.isfinite(temperature) or not math.isfinite(top_p):
+            raise LatentThoughtsError(f"temperature and top_p must be finite, got {temperature} and {top_p}")
         if temperature < 0:
             raise LatentThoughtsError(f"temperature must be >= 0, got {temperature}")
         if not 0 < top_p <= 1:
@@ -557,6 +571,7 @@ class TransformersEngine:
         seed: int | None = None,
         stop: Sequence[str | int] = (),
         banned_ids: Sequence[int] = (),
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[list[ChatReply]]:
         """Answer each conversation ``n`` times; returns one list of ``n`` replies per conversation."""
         prompts: list[list[int]] = []
@@ -574,6 +589,7 @@ class TransformersEngine:
             stop=[*stop, *sorted(stops)],
             seed=seed,
             banned_ids=banned_ids,
+            should_stop=should_stop,
         )
         replies: list[list[ChatReply]] = []
         for ids, group in zip(prompts, samples, strict=True):

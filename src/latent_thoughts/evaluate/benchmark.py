@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from latent_thoughts.atomic import write_text
 from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.evaluate.grading import MathGrader, grade_gsm8k, parse_number
@@ -314,7 +315,7 @@ def evaluate_to_files(
             log.close()
     summary = {**(info or {}), **aggregate(records, mode, settings.samples)}
     if out_dir is not None:
-        (Path(out_dir) / f"{task}_{mode}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_text(Path(out_dir) / f"{task}_{mode}.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

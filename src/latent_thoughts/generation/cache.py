@@ -6,7 +6,9 @@ moves on, so a run killed at any point loses at most the requests still in fligh
 per shard, ``all`` for an unsharded run) appends to its own file under an exclusive lock, and every
 writer reads all files of the folder: a rerun, a re-sharded run or the merge of shards recomputes
 nothing that any of them finished. A half-written last line (the process died mid-write) is ignored
-when read and cut off before the writer appends again.
+when read and cut off before the writer appends again. Every line is validated whole (it must parse
+as a complete record of the right types), so a line cut short but ending in a newline (an editor, a
+full disk) is reported as corrupt and its request is redone rather than trusted.
 
 Keys hash exactly what determines a result: the prefix and text, the engine's identity (the
 teacher's, or the model's in the E-step), the prompt (or layout) version, the sampling parameters
@@ -28,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
+from latent_thoughts.atomic import disk_error
 from latent_thoughts.errors import LatentThoughtsError
 
 logger = logging.getLogger(__name__)
@@ -89,16 +92,47 @@ class CacheRecord:
 
     @classmethod
     def from_json(cls, line: str) -> CacheRecord:
-        """Parse one cache line; raises ValueError (or a JSON error) for a malformed one."""
+        """Parse one cache line; raises ValueError (a JSON error is one) for a malformed one.
+
+        The line must be one whole record: a JSON object with a non-empty string ``key``, a status of
+        ``ok`` or ``failed``, and every field it holds of the right type.
+        """
         data = json.loads(line)
         if not isinstance(data, dict) or data.get("status") not in ("ok", "failed"):
             raise ValueError("not a cache record")
+        if not isinstance(data.get("key"), str) or not data["key"]:
+            raise ValueError("a cache record without a key")
+        for name in _REQUIRED:
+            if name not in data:
+                raise ValueError(f"a cache record without {name!r}")
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        for name, value in known.items():
+            kinds = _FIELD_TYPES[name]
+            if isinstance(value, bool) or not isinstance(value, kinds):
+                raise ValueError(f"field {name!r} of a cache record holds {type(value).__name__}")
         return cls(**known)
 
     def to_json(self) -> str:
         """The record as one JSON line (without the newline)."""
         return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+
+_REQUIRED = ("key", "status", "text", "teacher", "prompt_version", "finish_reason")
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "key": str,
+    "status": str,
+    "text": str,
+    "teacher": str,
+    "prompt_version": str,
+    "finish_reason": str,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "reason": str,
+    "doc_id": str,
+    "chunk_index": int,
+    "style": str,
+    "created": (int, float),
+}
 
 
 @dataclass(frozen=True)
@@ -138,6 +172,8 @@ class ResultCache:
         self._out: BinaryIO | None = None
         self._lock: BinaryIO | None = None
         self.skipped_lines = 0
+        self.corrupt_lines: list[str] = []
+        """``file:line`` of every corrupt line found (each one's request is redone)."""
         if writer is not None:
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
@@ -177,32 +213,46 @@ class ResultCache:
                 logger.warning("%s: dropped a half-written last line left by a killed run", self.path)
 
     def _scan(self, path: Path) -> None:
-        """Index the complete lines of ``path`` (a line still being written by another shard is skipped)."""
+        """Index the valid lines of ``path``; report corrupt ones (their requests are then redone).
+
+        A line still being written by another shard (no newline yet) is skipped silently.
+        """
         number = len(self._files)
         self._files.append(path)
         offset = 0
+        corrupt: list[int] = []
         with open(path, "rb") as handle:
-            for line in handle:
+            for line_number, line in enumerate(handle, start=1):
                 length = len(line)
                 if line.endswith(b"\n") and line.strip():
                     head = _LINE_HEAD.match(line)
-                    if head is not None:
-                        key, status = head.group(1).decode(), head.group(2).decode()
+                    if (
+                        head is not None
+                        and self._keys is not None
+                        and head.group(1).decode() not in self._keys
+                    ):
+                        offset += length  # another run's record: not needed, not parsed
+                        continue
+                    try:
+                        record = CacheRecord.from_json(line.decode("utf-8"))
+                    except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
+                        corrupt.append(line_number)
                     else:
-                        try:
-                            data = json.loads(line)
-                            key, status = data["key"], data["status"]
-                        except (ValueError, KeyError, TypeError):
-                            key, status = "", ""
-                    if status in ("ok", "failed"):
-                        if self._keys is None or key in self._keys:
-                            self._remember(key, _Entry(number, offset, length, status))  # type: ignore[arg-type]
-                    else:
-                        logger.warning("%s: ignoring a malformed cache line at byte %d", path, offset)
-                        self.skipped_lines += 1
+                        if self._keys is None or record.key in self._keys:
+                            self._remember(record.key, _Entry(number, offset, length, record.status))
                 elif line.strip():
                     self.skipped_lines += 1  # the unfinished last line of a run that was killed or still runs
                 offset += length
+        if corrupt:
+            self.skipped_lines += len(corrupt)
+            self.corrupt_lines.extend(f"{path}:{n}" for n in corrupt)
+            logger.warning(
+                "%s: %d corrupt line(s) ignored (line %s%s); their requests are sent again",
+                path,
+                len(corrupt),
+                ", ".join(map(str, corrupt[:5])),
+                ", ..." if len(corrupt) > 5 else "",
+            )
 
     def _remember(self, key: str, entry: _Entry) -> None:
         # A success is never replaced (the first one stays, so rereading is deterministic); a failure
@@ -252,9 +302,16 @@ class ResultCache:
         if not lines:
             return
         offset = self._out.seek(0, os.SEEK_END)
-        self._out.write(b"".join(line for _, line in lines))
-        self._out.flush()
-        os.fsync(self._out.fileno())
+        try:
+            self._out.write(b"".join(line for _, line in lines))
+            self._out.flush()
+            os.fsync(self._out.fileno())
+        except OSError as exc:
+            # A full disk may leave half a line: the next open cuts it (it has no newline).
+            error = disk_error(self.path, exc)
+            if error is None:
+                raise
+            raise error from None
         number = self._files.index(self.path)
         for record, line in lines:
             if self._keys is None or record.key in self._keys:

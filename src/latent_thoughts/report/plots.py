@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from latent_thoughts.atomic import atomic_write
+
 
 def plot_accuracy(results: dict[str, float], path: str | Path, title: str) -> None:
     """A bar chart of accuracy (values in [0, 1]) per label, written as a PNG to ``path``."""
@@ -21,5 +23,6 @@ def plot_accuracy(results: dict[str, float], path: str | Path, title: str) -> No
     axis.set_ylim(0, 100)
     axis.set_title(title, fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_write(path) as partial:
+        figure.savefig(partial, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(figure)

@@ -94,13 +94,20 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             return list(pq.read_table(path).to_pylist())
         except (OSError, pa.ArrowInvalid) as exc:
             raise LatentThoughtsError(f"{path}: not a readable Parquet file ({exc})") from None
+    if path.is_dir():
+        raise LatentThoughtsError(f"{path}: is a folder, expected a Parquet or JSONL file")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if raw.strip():
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise LatentThoughtsError(f"{path}:{number}: invalid UTF-8 at byte {exc.start}") from None
+            except (json.JSONDecodeError, RecursionError):
                 raise LatentThoughtsError(f"{path}:{number}: not a JSON line") from None
+            if not isinstance(row, dict):
+                raise LatentThoughtsError(f"{path}:{number}: not a JSON object")
+            rows.append(row)
     return rows
 
 

@@ -9,7 +9,8 @@ top-p), as the engine protocol promises. ``top_logprobs`` lists only the chosen 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from latent_thoughts.engines.base import ChatMessage, Sample
@@ -17,8 +18,10 @@ from latent_thoughts.engines.transformers_engine import TransformersEngine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.server.wire import (
     APIError,
+    Limits,
     SamplingParams,
     get_field,
+    logprobs_field,
     messages_of,
     new_id,
     now,
@@ -28,11 +31,44 @@ from latent_thoughts.server.wire import (
 
 
 class ModelAPI:
-    """Completions and chat of one engine, served under one model name."""
+    """Completions and chat of one engine, served under one model name, within ``limits``.
 
-    def __init__(self, engine: TransformersEngine, model_name: str) -> None:
+    The limits' ``max_tokens`` defaults to the engine's context length less one, and
+    ``max_prompt_tokens`` to four context lengths.
+    """
+
+    def __init__(self, engine: TransformersEngine, model_name: str, limits: Limits | None = None) -> None:
         self.engine = engine
         self.model_name = model_name
+        limits = limits or Limits()
+        context = engine.max_context_tokens
+        self.limits = dataclasses.replace(
+            limits,
+            max_tokens=limits.max_tokens if limits.max_tokens is not None else max(context - 1, 0),
+            max_prompt_tokens=(
+                limits.max_prompt_tokens if limits.max_prompt_tokens is not None else 4 * context
+            ),
+        )
+
+    def _check_prompts(self, prompts: Sequence[Any], n: int) -> None:
+        """Refuse more prompts, or more sequences in all, than the limits allow."""
+        if len(prompts) > self.limits.max_prompts:
+            raise APIError(
+                f"at most {self.limits.max_prompts} prompts per request on this server, got {len(prompts)}",
+                param="prompt",
+            )
+        if len(prompts) * n > self.limits.max_sequences:
+            raise APIError(
+                f"prompts x n must be at most {self.limits.max_sequences} on this server, got {len(prompts) * n}",
+                param="n",
+            )
+
+    def _check_length(self, ids: Sequence[int], index: int, param: str) -> None:
+        most = self.limits.max_prompt_tokens
+        if most is not None and len(ids) > most:
+            raise APIError(
+                f"prompt {index} has {len(ids)} tokens, more than this server's limit of {most}", param=param
+            )
 
     def check_model(self, body: dict[str, Any]) -> None:
         """A request naming another model is a 404, as vLLM answers."""
@@ -64,17 +100,27 @@ class ModelAPI:
             "token_ids": ids,
         }
 
-    def completions(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A ``/v1/completions`` response body for request ``body``."""
+    def completions(
+        self, body: dict[str, Any], should_stop: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
+        """A ``/v1/completions`` response body for request ``body``.
+
+        ``should_stop`` is passed to the engine, which gives up (``Cancelled``) when it says so.
+        """
         self.check_model(body)
         prompts = prompts_of(body)
-        params = sampling_params(body, default_max_tokens=16)
+        params = sampling_params(body, default_max_tokens=16, limits=self.limits)
+        self._check_prompts(prompts, params.n)
         echo = bool(get_field(body, "echo", bool, False))
-        logprobs = get_field(body, "logprobs", int, None)
-        prompt_logprobs = get_field(body, "prompt_logprobs", int, None)
+        logprobs = logprobs_field(body, "logprobs", self.limits)
+        prompt_logprobs = logprobs_field(body, "prompt_logprobs", self.limits)
         engine = self.engine
         try:
-            ids = [engine.encode(p, where=f"prompt {i}") for i, p in enumerate(prompts)]
+            ids = []
+            for i, prompt in enumerate(prompts):
+                self._check_length(prompt if isinstance(prompt, list) else (), i, "prompt")
+                ids.append(engine.encode(prompt, where=f"prompt {i}"))
+                self._check_length(ids[-1], i, "prompt")
             prompt_scores: list[list[float]] = []
             if echo or prompt_logprobs is not None:
                 for i, seq in enumerate(ids):
@@ -96,6 +142,7 @@ class ModelAPI:
                     seed=params.seed,
                     stop_on_eos=not params.ignore_eos,
                     banned_ids=params.banned_ids,
+                    should_stop=should_stop,
                 )
         except LatentThoughtsError as exc:
             raise APIError(str(exc), param="prompt") from None
@@ -124,7 +171,11 @@ class ModelAPI:
                 choice["text"] = text
                 choice["token_ids"] = list(sample.token_ids)
                 choices.append(choice)
-        prompt_tokens = sum(len(seq) for seq in ids)
+        # What the model saw: a scored prompt whole, a sampled one after cutting it to fit the context.
+        scored = echo or prompt_logprobs is not None
+        prompt_tokens = sum(
+            len(seq) if scored else engine.prompt_length(seq, params.max_tokens) for seq in ids
+        )
         completion_tokens = sum(len(s.token_ids) for group in samples for s in group)
         return {
             "id": new_id("cmpl-"),
@@ -139,7 +190,9 @@ class ModelAPI:
             },
         }
 
-    def chat_many(self, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any] | APIError]:
+    def chat_many(
+        self, bodies: Sequence[dict[str, Any]], should_stop: Callable[[], bool] | None = None
+    ) -> list[dict[str, Any] | APIError]:
         """Answer several chat requests, batching those with equal sampling options; errors per request."""
         results: list[dict[str, Any] | APIError] = [APIError("not answered", 500)] * len(bodies)
         groups: dict[SamplingParams, list[tuple[int, list[ChatMessage]]]] = {}
@@ -147,7 +200,10 @@ class ModelAPI:
             try:
                 self.check_model(body)
                 default = min(1024, max(self.engine.max_context_tokens // 2, 1))
-                groups.setdefault(sampling_params(body, default), []).append((i, messages_of(body)))
+                params = sampling_params(body, default, self.limits)
+                conversation = messages_of(body)
+                self._check_prompts([conversation], params.n)
+                groups.setdefault(params, []).append((i, conversation))
             except APIError as exc:
                 results[i] = exc
         for params, members in groups.items():
@@ -161,6 +217,7 @@ class ModelAPI:
                     seed=params.seed,
                     stop=params.stop,
                     banned_ids=params.banned_ids,
+                    should_stop=should_stop,
                 )
             except LatentThoughtsError as exc:
                 for i, _ in members:
@@ -191,9 +248,9 @@ class ModelAPI:
                 }
         return results
 
-    def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        """A ``/v1/chat/completions`` response body for request ``body``."""
-        result = self.chat_many([body])[0]
+    def chat(self, body: dict[str, Any], should_stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """A ``/v1/chat/completions`` response body for request ``body`` (``should_stop`` as in completions)."""
+        result = self.chat_many([body], should_stop)[0]
         if isinstance(result, APIError):
             raise result
         return result

@@ -3,14 +3,21 @@
 Routes only: each parses its request with :mod:`~latent_thoughts.server.wire`, answers it with
 :class:`~latent_thoughts.server.api.ModelAPI`, :class:`~latent_thoughts.server.store.Store` or
 :class:`~latent_thoughts.server.batches.BatchRunner`, and turns an :class:`APIError` into the
-OpenAI error body.
+OpenAI error body. With an API key every route asks for ``Authorization: Bearer KEY`` (compared in
+constant time); request bodies are read only up to the :class:`~latent_thoughts.server.wire.Limits`;
+a completion whose client disconnects stops at the next decode step.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import hmac
+import ipaddress
 import logging
+import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,36 +27,109 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from latent_thoughts.engines.sampling import Cancelled
 from latent_thoughts.engines.transformers_engine import TransformersEngine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.server.api import ModelAPI
 from latent_thoughts.server.batches import BATCH_ENDPOINTS, BatchRunner
 from latent_thoughts.server.store import Store
-from latent_thoughts.server.wire import APIError, get_field, new_id, now, parse_multipart
+from latent_thoughts.server.wire import APIError, Limits, get_field, new_id, now, parse_json, parse_multipart
 
 log = logging.getLogger(__name__)
 
+API_KEY_ENV = "LATENT_THOUGHTS_API_KEY"
+"""The environment variable ``serve`` reads its API key from (safer than ``--api-key`` on a command
+line, which other users of the machine can see)."""
 
-def create_app(engine: TransformersEngine, model_name: str, state_dir: str | Path) -> FastAPI:
-    """The FastAPI application serving ``engine`` as ``model_name``, keeping files in ``state_dir``."""
+
+def is_local(host: str) -> bool:
+    """Whether ``host`` is reachable only from this machine (a loopback address or ``localhost``)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (400) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise APIError(
+            f"the request body has {int(declared):,} bytes, more than this server's limit of {limit:,}"
+        )
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise APIError(f"the request body is larger than this server's limit of {limit:,} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+class Guard:
+    """ASGI middleware: checks the API key (when there is one) and logs every request.
+
+    A plain ASGI layer rather than ``@app.middleware``: that wrapper hides a client's disconnect from
+    the routes, which need it to stop generating for nobody.
+    """
+
+    def __init__(self, app: Any, api_key: str | None = None) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [0]
+
+        async def send_logged(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        if self.expected is not None and not self._authorized(scope):
+            error = APIError("missing or wrong API key (send Authorization: Bearer KEY)", 401)
+            response = JSONResponse(error.body(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send_logged)
+        else:
+            await self.app(scope, receive, send_logged)
+        milliseconds = (time.perf_counter() - started) * 1000
+        log.info("%s %s -> %d (%.0f ms)", scope["method"], scope["path"], status[0], milliseconds)
+
+    def _authorized(self, scope: Any) -> bool:
+        given = b""
+        for name, value in scope.get("headers", []):
+            if name.lower() == b"authorization":
+                given = value
+        assert self.expected is not None
+        return hmac.compare_digest(given, self.expected)  # constant time: no timing oracle on the key
+
+
+def create_app(
+    engine: TransformersEngine,
+    model_name: str,
+    state_dir: str | Path,
+    *,
+    api_key: str | None = None,
+    limits: Limits | None = None,
+) -> FastAPI:
+    """The FastAPI application serving ``engine`` as ``model_name``, keeping files in ``state_dir``.
+
+    ``api_key``: when given, every route answers 401 unless the request carries
+    ``Authorization: Bearer <api_key>``. ``limits``: what one request may ask (default
+    :class:`Limits`). ``app.state.cancelled`` counts completions stopped because the client left.
+    """
     app = FastAPI(title="latent-thoughts", version="1")
-    api = ModelAPI(engine, model_name)
+    api = ModelAPI(engine, model_name, limits)
     store = Store(Path(state_dir))
     runner = BatchRunner(store, api)
     app.state.api, app.state.store, app.state.runner = api, store, runner
+    app.state.cancelled = 0
 
-    @app.middleware("http")
-    async def log_requests(request: Request, call_next: Any) -> Any:
-        started = time.perf_counter()
-        response = await call_next(request)
-        log.info(
-            "%s %s -> %d (%.0f ms)",
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-        )
-        return response
+    app.add_middleware(Guard, api_key=api_key)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -65,13 +145,26 @@ def create_app(engine: TransformersEngine, model_name: str, state_dir: str | Pat
         return JSONResponse(APIError(str(exc.detail), exc.status_code).body(), status_code=exc.status_code)
 
     async def json_body(request: Request) -> dict[str, Any]:
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise APIError("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise APIError("the request body must be a JSON object")
-        return body
+        return parse_json(await read_body(request, api.limits.max_body_bytes))
+
+    async def cancellable(
+        request: Request, answer: Callable[..., dict[str, Any]], body: dict[str, Any]
+    ) -> Any:
+        """Run ``answer(body, should_stop)`` in a worker thread; stop it if the client disconnects."""
+        gone = threading.Event()
+        work = asyncio.ensure_future(run_in_threadpool(answer, body, gone.is_set))
+        while True:
+            done, _ = await asyncio.wait({work}, timeout=0.2)
+            if done:
+                try:
+                    return work.result()
+                except Cancelled:
+                    break
+            if await request.is_disconnected():
+                gone.set()
+        app.state.cancelled += 1
+        log.info("%s: the client went away; generation stopped", request.url.path)
+        return JSONResponse(APIError("client closed the request", 499).body(), status_code=499)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -86,18 +179,19 @@ def create_app(engine: TransformersEngine, model_name: str, state_dir: str | Pat
         body = await json_body(request)
         if body.get("stream"):
             raise APIError("stream is not supported", param="stream")
-        return await run_in_threadpool(api.completions, body)
+        return await cancellable(request, api.completions, body)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> dict[str, Any]:
         body = await json_body(request)
         if body.get("stream"):
             raise APIError("stream is not supported", param="stream")
-        return await run_in_threadpool(api.chat, body)
+        return await cancellable(request, api.chat, body)
 
     @app.post("/v1/files")
     async def upload_file(request: Request) -> dict[str, Any]:
-        fields, files = parse_multipart(request.headers.get("content-type", ""), await request.body())
+        content = await read_body(request, api.limits.max_upload_bytes)
+        fields, files = parse_multipart(request.headers.get("content-type", ""), content)
         if "file" not in files:
             raise APIError("missing the file part", param="file")
         purpose = fields.get("purpose", "")
@@ -206,8 +300,16 @@ def serve(
     state_dir: str | Path | None = None,
     model_name: str | None = None,
     engine_options: dict[str, Any] | None = None,
+    api_key: str | None = None,
+    insecure_no_auth: bool = False,
+    limits: Limits | None = None,
 ) -> None:
-    """Load the model in ``model_dir`` and serve it until interrupted (blocks)."""
+    """Load the model in ``model_dir`` and serve it until interrupted (blocks).
+
+    ``api_key`` (default: the ``LATENT_THOUGHTS_API_KEY`` environment variable) protects every
+    route. Listening on an address other than a loopback one without a key is refused unless
+    ``insecure_no_auth`` says that anyone who can reach the port may use the model, files and batches.
+    """
     import socket
     import tempfile
 
@@ -215,19 +317,42 @@ def serve(
 
     from latent_thoughts.config import validate_config
     from latent_thoughts.engines.transformers_engine import TransformersEngineConfig
+    from latent_thoughts.outputs import check_outputs
 
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if not 0 <= port <= 65535:
+        raise LatentThoughtsError(f"--port {port}: a port is a number from 0 to 65535")
+    if api_key is None and not is_local(host) and not insecure_no_auth:
+        raise LatentThoughtsError(
+            f"--host {host}: other machines could use this server without a key; set --api-key (or "
+            f"${API_KEY_ENV}), or pass --insecure-no-auth to serve anyone who can reach the port"
+        )
+    if api_key is None and not is_local(host):
+        log.warning("serving on %s without an API key: anyone who can reach port %d can use it", host, port)
+    if state_dir is not None:
+        check_outputs(folders=[state_dir], flag="--state-dir")
     with socket.socket() as probe:  # a busy port is a one-line error, not a uvicorn traceback
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError as exc:
-            raise LatentThoughtsError(f"{host}:{port}: cannot listen ({exc.strerror})") from None
+        except (OSError, OverflowError) as exc:
+            raise LatentThoughtsError(
+                f"{host}:{port}: cannot listen ({getattr(exc, 'strerror', None) or exc})"
+            ) from None
     config = validate_config(
         TransformersEngineConfig, {**(engine_options or {}), "model": str(model_dir)}, "serve options"
     )
     engine = TransformersEngine(config)
     state = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="latent-thoughts-serve-"))
     name = model_name or Path(model_dir).resolve().name
-    app = create_app(engine, name, state)
-    log.info("serving %s as %r on http://%s:%d/v1 (state in %s)", model_dir, name, host, port, state)
+    app = create_app(engine, name, state, api_key=api_key, limits=limits)
+    log.info(
+        "serving %s as %r on http://%s:%d/v1 (state in %s; %s)",
+        model_dir,
+        name,
+        host,
+        port,
+        state,
+        "API key required" if api_key else "no API key",
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")

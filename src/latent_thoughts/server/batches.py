@@ -117,11 +117,7 @@ class BatchRunner:
             return
         done: set[str] = set()
         for kind in ("output", "error"):
-            path = self._partial(batch_id, kind)
-            if path.exists():
-                done.update(
-                    json.loads(line)["custom_id"] for line in path.read_text().splitlines() if line.strip()
-                )
+            done.update(_answered(self._partial(batch_id, kind)))
         counts = {"total": len(requests), "completed": 0, "failed": 0}
         counts["completed"] = _count_lines(self._partial(batch_id, "output"))
         counts["failed"] = _count_lines(self._partial(batch_id, "error"))
@@ -158,15 +154,28 @@ class BatchRunner:
         self._finalize(batch_id, counts)
 
     def _answer(self, endpoint: str, bodies: list[dict[str, Any]]) -> list[dict[str, Any] | APIError]:
+        """One answer or error per body: a request that fails, for whatever reason, fails alone."""
         if endpoint == "/v1/chat/completions":
-            return self.api.chat_many(bodies)
+            try:
+                return self.api.chat_many(bodies)
+            except Exception:  # one body broke the group: answer each alone to find it
+                if len(bodies) == 1:
+                    return [self._unexpected(bodies[0])]
+                return [answer for body in bodies for answer in self._answer(endpoint, [body])]
         answers: list[dict[str, Any] | APIError] = []
         for body in bodies:
             try:
                 answers.append(self.api.completions(body))
             except APIError as exc:
                 answers.append(exc)
+            except Exception:
+                answers.append(self._unexpected(body))
         return answers
+
+    @staticmethod
+    def _unexpected(body: dict[str, Any]) -> APIError:
+        log.exception("a batch request failed unexpectedly")
+        return APIError("the server could not answer this request (see its log)", 500)
 
     def _finalize(self, batch_id: str, counts: dict[str, int]) -> None:
         batch = self._update(batch_id, only_from=("in_progress",), status="finalizing", finalizing_at=now())
@@ -196,5 +205,20 @@ def _append(path: Path, lines: list[str]) -> None:
         os.fsync(handle.fileno())
 
 
+def _answered(path: Path) -> list[str]:
+    """The ``custom_id`` of every whole line of a partial output (a damaged line's request is redone)."""
+    if not path.exists():
+        return []
+    ids = []
+    for line in path.read_bytes().splitlines():
+        try:
+            custom_id = json.loads(line)["custom_id"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(custom_id, str):
+            ids.append(custom_id)
+    return ids
+
+
 def _count_lines(path: Path) -> int:
-    return sum(1 for line in path.read_text().splitlines() if line.strip()) if path.exists() else 0
+    return len(_answered(path))

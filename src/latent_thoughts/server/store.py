@@ -1,18 +1,23 @@
 """Files and batches of ``latent-thoughts serve`` as JSON and content files in a state folder.
 
 ``ROOT/files/ID.json`` (the file object) and ``ID.data`` (its bytes), ``ROOT/batches/ID.json`` (the
-batch object); every write is atomic, so the state survives a crash or a restart.
+batch object); every write is atomic, so the state survives a crash or a restart. An object file
+that cannot be read (emptied or damaged by hand or by a failing disk) is logged and left out of the
+lists, so it never stops the server; asking for it is a 500 naming it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
 
 from latent_thoughts.atomic import atomic_write
-from latent_thoughts.server.wire import APIError, new_id, now
+from latent_thoughts.server.wire import APIError, new_id, now, valid_id
+
+log = logging.getLogger(__name__)
 
 
 class Store:
@@ -62,7 +67,7 @@ class Store:
 
     def list_files(self) -> list[dict[str, Any]]:
         """Every file object, newest first."""
-        items = [json.loads(p.read_text()) for p in self.files.glob("*.json")]
+        items = _readable(self.files)
         return sorted(items, key=lambda f: (-f["created_at"], f["id"]))
 
     def batch(self, batch_id: str) -> dict[str, Any]:
@@ -76,16 +81,40 @@ class Store:
 
     def list_batches(self) -> list[dict[str, Any]]:
         """Every batch object, newest first."""
-        items = [json.loads(p.read_text()) for p in self.batches.glob("*.json")]
+        items = _readable(self.batches)
         return sorted(items, key=lambda b: (-b["created_at"], b["id"]))
 
     def _read(self, folder: Path, item_id: str, kind: str) -> dict[str, Any]:
         path = folder / f"{item_id}.json"
-        if "/" in item_id or item_id.startswith(".") or not path.exists():
-            raise APIError(f"No such {kind}: {item_id!r}", 404, param=f"{kind}_id")
+        if not valid_id(item_id) or not path.exists():
+            raise APIError(f"No such {kind}: {item_id[:80]!r}", 404, param=f"{kind}_id")
         with self.lock:
-            data: dict[str, Any] = json.loads(path.read_text())
+            data = _load(path)
+        if data is None:
+            raise APIError(f"the stored {kind} {item_id!r} is unreadable ({path.name})", 500)
         return data
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    """The object stored at ``path``, or None (logged) when the file is not a readable JSON object."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable, ignored (%s)", path, exc)
+        return None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("id"), str)
+        or not isinstance(data.get("created_at"), int)
+    ):
+        log.warning("%s: not a stored object, ignored", path)
+        return None
+    return data
+
+
+def _readable(folder: Path) -> list[dict[str, Any]]:
+    """Every readable object of ``folder`` (unreadable ones are logged and left out)."""
+    return [data for path in sorted(folder.glob("*.json")) if (data := _load(path)) is not None]
 
 
 def _write(path: Path, data: bytes) -> None:

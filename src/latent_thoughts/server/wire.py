@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -46,6 +47,43 @@ def now() -> int:
     return int(time.time())
 
 
+# ---------------------------------------------------------------------- limits
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server; beyond them it is a 400 before any work is done.
+
+    ``max_tokens`` and ``max_prompt_tokens`` of None mean the engine's context length and four
+    times it (longer prompts are cut from the front to fit the context, but a prompt more than four
+    contexts long is refused rather than tokenised and mostly thrown away).
+    """
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_n: int = 128
+    max_prompts: int = 1024
+    max_sequences: int = 4096
+    max_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+    max_logprobs: int = 20
+
+
+MAX_ID_CHARS = 128
+"""Longest file or batch id accepted (ids this server makes are about 30 characters)."""
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; invalid, deeply nested or non-object JSON is a 400."""
+    try:
+        data = json.loads(body)
+    except RecursionError:
+        raise APIError("the request body is nested too deeply") from None
+    except ValueError:  # includes invalid UTF-8
+        raise APIError("the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise APIError("the request body must be a JSON object")
+    return data
+
+
 # ---------------------------------------------------------------------- request fields
 def get_field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
     """Field ``name`` of ``body`` checked against ``kind`` (None means absent); a bad value is a 400."""
@@ -58,8 +96,19 @@ def get_field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], de
         return float(value)
     if not isinstance(value, kind):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise APIError(f"{name} must be {names}, got {json.dumps(value)[:80]}", param=name)
+        raise APIError(f"{name} must be {names}, got {_short(value)}", param=name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise APIError(f"{name} must be a finite number, got {value}", param=name)
     return value
+
+
+def _short(value: Any) -> str:
+    """At most 80 characters of ``value`` as JSON (a nested or huge value stays one short line)."""
+    try:
+        text = json.dumps(value)
+    except (ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -76,8 +125,12 @@ class SamplingParams:
     banned_ids: tuple[int, ...] = ()
 
 
-def sampling_params(body: dict[str, Any], default_max_tokens: int) -> SamplingParams:
-    """The sampling options of a completions or chat request body (a bad value is a 400)."""
+def sampling_params(
+    body: dict[str, Any], default_max_tokens: int, limits: Limits | None = None
+) -> SamplingParams:
+    """The sampling options of a completions or chat request body (a bad value is a 400).
+
+    ``limits`` caps ``n`` and ``max_tokens`` (its ``max_tokens`` must be resolved to a number)."""
     n = get_field(body, "n", int, 1)
     temperature = get_field(body, "temperature", float, 1.0)
     top_p = get_field(body, "top_p", float, 1.0)
@@ -85,6 +138,8 @@ def sampling_params(body: dict[str, Any], default_max_tokens: int) -> SamplingPa
     if max_tokens is None:
         max_tokens = get_field(body, "max_tokens", int, default_max_tokens)
     stop = body.get("stop")
+    if stop is not None and not isinstance(stop, (str, list)):
+        raise APIError(f"stop must be a string or a list of strings, got {_short(stop)}", param="stop")
     stops: list[str | int] = [stop] if isinstance(stop, str) else list(stop or [])
     if not all(isinstance(s, str) for s in stops):
         raise APIError("stop must be a string or a list of strings", param="stop")
@@ -99,6 +154,14 @@ def sampling_params(body: dict[str, Any], default_max_tokens: int) -> SamplingPa
         raise APIError(f"top_p must be in (0, 1], got {top_p}", param="top_p")
     if max_tokens < 0:
         raise APIError(f"max_tokens must be >= 0, got {max_tokens}", param="max_tokens")
+    if limits is not None:
+        if n > limits.max_n:
+            raise APIError(f"n must be at most {limits.max_n} on this server, got {n}", param="n")
+        if limits.max_tokens is not None and max_tokens > limits.max_tokens:
+            raise APIError(
+                f"max_tokens must be at most {limits.max_tokens} on this server, got {max_tokens}",
+                param="max_tokens",
+            )
     return SamplingParams(
         banned_ids=banned_ids(body),
         n=n,
@@ -111,6 +174,24 @@ def sampling_params(body: dict[str, Any], default_max_tokens: int) -> SamplingPa
     )
 
 
+def logprobs_field(body: dict[str, Any], name: str, limits: Limits | None = None) -> int | None:
+    """``logprobs`` or ``prompt_logprobs``: absent, or a count in [0, ``limits.max_logprobs``]."""
+    value = get_field(body, name, int, None)
+    if value is None:
+        return None
+    most = limits.max_logprobs if limits is not None else 20
+    if not 0 <= value <= most:
+        raise APIError(f"{name} must be in [0, {most}], got {value}", param=name)
+    return int(value)
+
+
+def valid_id(item_id: str) -> bool:
+    """Whether ``item_id`` could name a stored file or batch (letters, digits, ``-`` and ``_``)."""
+    return 0 < len(item_id) <= MAX_ID_CHARS and all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in item_id
+    )
+
+
 def banned_ids(body: dict[str, Any]) -> tuple[int, ...]:
     """The token ids banned by ``logit_bias`` (``{"id": -100}``, as the OpenAI API spells a ban).
 
@@ -120,7 +201,10 @@ def banned_ids(body: dict[str, Any]) -> tuple[int, ...]:
     bias = get_field(body, "logit_bias", dict, {})
     banned = []
     for key, value in bias.items():
-        if not str(key).isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)):
+        key = str(key)
+        token_id = key.isascii() and key.isdigit() and len(key) <= 12
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+        if not token_id or not number:
             raise APIError("logit_bias must map token ids to numbers", param="logit_bias")
         if value > -100:
             raise APIError(
@@ -140,7 +224,10 @@ def prompts_of(body: dict[str, Any]) -> list[str | list[int]]:
             return [list(prompt)]
         if all(isinstance(p, str) for p in prompt):
             return list(prompt)
-        if all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompt):
+        if all(
+            isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+            for p in prompt
+        ):
             return [list(p) for p in prompt]
     raise APIError("prompt must be a string, a list of token ids, or a list of either", param="prompt")
 
@@ -156,7 +243,10 @@ def messages_of(body: dict[str, Any]) -> list[ChatMessage]:
             raise APIError(f"messages[{i}] must be an object with a role", param="messages")
         content = message.get("content")
         if isinstance(content, list):
-            content = "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+            parts = [part.get("text", "") for part in content if isinstance(part, dict)]
+            if not all(isinstance(part, str) for part in parts):
+                raise APIError(f"messages[{i}].content parts must hold text", param="messages")
+            content = "".join(parts)
         if not isinstance(content, str):
             raise APIError(f"messages[{i}].content must be a string", param="messages")
         out.append({"role": message["role"], "content": content})

@@ -23,6 +23,7 @@ from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.generation.cache import ResultCache
 from latent_thoughts.generation.shards import select_shard, shard_files
+from latent_thoughts.outputs import check_outputs
 from latent_thoughts.prompts import WRAP_STYLES, LatentThoughtPrompt, RephrasePrompt
 from latent_thoughts.synthesis.costs import Projection, project_usage
 from latent_thoughts.synthesis.pipeline import (
@@ -53,6 +54,7 @@ from latent_thoughts.synthesis.teachers import (
     require_kind,
     token_counter,
 )
+from latent_thoughts.tables import open_parquet, require_types
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +173,12 @@ def run_synthesis(request: SynthesisRequest) -> dict[str, Any]:
     The outputs are written only when every item has an answer or a recorded failure; a Batch API
     run with ``wait=False`` whose batches are still in flight returns with ``output.missing > 0``.
     """
+    paths = output_paths(request.out, request.shard)
+    check_outputs(
+        inputs=[request.chunks, request.teacher],
+        files=[paths.result, paths.failures, paths.summary, paths.batch_state],
+        folders=[paths.cache_dir],
+    )
     plan = prepare(request)
     assert plan.engine is not None
     config = plan.config
@@ -295,6 +303,12 @@ def merge_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
         raise LatentThoughtsError(
             f"{out}: no shard outputs ({out.with_suffix('')}.shard-i-of-N.parquet) to merge"
         )
+    companions = [
+        Path(p).with_name(Path(p).name.replace(".parquet", suffix))
+        for p in inputs
+        for suffix in (".failures.parquet", ".summary.json")
+    ]
+    check_outputs(inputs=[*inputs, *companions], files=[paths.result, paths.failures, paths.summary])
     shards: dict[int, tuple[Path, dict[str, Any]]] = {}
     counts: set[int] = set()
     for path in inputs:
@@ -375,7 +389,19 @@ def read_output_tables(path: Path) -> tuple[pa.Table, pa.Table | None]:
     if not path.exists():
         raise LatentThoughtsError(f"{path}: thoughts file not found (run latent-thoughts synthesize first)")
     failures_path = path.with_name(path.name.replace(".parquet", ".failures.parquet"))
-    return pq.read_table(path), (pq.read_table(failures_path) if failures_path.exists() else None)
+    tables: list[pa.Table | None] = []
+    for name, what in ((path, "thoughts"), (failures_path, "failures")):
+        if not name.exists():
+            tables.append(None)
+            continue
+        parquet = open_parquet(name, what, ["doc_id", "chunk_index"])
+        require_types(parquet, name, what, _KEY_SCHEMA)
+        tables.append(parquet.read())
+    assert tables[0] is not None
+    return tables[0], tables[1]
+
+
+_KEY_SCHEMA = pa.schema([("doc_id", pa.string()), ("chunk_index", pa.int64())])
 
 
 __all__ = [

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 
 from latent_thoughts.corpus import Chunk, iter_chunks
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.synthesis.pipeline import chunks_fingerprint, read_metadata
 from latent_thoughts.synthesis.stage import read_output_tables
 
 
@@ -26,6 +27,19 @@ def document_chunks(chunks_path: Path, doc_id: str | None) -> tuple[str, list[Ch
     if not found or doc_id is None:
         raise LatentThoughtsError(f"{chunks_path}: no document with id {doc_id!r}")
     return doc_id, found
+
+
+def check_same_chunks(chunks_path: Path, thoughts_path: Path) -> None:
+    """Refuse a thoughts file that was made from another chunk file (its recorded fingerprint differs)."""
+    expected = read_metadata(thoughts_path).get("chunks_fingerprint")
+    if not expected:
+        return  # written by hand or by an old version: nothing to compare
+    actual = chunks_fingerprint(list(iter_chunks(chunks_path)))
+    if actual != expected:
+        raise LatentThoughtsError(
+            f"{thoughts_path}: made from another chunk file than {chunks_path} (chunk fingerprint "
+            f"{expected}, this file's {actual}); pass the --chunks it was made from"
+        )
 
 
 def _rows(table: Any, doc_id: str) -> list[dict[str, Any]]:
@@ -51,6 +65,7 @@ def render_document(
     """
     doc_id, chunks = document_chunks(chunks_path, doc_id)
     results, failures = read_output_tables(thoughts_path)
+    check_same_chunks(chunks_path, thoughts_path)
     rows, failed = _rows(results, doc_id), _rows(failures, doc_id)
     teacher = next((row["teacher"] for row in [*rows, *failed]), "?")
     version = next((row["prompt_version"] for row in [*rows, *failed]), "?")

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from latent_thoughts.atomic import atomic_write, write_text
 from latent_thoughts.config import StageConfig
 from latent_thoughts.testbed.checker import check_thought
 from latent_thoughts.testbed.task import Problem
@@ -126,7 +127,8 @@ def write_split(
         "thought": thoughts,
         "teacher": [oracle.identity] * len(chunks),
     }
-    pq.write_table(pa.table(table), thoughts_path)
+    with atomic_write(thoughts_path) as partial:
+        pq.write_table(pa.table(table), partial)
     return [*(chunk.text for chunk in chunks), *thoughts]
 
 
@@ -294,4 +296,4 @@ def evaluate_arm(
 
 def write_json(path: str | Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON (results files of the recipe's runs)."""
-    Path(path).write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")

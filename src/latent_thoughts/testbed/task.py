@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.atomic import atomic_write
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import LATENT_TOKENS, SpecialIds, thinking_prompt, tokenize_chunks
 from latent_thoughts.testbed.world import (
@@ -137,9 +138,7 @@ def prompt_ids(problem: Problem, tokenizer: Any, thinking: bool, add_bos: bool =
 
 def write_problems(problems: Sequence[Problem], path: str | Path) -> int:
     """Write problems as JSONL (``id``, ``question``, ``answer``, ``expression``, ``thought``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
+    with atomic_write(path) as partial, partial.open("w", encoding="utf-8") as handle:
         for problem in problems:
             row = asdict(problem)
             row = {"id": row.pop("problem_id"), **row}

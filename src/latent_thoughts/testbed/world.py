@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
+from latent_thoughts.atomic import atomic_write
 from latent_thoughts.config import StageConfig
 from latent_thoughts.errors import LatentThoughtsError
 
@@ -468,10 +469,8 @@ def generate_world(config: TestbedConfig) -> dict[str, list[TestbedDocument]]:
 
 def write_documents(documents: Iterable[TestbedDocument], path: str | Path) -> int:
     """Write documents as JSONL rows (see :meth:`TestbedDocument.to_record`); returns the row count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     count = 0
-    with path.open("w", encoding="utf-8") as handle:
+    with atomic_write(path) as partial, partial.open("w", encoding="utf-8") as handle:
         for document in documents:
             handle.write(json.dumps(document.to_record()) + "\n")
             count += 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -128,6 +128,9 @@ class BudgetConfig(StageConfig):
         return self
 
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class OptimConfig(StageConfig):
     """AdamW with linear warm-up then cosine decay, gradient clipping and accumulation.
 
@@ -141,7 +144,7 @@ class OptimConfig(StageConfig):
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a fraction of lr")
     warmup_steps: int = Field(1000, ge=0)
     weight_decay: float = Field(0.01, ge=0.0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Beta, Beta] = Field((0.9, 0.95), description="AdamW's two decay rates, each in [0, 1)")
     eps: float = Field(1e-8, gt=0.0)
     grad_clip: float = Field(1.0, ge=0.0, description="max gradient norm; 0 disables clipping")
     global_batch: int = Field(192, gt=0, description="windows per optimizer step, all processes")

@@ -43,7 +43,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from latent_thoughts.atomic import atomic_write
+from latent_thoughts.atomic import atomic_write, write_text
 from latent_thoughts.config import dump_config
 from latent_thoughts.engines.transformers_engine import cpu_supports_bf16
 from latent_thoughts.errors import LatentThoughtsError
@@ -410,7 +410,7 @@ def train(
     del documents
     args = training_arguments(config, max_steps=max_steps, has_validation=has_validation)
     if args.process_index == 0:
-        (output_dir / "train_config.yaml").write_text(dump_config(config))
+        write_text(output_dir / "train_config.yaml", dump_config(config))
         for stats in data_summary["sources"]:
             logger.info(
                 "source %s: %d documents, %d tokens, weight %.3f, drew %d tokens (%.2f epochs)",
@@ -487,7 +487,7 @@ def train(
         if evals and evals[0]["step"] == 0:
             metrics["eval_loss_start"] = evals[0]["eval_loss"]
     if trainer.is_world_process_zero():
-        finished.write_text(json.dumps(metrics, indent=2, default=str))
+        write_text(finished, json.dumps(metrics, indent=2, default=str))
     logger.info("saved the final model to %s", model_dir)
     return TrainResult(
         output_dir,
