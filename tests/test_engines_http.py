@@ -196,11 +196,17 @@ class Handler(BaseHTTPRequestHandler):
             action = script.actions.popleft() if script.actions else ("ok",)
             script.in_flight += 1
             script.most_in_flight = max(script.most_in_flight, script.in_flight)
+        finished = False
         try:
             kind = action[0]
             if kind == "sleep":
                 time.sleep(action[1])
                 kind = "ok"
+            # The request stops counting as in flight before its answer is sent: once the client has
+            # the answer it may send the next request before this thread would reach `finally`.
+            with script.lock:
+                script.in_flight -= 1
+                finished = True
             if kind == "ok":
                 self._send(200, json.dumps(_success(self.path, body)).encode())
             elif kind == "status":
@@ -212,8 +218,9 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout): that is the point of the test
         finally:
-            with script.lock:
-                script.in_flight -= 1
+            if not finished:
+                with script.lock:
+                    script.in_flight -= 1
 
     def _send(self, code: int, payload: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
