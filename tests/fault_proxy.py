@@ -6,7 +6,8 @@ networks fail.
         ...  # point the client at proxy.url; proxy.injected counts the faults by kind
 
 Each request is, with probability ``rate`` (a ``random.Random(seed)`` draw, one per request in
-arrival order), answered by one of ``faults`` (uniformly) instead of being passed on untouched:
+arrival order), answered by a fault instead of being passed on untouched. The faults come from
+``faults`` in a seeded shuffled round robin, so any ``len(faults)`` consecutive faults cover every kind:
 
 - ``429``: HTTP 429 without Retry-After; ``429-retry-after``: HTTP 429 with ``Retry-After: 1``;
 - ``500`` and ``503``: a server error with a JSON error body;
@@ -58,6 +59,7 @@ class FaultProxy:
         self.injected: Counter[str] = Counter()
         self.passed = 0
         self._rng = random.Random(seed)
+        self._round: list[str] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -80,7 +82,9 @@ class FaultProxy:
             if self._rng.random() >= self.rate:
                 self.passed += 1
                 return None
-            fault = self._rng.choice(self.faults)
+            if not self._round:
+                self._round = self._rng.sample(self.faults, len(self.faults))
+            fault = self._round.pop()
             self.injected[fault] += 1
             return fault
 
