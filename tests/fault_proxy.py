@@ -52,7 +52,9 @@ class FaultProxy:
     ) -> None:
         unknown = set(faults) - set(FAULTS)
         if unknown or not faults or not 0.0 <= rate <= 1.0:
-            raise ValueError(f"bad proxy settings: faults {sorted(unknown)} unknown or rate {rate} not in [0, 1]")
+            raise ValueError(
+                f"bad proxy settings: faults {sorted(unknown)} unknown or rate {rate} not in [0, 1]"
+            )
         parts = urllib.parse.urlsplit(upstream)
         self.upstream_host, self.upstream_port = parts.hostname or "127.0.0.1", parts.port or 80
         self.rate, self.faults, self.slow_s = rate, faults, slow_s

@@ -137,7 +137,17 @@ def test_estep_over_http_through_faults_equals_a_fault_free_run(
 
     def estep(base_url: str, out: Path) -> None:
         argv = ["estep", "--model", str(tiny_model_dir), "--chunks", str(chunks), "--out", str(out)]
-        argv += ["--k", "2", "--max-thought-tokens", "8", "--seed", "5", "--base-url", base_url, "--no-progress"]
+        argv += [
+            "--k",
+            "2",
+            "--max-thought-tokens",
+            "8",
+            "--seed",
+            "5",
+            "--base-url",
+            base_url,
+            "--no-progress",
+        ]
         assert main(argv) == 0
 
     estep(server, tmp_path / "clean.parquet")
@@ -151,4 +161,6 @@ def test_estep_over_http_through_faults_equals_a_fault_free_run(
     assert faulty.column_names == clean.column_names
     # Everything but the cache key, which names the engine (the proxy's address, not the server's).
     differ = [name for name in clean.column_names if name != "key" and not faulty[name].equals(clean[name])]
-    assert differ == [], {name: (clean[name].to_pylist()[:1], faulty[name].to_pylist()[:1]) for name in differ}
+    assert differ == [], {
+        name: (clean[name].to_pylist()[:1], faulty[name].to_pylist()[:1]) for name in differ
+    }
