@@ -32,6 +32,7 @@ SUITE = {
     "tests/test_engines_sampling.py": "sampling",
     "tests/test_server_app.py": "serve",
     "tests/test_synthesis.py": "synthesize",
+    "tests/test_reliability_http_faults.py": "HTTP faults (synthesize, estep)",
     "tests/test_reliability_fuzz.py": "fuzzing",
 }
 
