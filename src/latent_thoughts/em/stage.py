@@ -48,7 +48,7 @@ from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import EStepLayout, SpecialIds, TruncationCounter, e_step_layout, tokenize_chunks
 from latent_thoughts.generation.cache import CacheRecord, ResultCache, cache_key
-from latent_thoughts.generation.shards import select_shard, shard_files
+from latent_thoughts.generation.shards import order_shard_outputs, select_shard, shard_files
 from latent_thoughts.synthesis.pipeline import (
     chunks_fingerprint,
     load_chunks,
@@ -476,39 +476,18 @@ def merge_sample_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any
         raise LatentThoughtsError(
             f"{out}: no shard outputs ({out.with_suffix('')}.shard-i-of-N.parquet) to merge"
         )
-    shards: dict[int, tuple[Path, dict[str, Any]]] = {}
-    counts = set()
-    for path in inputs:
-        meta = read_metadata(Path(path))
-        if meta.get("mode") != MODE or not meta.get("shard"):
-            raise LatentThoughtsError(f"{path}: not a shard output of latent-thoughts estep")
-        index, count = (int(part) for part in str(meta["shard"]).split("/"))
-        if index in shards:
-            raise LatentThoughtsError(f"{path}: shard {index} is given twice ({shards[index][0]})")
-        shards[index] = (Path(path), meta)
-        counts.add(count)
-    if len(counts) != 1:
-        raise LatentThoughtsError(f"{out}: shards of different splits given (N = {sorted(counts)})")
-    total = counts.pop()
-    absent = sorted(set(range(total)) - set(shards))
-    if absent:
-        raise LatentThoughtsError(
-            f"{out}: shard(s) {', '.join(map(str, absent))} of {total} missing; run them first"
-        )
-    first = shards[0][1]
-    for _, (path, meta) in sorted(shards.items()):
-        for name in ("model", "layout_version", "chunks_fingerprint", "sampling", "policy"):
-            if meta.get(name) != first.get(name):
-                raise LatentThoughtsError(
-                    f"{path}: {name} {meta.get(name)!r} differs from shard 0's {first.get(name)!r}"
-                )
-    table = pa.concat_tables([pq.read_table(shards[i][0]) for i in range(total)]).replace_schema_metadata(
-        None
+    ordered, first = order_shard_outputs(
+        out,
+        [(Path(path), read_metadata(Path(path))) for path in inputs],
+        "estep",
+        ("model", "layout_version", "chunks_fingerprint", "sampling", "policy"),
+        accept=lambda meta: meta.get("mode") == MODE,
     )
+    table = pa.concat_tables([pq.read_table(path) for path in ordered]).replace_schema_metadata(None)
     write_table(with_metadata(table.cast(SAMPLE_SCHEMA), {**first, "shard": None}), output_paths(out).result)
     summary = {
         **table_summary(table),
-        "merged_from": [str(shards[i][0]) for i in range(total)],
+        "merged_from": [str(path) for path in ordered],
         "result": str(out),
     }
     write_json(summary, output_paths(out).summary)

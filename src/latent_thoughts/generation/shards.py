@@ -9,8 +9,9 @@ job runner (a Slurm array, Kubernetes jobs, Ray) can run shard i of N anywhere, 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from latent_thoughts.corpus import Chunk
 from latent_thoughts.errors import LatentThoughtsError
@@ -67,3 +68,46 @@ def shard_files(out: Path) -> list[Path]:
     stem = out.with_suffix("")
     found = [p for p in stem.parent.glob(f"{stem.name}.shard-*-of-*.parquet") if _SHARD_NAME.search(p.name)]
     return sorted(found, key=lambda p: int(_SHARD_NAME.search(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def order_shard_outputs(
+    out: Path,
+    outputs: Sequence[tuple[Path, dict[str, Any]]],
+    producer: str,
+    agreeing: Sequence[str],
+    accept: Callable[[dict[str, Any]], bool] = lambda meta: True,
+) -> tuple[list[Path], dict[str, Any]]:
+    """Check shard outputs to merge into ``out`` and put them in shard order.
+
+    ``outputs`` are (path, Parquet metadata) pairs written by ``latent-thoughts producer --shard``.
+    Each must be a shard (``accept``-ed, with a ``shard`` entry ``i/N``), every shard 0..N-1 of one N
+    must be there exactly once, and the ``agreeing`` metadata entries must equal shard 0's.
+    Returns the paths by shard index and shard 0's metadata; raises LatentThoughtsError naming the
+    first file (or ``out``) that breaks a rule.
+    """
+    shards: dict[int, tuple[Path, dict[str, Any]]] = {}
+    counts: set[int] = set()
+    for path, meta in outputs:
+        if not accept(meta) or not meta.get("shard"):
+            raise LatentThoughtsError(f"{path}: not a shard output of latent-thoughts {producer}")
+        index, count = (int(part) for part in str(meta["shard"]).split("/"))
+        if index in shards:
+            raise LatentThoughtsError(f"{path}: shard {index} is given twice ({shards[index][0]})")
+        shards[index] = (Path(path), meta)
+        counts.add(count)
+    if len(counts) != 1:
+        raise LatentThoughtsError(f"{out}: shards of different splits given (N = {sorted(counts)})")
+    total = counts.pop()
+    missing = sorted(set(range(total)) - set(shards))
+    if missing:
+        raise LatentThoughtsError(
+            f"{out}: shard(s) {', '.join(map(str, missing))} of {total} missing; run them first"
+        )
+    first = shards[0][1]
+    for _index, (path, meta) in sorted(shards.items()):
+        for name in agreeing:
+            if meta.get(name) != first.get(name):
+                raise LatentThoughtsError(
+                    f"{path}: {name} {meta.get(name)!r} differs from shard 0's {first.get(name)!r}"
+                )
+    return [shards[i][0] for i in range(total)], first

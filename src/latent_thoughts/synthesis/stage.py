@@ -22,7 +22,7 @@ from latent_thoughts.corpus import Chunk
 from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.generation.cache import ResultCache
-from latent_thoughts.generation.shards import select_shard, shard_files
+from latent_thoughts.generation.shards import order_shard_outputs, select_shard, shard_files
 from latent_thoughts.outputs import check_outputs
 from latent_thoughts.prompts import WRAP_STYLES, LatentThoughtPrompt, RephrasePrompt
 from latent_thoughts.synthesis.costs import Projection, project_usage
@@ -309,35 +309,13 @@ def merge_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
         for suffix in (".failures.parquet", ".summary.json")
     ]
     check_outputs(inputs=[*inputs, *companions], files=[paths.result, paths.failures, paths.summary])
-    shards: dict[int, tuple[Path, dict[str, Any]]] = {}
-    counts: set[int] = set()
-    for path in inputs:
-        meta = read_metadata(Path(path))
-        spec = meta.get("shard")
-        if not spec:
-            raise LatentThoughtsError(f"{path}: not a shard output of latent-thoughts synthesize")
-        index, count = (int(part) for part in str(spec).split("/"))
-        if index in shards:
-            raise LatentThoughtsError(f"{path}: shard {index} is given twice ({shards[index][0]})")
-        shards[index] = (Path(path), meta)
-        counts.add(count)
-    if len(counts) != 1:
-        raise LatentThoughtsError(f"{out}: shards of different splits given (N = {sorted(counts)})")
-    total = counts.pop()
-    missing = sorted(set(range(total)) - set(shards))
-    if missing:
-        raise LatentThoughtsError(
-            f"{out}: shard(s) {', '.join(map(str, missing))} of {total} missing; run them first"
-        )
-    first = shards[0][1]
-    for _index, (path, meta) in sorted(shards.items()):
-        for field_name in ("mode", "style", "teacher", "prompt_version", "chunks_fingerprint"):
-            if meta.get(field_name) != first.get(field_name):
-                raise LatentThoughtsError(
-                    f"{path}: {field_name} {meta.get(field_name)!r} differs from shard 0's {first.get(field_name)!r}"
-                )
+    ordered, first = order_shard_outputs(
+        out,
+        [(Path(path), read_metadata(Path(path))) for path in inputs],
+        "synthesize",
+        ("mode", "style", "teacher", "prompt_version", "chunks_fingerprint"),
+    )
     metadata = {**first, "shard": None}
-    ordered = [shards[i][0] for i in range(total)]
     results = pa.concat_tables([pq.read_table(p) for p in ordered]).replace_schema_metadata(None)
     failure_paths = [p.with_name(p.name.replace(".parquet", ".failures.parquet")) for p in ordered]
     absent = [str(p) for p in failure_paths if not p.exists()]
