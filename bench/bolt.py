@@ -21,6 +21,7 @@ CPU, minutes on a GPU. ``--quick`` is a plumbing check of a few minutes.
     .venv/bin/python bench/bolt.py                       # the full bench
     .venv/bin/python bench/bolt.py --quick               # plumbing only
     .venv/bin/python bench/bolt.py --iterations 2 --set mstep.keep_warm_start=true
+    python bench/bolt.py --parallel 5 --set estep.batch_chunks=256   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import json
 import logging
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +73,16 @@ def cell(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def run_one(common: list[str], out: str, name: str, overrides: tuple[str, ...]) -> dict[str, Any]:
+    """One ``em`` run named ``name`` under ``out`` (in this process or a worker); returns its summary."""
+    logging.basicConfig(level=logging.WARNING)
+    config = load_em_config(None, [*common, f"out={Path(out) / name}", *overrides])
+    clock = time.perf_counter()
+    summary = run_em(config, say=lambda line: print(f"[{name}] {line}", flush=True))
+    summary["seconds"] = round(time.perf_counter() - clock, 1)
+    return summary
+
+
 def main() -> None:
     """Run the warm start, the seed runs and the K runs; print the tables; write results.json."""
     parser = argparse.ArgumentParser(
@@ -81,6 +94,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=1, help="EM iterations of the seed runs (1 or 2)")
     parser.add_argument("--quick", action="store_true", help="a tiny world and model: plumbing only")
     parser.add_argument("--set", nargs="*", default=[], help="em overrides, e.g. testbed.tokens=6M")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="EM runs at a time after the warm start (a GPU takes several)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
@@ -89,11 +105,7 @@ def main() -> None:
     started = time.perf_counter()
 
     def em(name: str, *overrides: str) -> dict[str, Any]:
-        config = load_em_config(None, [*common, f"out={out / name}", *overrides])
-        clock = time.perf_counter()
-        summary = run_em(config, say=lambda line: print(f"[{name}] {line}", flush=True))
-        summary["seconds"] = round(time.perf_counter() - clock, 1)
-        return summary
+        return run_one(common, str(out), name, overrides)
 
     warm = em("warm_start", "iterations=0", "seed=0")["iterations"][0]
     print(
@@ -101,11 +113,9 @@ def main() -> None:
     )
     base = f"warm_start_from={out / 'warm_start'}"
 
-    runs: dict[str, dict[str, Any]] = {}
+    jobs: dict[str, tuple[str, ...]] = {}
     for seed in args.seeds:
-        name = f"seed{seed}_k4"
-        runs[name] = em(
-            name,
+        jobs[f"seed{seed}_k4"] = (
             base,
             f"seed={seed}",
             f"estep.seed={1000 * seed}",
@@ -113,9 +123,15 @@ def main() -> None:
             f"iterations={args.iterations}",
         )
     for k in args.ks:
-        name = f"seed0_k{k}"
-        if name not in runs:
-            runs[name] = em(name, base, "seed=0", "estep.seed=0", f"estep.k={k}", "iterations=1")
+        jobs.setdefault(f"seed0_k{k}", (base, "seed=0", "estep.seed=0", f"estep.k={k}", "iterations=1"))
+    runs: dict[str, dict[str, Any]] = {}
+    if args.parallel > 1:
+        # Independent EM runs from the same warm start: on a GPU machine several share the device.
+        with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as pool:
+            futures = {name: pool.submit(run_one, common, str(out), name, job) for name, job in jobs.items()}
+            runs = {name: future.result() for name, future in futures.items()}
+    else:
+        runs = {name: em(name, *job) for name, job in jobs.items()}
 
     print()
     print(f"BoLT on the testbed ({', '.join(scale)}{', ' + ', '.join(args.set) if args.set else ''})")

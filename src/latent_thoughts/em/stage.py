@@ -99,6 +99,11 @@ class EStepConfig(StageConfig):
     policy: str = Field("importance", description="importance, highest, uniform or checker")
     seed: int = Field(0, description="seed of the sampling and of the selection")
     batch_chunks: int = Field(32, gt=0, description="chunks per engine call and per cache write")
+    batch_tokens: int = Field(
+        16384,
+        gt=0,
+        description="memory bound of one batch of the local engine, in cached positions (raise it on a GPU)",
+    )
 
     @field_validator("policy")
     @classmethod
@@ -402,7 +407,12 @@ def open_engine(request: EStepRequest) -> tuple[Engine, str]:
     from latent_thoughts.config import validate_config
     from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 
-    options = {"model": str(request.model), "device": request.device, "dtype": request.dtype}
+    options = {
+        "model": str(request.model),
+        "device": request.device,
+        "dtype": request.dtype,
+        "batch_tokens": request.config.batch_tokens,
+    }
     local = TransformersEngine(validate_config(TransformersEngineConfig, options, "E-step engine options"))
     return local, f"{local.identity}:{model_fingerprint(request.model)}"
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Everything this project ran on a lent GPU machine in one call (one H100/H200, 16 cores), in order:
+#   1. bench/gpu.py: the engine and the trainer with a ~100 M Llama against the bf16 peak (issue 13);
+#   2. at once, sharing the GPU:
+#      - bench/testbed_recipe.py: the testbed recipe's thought arm at 6 M and 12 M tokens and its raw
+#        arm at 12 M, seeds 0-2 (issue 8: does more training make the effect reliable?);
+#      - bench/bolt.py: warm start, then one EM iteration for seeds 0-2 at K = 4 and for K = 1 and 16
+#        (issue 11), 4 M tokens per training run (the recipe).
+# Each step has its own time limit, so the collection at the end always runs. Logs and results go to
+# $OUT (the device tool brings that folder back); run from the repository root:
+#   OUT=/tmp/out bash bench/gpu_session.sh
+# Packages missing from the machine's image travel as wheels in .whl/ (see docs/performance.md).
+set -u
+OUT=${OUT:-runs/gpu_session}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=2
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >"$OUT/pip.log" 2>&1 || { echo "wheel install failed"; tail -5 "$OUT/pip.log"; }
+  export PYTHONPATH=$PWD/src:/tmp/site
+else
+  export PYTHONPATH=$PWD/src
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" \
+  | tee -a "$OUT/gpu.txt"
+python3 -c "import latent_thoughts.em.loop, latent_thoughts.testbed.recipe" || exit 1
+
+echo "== bench/gpu.py"
+timeout "${GPU_LIMIT:-170}" python3 bench/gpu.py --out runs/bench/gpu >"$OUT/gpu.log" 2>&1
+grep -v -E "^\{|Writing|Loading" "$OUT/gpu.log" | tail -12
+
+echo "== testbed and BoLT, sharing the GPU"
+timeout "${SHARED_LIMIT:-330}" python3 bench/testbed_recipe.py --out runs/bench/testbed_gpu --device cuda \
+  --parallel 9 --threads 1 --seeds 0 1 2 --arms thoughts raw \
+  --variant "tokens=6M" --variant "tokens=12M" >"$OUT/testbed.log" 2>&1 &
+timeout "${SHARED_LIMIT:-330}" python3 bench/bolt.py --out runs/bench/bolt_gpu --parallel 5 --ks 1 4 16 \
+  --set estep.batch_chunks=256 estep.batch_tokens=262144 evaluation.batch_size=200 \
+  >"$OUT/bolt.log" 2>&1 &
+wait
+grep -E "^\[|^\|" "$OUT/testbed.log" | tail -30
+grep -E "warm start|^\||\] == |total" "$OUT/bolt.log" | tail -40
+tar czf "$OUT/results.tgz" runs/bench/gpu/results.json runs/bench/testbed_gpu/results.jsonl \
+  $(find runs/bench/bolt_gpu -maxdepth 2 -name "*.json" 2>/dev/null) 2>/dev/null
+ls -la "$OUT"
