@@ -22,6 +22,7 @@ Printed per workload: tokens per second and model FLOP/s as a share of the measu
 
     python bench/gpu.py                          # on a CUDA machine
     python bench/gpu.py --device cpu --quick     # plumbing check on a CPU (a tiny model, a minute)
+    python bench/gpu.py --profile                # also a torch.profiler table of 16 decode steps
 """
 
 from __future__ import annotations
@@ -129,6 +130,21 @@ def engine_figures(
     return rows
 
 
+def profile_sampling(engine: TransformersEngine, sizes: dict[str, Any], quick: bool) -> None:
+    """Print the operators that take the time of a short sampling call (torch.profiler, CPU and CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if engine.torch_device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    prompts = random_prompts(8 if quick else 64, 32 if quick else 256, sizes["vocab"], seed=3)
+    with profile(activities=activities) as profiler:
+        engine.sample(prompts, n=4, max_new_tokens=16, seed=0, stop_on_eos=False)
+    key = "self_cuda_time_total" if engine.torch_device.type == "cuda" else "self_cpu_time_total"
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20), flush=True)
+    print(profiler.key_averages().table(sort_by=key, row_limit=12), flush=True)
+
+
 def training_figures(out: Path, sizes: dict[str, Any], peak: float, quick: bool) -> dict[str, Any]:
     """Train the scratch model with the project's trainer; tokens/s over steps 2..N."""
     files = write_data(out / "data", 200 if quick else 2000)
@@ -189,6 +205,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu for a plumbing check")
     parser.add_argument("--quick", action="store_true", help="a tiny model and workload: plumbing only")
     parser.add_argument("--out", default="runs/bench/gpu")
+    parser.add_argument("--profile", action="store_true", help="print where 16 decode steps spend their time")
     args = parser.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("no CUDA device here; run on a GPU machine, or pass --device cpu --quick")
@@ -217,6 +234,8 @@ def main() -> None:
         TransformersEngineConfig(device=args.device, dtype="bf16", batch_tokens=1 << 18), model=model
     )
     rows = engine_figures(engine, device, sizes, peak, args.quick)
+    if args.profile:
+        profile_sampling(engine, sizes, args.quick)
     del engine, model
     if device.type == "cuda":
         torch.cuda.empty_cache()
