@@ -45,7 +45,7 @@ from latent_thoughts.evaluate.prompting import (
     prompt_token_ids,
     style_of,
 )
-from latent_thoughts.evaluate.tasks import DEFAULT_FILES, read_task
+from latent_thoughts.evaluate.tasks import DEFAULT_FILES, read_jsonl_rows, read_task
 from latent_thoughts.format import LATENT_TOKENS, SpecialIds
 
 logger = logging.getLogger(__name__)
@@ -105,26 +105,19 @@ def gsm8k_solution(answer: str) -> str:
 
 def read_solved(task: str, path: str | Path) -> list[SolvedProblem]:
     """Training problems of ``task`` (``gsm8k`` or ``math``) from a JSONL file; bad rows are one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise LatentThoughtsError(f"{task} training file not found: {path} (set --data-dir or --train-file)")
-    solved = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if task == "gsm8k":
-                    gold = str(row["answer"]).rsplit("####", 1)[-1].strip()
-                    solved.append(SolvedProblem(str(row["question"]), gsm8k_solution(row["answer"]), gold))
-                else:
-                    solved.append(
-                        SolvedProblem(str(row["problem"]), str(row["solution"]).strip(), str(row["answer"]))
-                    )
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise LatentThoughtsError(f"{path}:{number}: not a {task} training problem ({exc})") from None
-    return solved
+
+    def solved(row: dict[str, Any], number: int) -> SolvedProblem:
+        if task == "gsm8k":
+            gold = str(row["answer"]).rsplit("####", 1)[-1].strip()
+            return SolvedProblem(str(row["question"]), gsm8k_solution(row["answer"]), gold)
+        return SolvedProblem(str(row["problem"]), str(row["solution"]).strip(), str(row["answer"]))
+
+    return read_jsonl_rows(
+        path,
+        solved,
+        missing=f"{task} training file not found: {{path}} (set --data-dir or --train-file)",
+        what=f"a {task} training problem",
+    )
 
 
 def finetune_split(

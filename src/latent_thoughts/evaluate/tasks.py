@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.evaluate.grading import gsm8k_gold
+
+T = TypeVar("T")
 
 BENCHMARKS = ("gsm8k", "math", "math500")
 """The benchmark tasks read from files (the testbed task has its own problems, ``--problems``)."""
@@ -45,23 +48,38 @@ def task_path(task: str, data_dir: str | Path, path: str | Path | None = None) -
 
 def read_task(task: str, path: str | Path) -> list[EvalProblem]:
     """The problems of ``task`` from its JSONL file; a missing file or field is a one-line error."""
+    return read_jsonl_rows(
+        path,
+        lambda row, number: _problem(task, row, number),
+        missing=f"{task} file not found: {{path}} (set --data-dir or --{task}-file)",
+        what=f"a {task} problem",
+    )
+
+
+def read_jsonl_rows(
+    path: str | Path, parse: Callable[[dict[str, Any], int], T], *, missing: str, what: str
+) -> list[T]:
+    """``parse(row, line number)`` of every non-blank line of a JSONL file, in order.
+
+    A missing file is ``missing`` (``{path}`` is filled in) as a one-line error; a line that is not
+    JSON, or that ``parse`` rejects with ``KeyError``/``TypeError``, is ``PATH:LINE: not WHAT (reason)``.
+    """
     path = Path(path)
     if not path.is_file():
-        raise LatentThoughtsError(f"{task} file not found: {path} (set --data-dir or --{task}-file)")
-    problems = []
+        raise LatentThoughtsError(missing.format(path=path))
+    parsed = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                problems.append(_problem(task, row, number))
+                parsed.append(parse(json.loads(line), number))
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise LatentThoughtsError(f"{path}:{number}: not a {task} problem ({exc})") from None
-    return problems
+                raise LatentThoughtsError(f"{path}:{number}: not {what} ({exc})") from None
+    return parsed
 
 
-def _problem(task: str, row: dict[str, object], number: int) -> EvalProblem:
+def _problem(task: str, row: dict[str, Any], number: int) -> EvalProblem:
     """One row as a problem (``KeyError`` when a needed field is missing)."""
     if task == "gsm8k":
         return EvalProblem(task, f"gsm8k-{number - 1}", str(row["question"]), gsm8k_gold(str(row["answer"])))
