@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -127,40 +128,93 @@ def outcomes(out: Path) -> dict[tuple[str, int], tuple[Any, ...]]:
     return result
 
 
-def test_estep_over_http_through_faults_equals_a_fault_free_run(
-    tiny_model_dir: Path, server: str, tmp_path: Path
-) -> None:
-    chunks = tmp_path / "chunks.parquet"
+@pytest.fixture(scope="module")
+def estep_chunks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three chunks of a testbed document (one sentence a chunk)."""
+    chunks = tmp_path_factory.mktemp("estep-chunks") / "chunks.parquet"
     world = TestbedConfig(bootstrap_documents=1, results_per_document=2)
     document = generate_documents(world, "bootstrap")[0]
     write_chunks(chunk_document(document.doc_id, document.text, testbed_chunk_config(world))[:3], chunks)
+    return chunks
 
-    def estep(base_url: str, out: Path) -> None:
-        argv = ["estep", "--model", str(tiny_model_dir), "--chunks", str(chunks), "--out", str(out)]
-        argv += [
-            "--k",
-            "2",
-            "--max-thought-tokens",
-            "8",
-            "--seed",
-            "5",
-            "--base-url",
-            base_url,
-            "--no-progress",
-        ]
-        assert main(argv) == 0
 
-    estep(server, tmp_path / "clean.parquet")
-    # The E-step's engine keeps its default retry policy (6 tries, 1 s first backoff, 120 s timeout),
-    # so no slow answers here; the other kinds are all drawn.
-    with FaultProxy(server, rate=0.2, seed=2, faults=tuple(f for f in FAULTS if f != "slow")) as proxy:
-        estep(proxy.url, tmp_path / "faulty.parquet")
-    assert sum(proxy.injected.values()) > 0
-    clean, faulty = pq.read_table(tmp_path / "clean.parquet"), pq.read_table(tmp_path / "faulty.parquet")
-    assert faulty.num_rows == clean.num_rows == 3
-    assert faulty.column_names == clean.column_names
-    # Everything but the cache key, which names the engine (the proxy's address, not the server's).
-    differ = [name for name in clean.column_names if name != "key" and not faulty[name].equals(clean[name])]
+def estep(model: Path, chunks: Path, out: Path, *options: str) -> list[str]:
+    """The command line of an E-step of ``chunks`` (K = 2, 8-token thoughts, seed 5)."""
+    argv = ["estep", "--model", str(model), "--chunks", str(chunks), "--out", str(out)]
+    return [*argv, "--k", "2", "--max-thought-tokens", "8", "--seed", "5", "--no-progress", *options]
+
+
+@pytest.fixture(scope="module")
+def estep_fault_free(
+    tiny_model_dir: Path, server: str, estep_chunks: Path, tmp_path_factory: pytest.TempPathFactory
+) -> pa.Table:
+    out = tmp_path_factory.mktemp("estep-clean") / "clean.parquet"
+    assert main(estep(tiny_model_dir, estep_chunks, out, "--base-url", server)) == 0
+    return pq.read_table(out)
+
+
+def same_samples(table: pa.Table, reference: pa.Table) -> None:
+    """Every column equal but the cache key, which names the engine (the proxy's address, not the server's)."""
+    assert table.num_rows == reference.num_rows == 3 and table.column_names == reference.column_names
+    differ = [
+        name for name in table.column_names if name != "key" and not table[name].equals(reference[name])
+    ]
     assert differ == [], {
-        name: (clean[name].to_pylist()[:1], faulty[name].to_pylist()[:1]) for name in differ
+        name: (reference[name].to_pylist()[:1], table[name].to_pylist()[:1]) for name in differ
     }
+
+
+def test_estep_over_http_through_every_fault_kind_equals_a_fault_free_run(
+    tiny_model_dir: Path, server: str, estep_chunks: Path, estep_fault_free: pa.Table, tmp_path: Path
+) -> None:
+    # A 2 s request timeout and a short backoff, so that the slow answers (2.5 s) are retried soon.
+    options = [
+        "--timeout-s",
+        "2",
+        "--max-attempts",
+        "12",
+        "--backoff-initial-s",
+        "0.05",
+        "--concurrency",
+        "2",
+    ]
+    out = tmp_path / "faulty.parquet"
+    with FaultProxy(server, rate=0.5, seed=2, slow_s=2.5) as proxy:
+        assert main(estep(tiny_model_dir, estep_chunks, out, "--base-url", proxy.url, *options)) == 0
+    assert set(proxy.injected) == set(FAULTS)  # every kind was injected
+    summary = json.loads(out.with_name("faulty.summary.json").read_text())
+    # Every fault cost exactly one retry, and nothing else did.
+    assert summary["retries"] == sum(proxy.injected.values())
+    same_samples(pq.read_table(out), estep_fault_free)
+
+
+def test_an_estep_whose_retries_run_out_stops_in_one_line_and_its_rerun_samples_only_the_rest(
+    tiny_model_dir: Path,
+    server: str,
+    estep_chunks: Path,
+    estep_fault_free: pa.Table,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "samples.parquet"
+    # The model is named, so that the chunks' requests are the only ones; with seed 5 the 7th request
+    # is the first to fail: after the first chunk's requests, before the last chunk's.
+    model = httpx.get(f"{server}/models", timeout=5).json()["data"][0]["id"]
+    with FaultProxy(server, rate=0.3, seed=5, faults=("503",)) as proxy:
+        engine = tmp_path / "engine.yaml"  # the engine file form of the options
+        http = {"base_url": proxy.url, "model": model, "max_attempts": 1, "concurrency": 1}
+        engine.write_text(yaml.safe_dump({"kind": "http", "http": http, "tokenizer": str(tiny_model_dir)}))
+        command = estep(engine, estep_chunks, out, "--batch-chunks", "1")
+        assert main(command) == 2
+        error = capsys.readouterr().err.strip()
+        assert (
+            error.count("\n") == 0 and f"{proxy.url}/completions failed after 1 attempts: HTTP 503" in error
+        )
+        assert not out.exists()
+        done = (out.parent / "samples.cache" / "all.jsonl").read_bytes().count(b"\n")
+        assert 1 <= done < 3
+        proxy.rate = 0.0  # the outage ends; the same address, so the same cache keys
+        assert main(command) == 0
+    summary = json.loads(out.with_name("samples.summary.json").read_text())
+    assert (summary["from_cache"], summary["sampled_now"]) == (done, 3 - done)
+    same_samples(pq.read_table(out), estep_fault_free)

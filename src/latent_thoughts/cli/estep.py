@@ -9,6 +9,7 @@ and ESS per chunk, one thought selected by a policy. Cached and resumable; ``--s
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,11 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--model", required=True, type=Path, help="model folder (with --base-url: its tokenizer only)"
+        "--model",
+        required=True,
+        type=Path,
+        help="model folder, or an engine file (*.yaml, kind http or transformers); with --base-url: the "
+        "served model's tokenizer folder",
     )
     parser.add_argument("--chunks", required=True, type=Path, help="chunk file from `latent-thoughts chunk`")
     parser.add_argument("--out", required=True, type=Path, help="output, e.g. RUN/iter_1/samples.parquet")
@@ -54,8 +59,25 @@ def register(subparsers: Any) -> None:
         "--base-url",
         help="sample from the model served at this OpenAI-compatible root (`latent-thoughts serve`, vLLM) instead",
     )
-    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="compute dtype")
+    parser.add_argument(
+        "--device", help="local model: auto (a GPU when there is one; the default), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--dtype", choices=["auto", "bf16", "fp32"], help="local model: compute dtype (default auto)"
+    )
+    served = parser.add_argument_group("a served model (--base-url, or an engine file of kind http)")
+    served.add_argument(
+        "--timeout-s", type=float, help="seconds a request may take before it is retried (default 120)"
+    )
+    served.add_argument(
+        "--max-attempts", type=int, help="tries per request before the run stops, work kept (default 6)"
+    )
+    served.add_argument(
+        "--backoff-initial-s",
+        type=float,
+        help="first retry delay, doubled at each retry (default 1; a Retry-After is honoured)",
+    )
+    served.add_argument("--concurrency", type=int, help="requests in flight at once (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -73,25 +95,79 @@ def options(args: argparse.Namespace) -> list[str]:
     return [*args.set, *(f"{key}={value}" for key, value in flags.items() if value is not None)]
 
 
+def engine_of(args: argparse.Namespace) -> tuple[Path, str | None, dict[str, Any]]:
+    """``(model folder, base URL or None, engine options)`` of MODEL and the engine flags.
+
+    The folder gives the tokenizer and the context length (of a served model: its tokenizer folder);
+    the options are the HTTP engine's (retry policy included) or the transformers engine's. A flag
+    that does not apply to the engine is a one-line error."""
+    from latent_thoughts.engines.http_engine import HTTPEngineConfig
+    from latent_thoughts.engines.spec import engine_options, http_spec, is_engine_file, read_engine_spec
+    from latent_thoughts.errors import LatentThoughtsError
+
+    local = {"device": args.device, "dtype": args.dtype}
+    flags = {
+        "timeout_s": args.timeout_s,
+        "max_attempts": args.max_attempts,
+        "backoff_initial_s": args.backoff_initial_s,
+        "concurrency": args.concurrency,
+    }
+    http = {key: value for key, value in flags.items() if value is not None}
+    if args.base_url:
+        if is_engine_file(args.model):
+            raise LatentThoughtsError(
+                f"--base-url: {args.model} is an engine file already; set http.base_url there"
+            )
+        if any(value is not None for value in local.values()):
+            raise LatentThoughtsError(
+                "--device/--dtype: the model served at --base-url runs where its server puts it"
+            )
+        spec = http_spec(args.base_url, args.model)
+    elif is_engine_file(args.model):
+        spec = read_engine_spec(args.model, local)
+    else:
+        if not args.model.is_dir():
+            raise LatentThoughtsError(f"--model {args.model}: not a model folder (or engine file, *.yaml)")
+        spec = read_engine_spec(args.model, local)
+    if spec.kind == "http":
+        config = engine_options("http", {**spec.http, **http}, str(args.model))
+        assert isinstance(config, HTTPEngineConfig)
+        folder = Path(str(spec.tokenizer))
+        if not folder.is_dir():
+            raise LatentThoughtsError(f"{folder}: not a tokenizer folder (the served model's tokenizer)")
+        return folder, config.base_url, {**spec.http, **http}
+    if http:
+        names = ", ".join(f"--{key.replace('_', '-')}" for key in http)
+        raise LatentThoughtsError(
+            f"{names}: for a served model only (--base-url, or an engine file of kind http)"
+        )
+    options = dict(spec.transformers)
+    folder = Path(str(options.pop("model", "")))
+    if not folder.is_dir():
+        raise LatentThoughtsError(f"{args.model}: transformers.model {str(folder)!r} is not a model folder")
+    return folder, None, options
+
+
 def run(args: argparse.Namespace) -> int:
     """Run or resume the E-step and print its summary."""
     from latent_thoughts.config import load_config
     from latent_thoughts.em.stage import EStepConfig, EStepRequest, run_estep
-    from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.generation.shards import parse_shard
 
-    if not args.model.is_dir():
-        raise LatentThoughtsError(f"--model {args.model}: not a model folder")
+    model, base_url, engine_options = engine_of(args)
     config = load_config(EStepConfig, args.config, options(args))
+    if base_url and not getattr(args, "verbose", False):
+        # One log line per HTTP request drowns the progress bar; -v brings them back.
+        for name in ("httpx", "openai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     request = EStepRequest(
-        model=args.model,
+        model=model,
         chunks=args.chunks,
         out=args.out,
         config=config,
-        base_url=args.base_url,
+        base_url=base_url,
+        engine_options=engine_options,
         shard=parse_shard(args.shard) if args.shard else None,
-        device=args.device,
-        dtype=args.dtype,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     summary = run_estep(request)
@@ -102,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The closing lines of an E-step run."""
-    return [
+    lines = [
         f"{summary['chunks']:,} chunks x K={summary['k']}: {summary['sampled_now']:,} sampled now, "
         f"{summary['from_cache']:,} from the cache; {summary['elapsed_s']:.1f} s",
         f"mean bound log mean w {summary['mean_bound']:.3f} nats, mean ESS {summary['mean_ess']:.2f} of "
@@ -110,6 +186,10 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"policy {summary['policy']}: {summary['selected']:,} thoughts selected, mean "
         f"{summary['mean_thought_tokens']:.1f} tokens -> {summary['result']}",
     ]
+    if summary.get("retries"):
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(summary["failures"].items()))
+        lines.append(f"requests retried: {summary['retries']:,} ({reasons})")
+    return lines
 
 
 __all__ = ["register", "summary_lines"]

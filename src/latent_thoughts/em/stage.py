@@ -114,14 +114,17 @@ class EStepConfig(StageConfig):
 
 @dataclass
 class EStepRequest:
-    """One ``estep`` run: the model (a folder; with ``base_url`` only its tokenizer is used), the chunk
-    file, the output and the options."""
+    """One ``estep`` run: the model (a folder; with ``base_url`` only its tokenizer and context length
+    are used), the chunk file, the output and the options. ``engine_options`` are the engine's own:
+    the HTTP engine's with ``base_url`` (timeout, retries and backoff, concurrency, ...), else the
+    transformers engine's (they win over ``device`` and ``dtype``)."""
 
     model: Path
     chunks: Path
     out: Path
     config: EStepConfig = field(default_factory=EStepConfig)
     base_url: str | None = None
+    engine_options: dict[str, Any] = field(default_factory=dict)
     shard: tuple[int, int] | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -396,24 +399,26 @@ def table_summary(table: pa.Table) -> dict[str, Any]:
 
 def open_engine(request: EStepRequest) -> tuple[Engine, str]:
     """The engine of ``request`` and the model identity that goes into cache keys."""
+    from latent_thoughts.engines.spec import build_engine
+
     if request.base_url:
-        from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig
+        from latent_thoughts.engines.http_engine import HTTPEngine
 
         # stop ids and ignore_eos (thoughts end at EOL, never at EOS) are vLLM extensions that
         # ``latent-thoughts serve`` also speaks
-        remote = HTTPEngine(HTTPEngineConfig(base_url=request.base_url, vllm_extras=True))
+        options = {"vllm_extras": True, **request.engine_options, "base_url": request.base_url}
+        remote = build_engine("http", options, "E-step engine options")
+        assert isinstance(remote, HTTPEngine)
         _ = remote.model  # resolves the served model's name, which completes the identity
         return remote, remote.identity
-    from latent_thoughts.config import validate_config
-    from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-
     options = {
-        "model": str(request.model),
         "device": request.device,
         "dtype": request.dtype,
         "batch_tokens": request.config.batch_tokens,
+        **request.engine_options,  # an engine file's options win over the stage's defaults
+        "model": str(request.model),
     }
-    local = TransformersEngine(validate_config(TransformersEngineConfig, options, "E-step engine options"))
+    local = build_engine("transformers", options, "E-step engine options")
     return local, f"{local.identity}:{model_fingerprint(request.model)}"
 
 
@@ -426,7 +431,8 @@ def run_estep(request: EStepRequest) -> dict[str, Any]:
     paths = output_paths(request.out, request.shard)
     chunks = load_chunks(request.chunks)
     selected = chunks if request.shard is None else select_shard(chunks, *request.shard)
-    tokenizer = load_tokenizer(request.model)
+    # a local engine's options may name another tokenizer folder; a served model's tokenizer is ``model``
+    tokenizer = load_tokenizer(request.engine_options.get("tokenizer") or request.model)
     context_tokens = context_limit(request.model, config.context_tokens)
     laid_out = chunk_layouts(selected, tokenizer, context_tokens, config.max_thought_tokens)
     engine, model = open_engine(request)
@@ -438,6 +444,7 @@ def run_estep(request: EStepRequest) -> dict[str, Any]:
             sampled = sample_batches(todo, engine, cache, config, model, request.progress) if todo else 0
             table, missing = build_table(items, cache, tokenizer, config.policy, config.seed)
     finally:
+        usage = engine.usage
         close = getattr(engine, "close", None)
         if callable(close):
             close()
@@ -463,6 +470,9 @@ def run_estep(request: EStepRequest) -> dict[str, Any]:
         "result": str(paths.result),
         "elapsed_s": round(time.monotonic() - started, 2),
         "shard": metadata["shard"],
+        # requests the engine retried this run (timeouts, lost connections, 429/5xx) and why
+        "retries": usage.retries,
+        "failures": dict(usage.failures),
     }
     write_json(summary, paths.summary)
     return summary
