@@ -23,6 +23,8 @@ type, body), so a fault-free request sees exactly what the server said.
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import random
 import socket
 import struct
@@ -31,6 +33,7 @@ import time
 import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 
 FAULTS = ("429", "429-retry-after", "500", "503", "reset", "slow", "truncated", "malformed")
@@ -77,6 +80,18 @@ class FaultProxy:
     ) -> None:
         self._server.shutdown()
         self._server.server_close()
+        self._tally()
+
+    def _tally(self) -> None:
+        """With ``LATENT_THOUGHTS_FAULT_COUNTS=FILE`` set, add the faults injected, by kind, to FILE
+        (JSON; ``bench/reliability.py`` reports them)."""
+        target = os.environ.get("LATENT_THOUGHTS_FAULT_COUNTS")
+        if not target or not self.injected:
+            return
+        path = Path(target)
+        counts = Counter(json.loads(path.read_text())) if path.exists() else Counter()
+        counts.update(self.injected)
+        path.write_text(json.dumps(dict(sorted(counts.items())), indent=2) + "\n")
 
     def draw(self) -> str | None:
         """The fault for the next request, or None to pass it on."""

@@ -191,3 +191,30 @@ def test_bad_input_is_a_one_line_error_naming_it(
     assert "unknown selection policy 'best'" in capsys.readouterr().err
     assert main([*common, "--model", str(tiny_model_dir), "--k", "0"]) == 2
     assert "k" in capsys.readouterr().err
+    # the retry options are a served model's; checked before any request or model load
+    assert main([*common, "--model", str(tiny_model_dir), "--timeout-s", "5"]) == 2
+    assert "--timeout-s: for a served model only" in capsys.readouterr().err
+    served = [*common, "--model", str(tiny_model_dir), "--base-url", "http://127.0.0.1:9/v1"]
+    assert main([*served, "--max-attempts", "0"]) == 2
+    assert "max_attempts" in capsys.readouterr().err
+    assert main([*served, "--device", "cpu"]) == 2
+    assert "--device/--dtype: the model served at --base-url" in capsys.readouterr().err
+    engine = tmp_path / "engine.yaml"
+    engine.write_text("kind: http\nhttp: {base_url: 'http://127.0.0.1:9/v1'}\n")
+    assert main([*common, "--model", str(engine)]) == 2
+    assert "tokenizer" in capsys.readouterr().err
+
+
+def test_an_engine_file_runs_the_e_step_like_the_model_folder(
+    tiny_model_dir: Path, chunks_file: Path, local_run: Path, tmp_path: Path
+) -> None:
+    engine = tmp_path / "engine.yaml"
+    engine.write_text(
+        f"kind: transformers\ntransformers: {{model: '{tiny_model_dir}', device: cpu, dtype: fp32}}\n"
+    )
+    out = tmp_path / "samples.parquet"
+    flags = ["--k", "3", "--max-thought-tokens", "10", "--batch-chunks", "4", "--seed", "5", "--no-progress"]
+    assert (
+        main(["estep", "--model", str(engine), "--chunks", str(chunks_file), "--out", str(out), *flags]) == 0
+    )
+    assert pq.read_table(out).equals(pq.read_table(local_run))
