@@ -27,7 +27,11 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--model", required=True, type=Path, help="model folder (with --base-url: its tokenizer only)"
+        "--model",
+        required=True,
+        type=Path,
+        help="model folder (with --base-url: its tokenizer only), or an engine file (YAML, e.g. "
+        "configs/engines/vllm-estep.yaml: kind http with http.base_url, one server or a list, and tokenizer)",
     )
     parser.add_argument("--chunks", required=True, type=Path, help="chunk file from `latent-thoughts chunk`")
     parser.add_argument("--out", required=True, type=Path, help="output, e.g. RUN/iter_1/samples.parquet")
@@ -77,11 +81,12 @@ def run(args: argparse.Namespace) -> int:
     """Run or resume the E-step and print its summary."""
     from latent_thoughts.config import load_config
     from latent_thoughts.em.stage import EStepConfig, EStepRequest, run_estep
+    from latent_thoughts.engines.spec import is_engine_file
     from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.generation.shards import parse_shard
 
-    if not args.model.is_dir():
-        raise LatentThoughtsError(f"--model {args.model}: not a model folder")
+    if not args.model.is_dir() and not (is_engine_file(args.model) and args.model.is_file()):
+        raise LatentThoughtsError(f"--model {args.model}: not a model folder (or engine file, *.yaml)")
     config = load_config(EStepConfig, args.config, options(args))
     request = EStepRequest(
         model=args.model,

@@ -45,6 +45,7 @@ from latent_thoughts.corpus import Chunk
 from latent_thoughts.em.estep import ThoughtScore, effective_sample_size, estep_chunks, log_mean_weight
 from latent_thoughts.em.selection import Candidates, get_policy, select
 from latent_thoughts.engines.base import Engine
+from latent_thoughts.engines.spec import build_engine, is_engine_file, read_engine_spec
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import EStepLayout, SpecialIds, TruncationCounter, e_step_layout, tokenize_chunks
 from latent_thoughts.generation.cache import CacheRecord, ResultCache, cache_key
@@ -109,8 +110,8 @@ class EStepConfig(StageConfig):
 
 @dataclass
 class EStepRequest:
-    """One ``estep`` run: the model (a folder; with ``base_url`` only its tokenizer is used), the chunk
-    file, the output and the options."""
+    """One ``estep`` run: the model (a folder, with ``base_url`` only its tokenizer is used; or an
+    engine file naming served or local models), the chunk file, the output and the options."""
 
     model: Path
     chunks: Path
@@ -389,22 +390,50 @@ def table_summary(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def open_engine(request: EStepRequest) -> tuple[Engine, str]:
-    """The engine of ``request`` and the model identity that goes into cache keys."""
-    if request.base_url:
-        from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig
+def model_folder(request: EStepRequest) -> Path:
+    """The folder whose tokenizer lays the E-step out (and whose ``config.json`` bounds its context):
+    ``request.model``, or for an engine file its ``tokenizer`` (kind http) or model (kind transformers)."""
+    if not is_engine_file(request.model):
+        return request.model
+    spec = read_engine_spec(request.model)
+    options = spec.transformers
+    folder = spec.tokenizer if spec.kind == "http" else options.get("tokenizer") or options.get("model")
+    if not folder or not Path(folder).is_dir():
+        raise LatentThoughtsError(f"{request.model}: {folder or '(no tokenizer)'} is not a tokenizer folder")
+    return Path(folder)
 
+
+def open_engine(request: EStepRequest) -> tuple[Engine, str]:
+    """The engine of ``request`` and the model identity that goes into cache keys.
+
+    ``request.model`` is a model folder (run here, or served at ``base_url``) or an engine file
+    (:mod:`latent_thoughts.engines.spec`: kind http with one server or a round-robin list of them,
+    or kind transformers with engine options).
+    """
+    from latent_thoughts.engines.http_engine import HTTPEngine
+
+    if is_engine_file(request.model):
+        if request.base_url:
+            raise LatentThoughtsError(
+                f"--base-url: {request.model} is an engine file already; set http.base_url there"
+            )
+        spec = read_engine_spec(request.model)
+        if spec.kind == "transformers":
+            options = {"device": request.device, "dtype": request.dtype, **spec.transformers}
+            local = build_engine("transformers", options, str(request.model))
+            return local, f"{local.identity}:{model_fingerprint(options['model'])}"
+        engine = build_engine("http", spec.http, str(request.model))
+    elif request.base_url:
         # stop ids and ignore_eos (thoughts end at EOL, never at EOS) are vLLM extensions that
         # ``latent-thoughts serve`` also speaks
-        remote = HTTPEngine(HTTPEngineConfig(base_url=request.base_url, vllm_extras=True))
-        _ = remote.model  # resolves the served model's name, which completes the identity
-        return remote, remote.identity
-    from latent_thoughts.config import validate_config
-    from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-
-    options = {"model": str(request.model), "device": request.device, "dtype": request.dtype}
-    local = TransformersEngine(validate_config(TransformersEngineConfig, options, "E-step engine options"))
-    return local, f"{local.identity}:{model_fingerprint(request.model)}"
+        engine = build_engine("http", {"base_url": request.base_url, "vllm_extras": True}, "--base-url")
+    else:
+        options = {"model": str(request.model), "device": request.device, "dtype": request.dtype}
+        local = build_engine("transformers", options, "E-step engine options")
+        return local, f"{local.identity}:{model_fingerprint(request.model)}"
+    assert isinstance(engine, HTTPEngine)
+    _ = engine.model  # resolves the served model's name, which completes the identity
+    return engine, engine.identity
 
 
 def run_estep(request: EStepRequest) -> dict[str, Any]:
@@ -416,8 +445,9 @@ def run_estep(request: EStepRequest) -> dict[str, Any]:
     paths = output_paths(request.out, request.shard)
     chunks = load_chunks(request.chunks)
     selected = chunks if request.shard is None else select_shard(chunks, *request.shard)
-    tokenizer = load_tokenizer(request.model)
-    context_tokens = context_limit(request.model, config.context_tokens)
+    folder = model_folder(request)
+    tokenizer = load_tokenizer(folder)
+    context_tokens = context_limit(folder, config.context_tokens)
     laid_out = chunk_layouts(selected, tokenizer, context_tokens, config.max_thought_tokens)
     engine, model = open_engine(request)
     try:
