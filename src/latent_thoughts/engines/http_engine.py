@@ -226,11 +226,11 @@ class HTTPEngine:
         self.requests_per_server = [0] * len(self.clients)
         self._model = self.config.model
         self.identity = self._identity()
+        self.device = "remote"  # the server places the model (``latent-thoughts serve --set device=...``)
 
     def _identity(self) -> str:
         """``http:URL[,URL...]:MODEL``: the servers and the model, for cache keys."""
         return f"http:{','.join(self.base_urls)}:{self._model or '?'}"
-        self.device = "remote"  # the server places the model (``latent-thoughts serve --set device=...``)
 
     def __enter__(self) -> HTTPEngine:
         return self
