@@ -95,7 +95,7 @@ def options(args: argparse.Namespace) -> list[str]:
     return [*args.set, *(f"{key}={value}" for key, value in flags.items() if value is not None)]
 
 
-def engine_of(args: argparse.Namespace) -> tuple[Path, str | None, dict[str, Any]]:
+def engine_of(args: argparse.Namespace) -> tuple[Path, str | list[str] | None, dict[str, Any]]:
     """``(model folder, base URL or None, engine options)`` of MODEL and the engine flags.
 
     The folder gives the tokenizer and the context length (of a served model: its tokenizer folder);

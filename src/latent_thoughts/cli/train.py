@@ -2,7 +2,8 @@
 
 Works unchanged under ``accelerate launch`` (several processes, FSDP, DeepSpeed):
 ``accelerate launch --multi_gpu --num_processes 2 -m latent_thoughts train --config TRAIN.yaml``
-(on a CPU-only machine ``--multi_gpu`` is what makes accelerate start several gloo processes).
+(on a CPU-only machine ``--multi_gpu`` is what makes accelerate start several gloo processes);
+FSDP and DeepSpeed ZeRO-2 with ``--config_file configs/accelerate/NAME.yaml`` (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ class EStepRequest:
     chunks: Path
     out: Path
     config: EStepConfig = field(default_factory=EStepConfig)
-    base_url: str | None = None
+    base_url: str | list[str] | None = None
     engine_options: dict[str, Any] = field(default_factory=dict)
     shard: tuple[int, int] | None = None
     device: str = "auto"

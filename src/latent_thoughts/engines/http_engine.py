@@ -10,6 +10,10 @@
 - banned token ids are sent as ``logit_bias`` of -100 (a ban in the OpenAI API and in vLLM);
   ``stop_on_eos=False`` as vLLM's ``ignore_eos``.
 
+``base_url`` may list several servers of the same model (one vLLM per GPU, say): requests then go
+round-robin over them, and a retried request goes to the next server, so a server that is down or
+busy costs a retry, not the run. ``concurrency`` is the total of requests in flight over all of them.
+
 Against vLLM, start the server with ``--logprobs-mode processed_logprobs`` so that sampled tokens'
 log-probabilities are under the sampling distribution (after temperature and top-p), as the engine
 protocol promises; ``latent-thoughts serve`` always does this.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import itertools
 import json
 import logging
 import os
@@ -38,7 +43,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import openai
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from latent_thoughts.config import StageConfig
 from latent_thoughts.engines.base import ChatMessage, ChatReply, FinishReason, Prompt, Sample, Score, Usage
@@ -52,7 +57,10 @@ T = TypeVar("T")
 class HTTPEngineConfig(StageConfig):
     """Options of :class:`HTTPEngine`."""
 
-    base_url: str = Field(default="http://127.0.0.1:8000/v1", description="the server's API root")
+    base_url: str | list[str] = Field(
+        default="http://127.0.0.1:8000/v1",
+        description="the server's API root, or a list of roots of servers of one model (round-robin)",
+    )
     model: str = Field(default="", description="model name sent with each request; '' asks /models")
     api_key_env: str = Field(default="OPENAI_API_KEY", description="environment variable holding the key")
     timeout_s: float = Field(default=120.0, gt=0, description="per-request timeout")
@@ -74,6 +82,19 @@ class HTTPEngineConfig(StageConfig):
         default=0, ge=0, description="max_tokens of scoring requests (vLLM wants 1)"
     )
     chat_max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+
+    @field_validator("base_url")
+    @classmethod
+    def _some_urls(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not value:
+            raise ValueError("base_url: give at least one server")
+        return value
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every server's API root, without a trailing slash."""
+        urls = self.base_url if isinstance(self.base_url, list) else [self.base_url]
+        return [url.rstrip("/") for url in urls]
 
 
 class _Malformed(Exception):
@@ -182,7 +203,8 @@ class HTTPEngine:
     def __init__(self, config: HTTPEngineConfig | None = None) -> None:
         """Create the client; no request is made until the first call."""
         self.config = config or HTTPEngineConfig()
-        self.base_url = self.config.base_url.rstrip("/")
+        self.base_urls = self.config.base_urls
+        self.base_url = self.base_urls[0]  # the first server; messages and the Batch API use it
         self.usage = Usage()
         self._usage_lock = threading.Lock()
         self._limiter = RateLimiter(self.config.requests_per_minute, self.config.tokens_per_minute)
@@ -190,15 +212,25 @@ class HTTPEngine:
             max_workers=self.config.concurrency, thread_name_prefix="http-engine"
         )
         self._rng = random.Random()
-        self.client = openai.OpenAI(
-            base_url=self.base_url,
-            api_key=os.environ.get(self.config.api_key_env) or "EMPTY",
-            timeout=self.config.timeout_s,
-            max_retries=0,  # retries are ours, so that Retry-After is honoured and counted
-        )
+        self.clients = [
+            openai.OpenAI(
+                base_url=url,
+                api_key=os.environ.get(self.config.api_key_env) or "EMPTY",
+                timeout=self.config.timeout_s,
+                max_retries=0,  # retries are ours, so that Retry-After is honoured and counted
+            )
+            for url in self.base_urls
+        ]
+        self.client = self.clients[0]
+        self._turn = itertools.count()  # round-robin over the servers (next() is atomic in CPython)
+        self.requests_per_server = [0] * len(self.clients)
         self._model = self.config.model
-        self.identity = f"http:{self.base_url}:{self._model or '?'}"
+        self.identity = self._identity()
         self.device = "remote"  # the server places the model (``latent-thoughts serve --set device=...``)
+
+    def _identity(self) -> str:
+        """``http:URL[,URL...]:MODEL``: the servers and the model, for cache keys."""
+        return f"http:{','.join(self.base_urls)}:{self._model or '?'}"
 
     def __enter__(self) -> HTTPEngine:
         return self
@@ -209,23 +241,31 @@ class HTTPEngine:
     def close(self) -> None:
         """Stop the worker threads and close the connection pool."""
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self.client.close()
+        for client in self.clients:
+            client.close()
 
     # ------------------------------------------------------------------ requests with retries
     @property
     def model(self) -> str:
         """The model name sent with requests; asked from ``/models`` when not configured."""
         if not self._model:
-            names = self._request(
-                "GET /models",
-                lambda: self.client.models.with_raw_response.list(),
-                1,
-                lambda body: [str(entry["id"]) for entry in body["data"]],
-            )
-            if not names:
-                raise LatentThoughtsError(f"GET {self.base_url}/models lists no model; set model=NAME")
-            self._model = names[0]
-            self.identity = f"http:{self.base_url}:{self._model}"
+            served = {}
+            for index, url in enumerate(self.base_urls):  # every server: one pool serves one model
+                names = self._request(
+                    "GET /models",
+                    lambda client: client.models.with_raw_response.list(),
+                    1,
+                    lambda body: [str(entry["id"]) for entry in body["data"]],
+                    server=index,
+                )
+                if not names:
+                    raise LatentThoughtsError(f"GET {url}/models lists no model; set model=NAME")
+                served[url] = names[0]
+            if len(set(served.values())) > 1:
+                listing = ", ".join(f"{url} serves {name!r}" for url, name in served.items())
+                raise LatentThoughtsError(f"base_url: the servers serve different models ({listing})")
+            self._model = served[self.base_url]
+            self.identity = self._identity()
         return self._model
 
     def _count(self, reason: str) -> None:
@@ -235,26 +275,32 @@ class HTTPEngine:
     def _request(
         self,
         what: str,
-        call: Callable[[], Any],
+        call: Callable[[openai.OpenAI], Any],
         tokens: int,
         parse: Callable[[dict[str, Any]], T],
+        server: int | None = None,
     ) -> T:
-        """Run ``call`` (an openai ``with_raw_response`` call) until its JSON body ``parse``s; return that.
+        """Run ``call(client)`` (an openai ``with_raw_response`` call) until its JSON body ``parse``s; return that.
 
-        ``what`` is ``"POST /completions"`` style, for messages. A body that is not JSON or that
-        ``parse`` rejects is malformed and retried like a server error. Raises a one-line
+        Each attempt goes to the next server in turn (or always to ``server``, an index into
+        ``base_urls``). ``what`` is ``"POST /completions"`` style, for messages. A body that is not
+        JSON or that ``parse`` rejects is malformed and retried like a server error. Raises a one-line
         LatentThoughtsError for a request that cannot succeed (4xx other than 408/409/429) or after
         ``max_attempts`` tries.
         """
         method, _, path = what.partition(" ")
-        url = f"{self.base_url}{path}"
         config = self.config
         last = ""
+        url = f"{self.base_url}{path}"
         for attempt in range(1, config.max_attempts + 1):
+            index = server if server is not None else next(self._turn) % len(self.clients)
+            url = f"{self.base_urls[index]}{path}"
             self._limiter.acquire(tokens)
             retry_after: float | None = None
             try:
-                raw = call()
+                with self._usage_lock:
+                    self.requests_per_server[index] += 1
+                raw = call(self.clients[index])
                 try:
                     body = json.loads(raw.text)
                     if not isinstance(body, dict):
@@ -403,8 +449,8 @@ class HTTPEngine:
         def job(group: list[int]) -> list[list[Sample]]:
             group_prompts = [wire[i] for i in group]
 
-            def call() -> Any:
-                return self.client.completions.with_raw_response.create(
+            def call(client: openai.OpenAI) -> Any:
+                return client.completions.with_raw_response.create(
                     model=model,
                     prompt=group_prompts,  # type: ignore[arg-type]
                     n=n,
@@ -481,8 +527,8 @@ class HTTPEngine:
         def job(group: list[int]) -> list[Score]:
             group_prompts = [joined[i] for i in group]
 
-            def call() -> Any:
-                return self.client.completions.with_raw_response.create(
+            def call(client: openai.OpenAI) -> Any:
+                return client.completions.with_raw_response.create(
                     model=model,
                     prompt=group_prompts,  # type: ignore[arg-type]
                     max_tokens=self.config.score_max_tokens,
@@ -603,8 +649,8 @@ class HTTPEngine:
                 self.config.chat_max_tokens_field: max_new_tokens,
             }
 
-            def call() -> Any:
-                return self.client.chat.completions.with_raw_response.create(**request)
+            def call(client: openai.OpenAI) -> Any:
+                return client.chat.completions.with_raw_response.create(**request)
 
             def parse(body: dict[str, Any]) -> list[ChatReply]:
                 usage = body.get("usage") or {}

@@ -1,13 +1,13 @@
 """Which engine runs a model: a model folder, or an engine file naming a served or local model.
 
-The ``MODEL`` argument of ``evaluate`` and ``finetune-eval`` is either a Hugging Face model folder
+The ``MODEL`` argument of ``evaluate``, ``finetune-eval`` and ``estep`` is either a Hugging Face model folder
 (run in-process by the transformers engine) or a YAML engine file. An engine file names its engine
 the way a teacher file does, ``kind`` and that kind's own options (validated by the engine's
 options class, so a misspelt key gets a suggestion), plus the tokenizer that lays prompts out as
 token ids::
 
     kind: http                               # a model behind `latent-thoughts serve`, vLLM or an API
-    http: {base_url: http://127.0.0.1:8000/v1, model: ""}
+    http: {base_url: http://127.0.0.1:8000/v1, model: ""}  # or a list of servers (round-robin)
     tokenizer: runs/thoughts/model           # the served model's tokenizer folder (needed for http)
 
     kind: transformers                       # a local model with engine options

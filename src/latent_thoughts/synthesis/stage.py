@@ -257,7 +257,8 @@ def batch_client(config: TeacherConfig, source: str = "teacher") -> Any:
     import openai
 
     options = engine_options(config, source)
-    base_url = getattr(options, "base_url", None)
+    urls = getattr(options, "base_urls", None)
+    base_url = urls[0] if urls else None  # a Batch API job goes to one server, the first
     key_env = getattr(options, "api_key_env", None) or "OPENAI_API_KEY"
     api_key = os.environ.get(key_env) or getattr(options, "api_key", None) or "EMPTY"
     timeout = float(getattr(options, "timeout_s", None) or getattr(options, "timeout", None) or 600.0)

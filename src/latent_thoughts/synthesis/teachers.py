@@ -120,7 +120,9 @@ def token_counter(config: TeacherConfig) -> TokenCounter:
 def describe_teacher(config: TeacherConfig) -> str:
     """A short description for messages, e.g. ``http gpt-4o-mini at https://...``."""
     if config.kind == "http":
-        return f"http {config.http.get('model', '?')} at {config.http.get('base_url', '?')}"
+        urls = config.http.get("base_url", "?")
+        where = ", ".join(urls) if isinstance(urls, list) else urls
+        return f"http {config.http.get('model', '?')} at {where}"
     if config.kind == "transformers":
         return f"transformers {config.transformers.get('model', '?')}"
     return f"testbed oracle (noise {config.oracle.noise})"

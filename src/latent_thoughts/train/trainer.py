@@ -67,6 +67,12 @@ from latent_thoughts.train.data import (
     epoch_windows,
     read_sources,
 )
+from latent_thoughts.train.sharding import (
+    check_full_model_saved,
+    deepspeed_on_cpu,
+    distributed_kind,
+    enable_fsdp_on_cpu,
+)
 from latent_thoughts.train.windows import PackedWindows, open_windows
 
 logger = logging.getLogger(__name__)
@@ -181,6 +187,14 @@ class _LatentTrainer(Trainer):
     start_step: int = 0
     _mark: tuple[float, int] | None = None
 
+    def create_accelerator_and_postprocess(self) -> None:
+        """The Trainer's ``Accelerator``, with a launcher's FSDP made real on a machine without a GPU
+        (:mod:`latent_thoughts.train.sharding`) and a sharded-only FSDP configuration refused."""
+        super().create_accelerator_and_postprocess()
+        if enable_fsdp_on_cpu(self.accelerator):
+            self.is_fsdp_enabled = True
+        check_full_model_saved(self.accelerator)
+
     def mark_throughput(self, step: int) -> None:
         """Start a new tokens-per-second interval at optimizer step ``step``."""
         self._mark = (time.perf_counter(), step)
@@ -253,6 +267,8 @@ def training_arguments(config: TrainConfig, max_steps: int, has_validation: bool
         )
     precision = resolve_precision(config.precision)
     eval_strategy = "steps" if has_validation else "no"
+    # DeepSpeed without a GPU: no "CPU device" (accelerate would bypass DeepSpeed) but a gloo group.
+    cpu_deepspeed = deepspeed_on_cpu()
     return TrainingArguments(
         output_dir=str(Path(config.output_dir) / CHECKPOINT_DIR),
         max_steps=max_steps,
@@ -271,7 +287,8 @@ def training_arguments(config: TrainConfig, max_steps: int, has_validation: bool
         optim="adamw_torch",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available() and not cpu_deepspeed,
+        ddp_backend="gloo" if cpu_deepspeed else None,
         seed=config.seed,
         data_seed=config.seed,
         full_determinism=(
@@ -473,6 +490,7 @@ def train(
         "flops_per_token": model_flops_per_token(model, seq_len),
         "precision": resolve_precision(config.precision),
         "processes": args.world_size,
+        "distributed": distributed_kind(trainer.accelerator),
         "train_loss": output.training_loss,
         "runtime_s": round(runtime, 2),
         "tokens_per_second": round((steps - trainer.start_step) * tokens_per_step / runtime, 1),
