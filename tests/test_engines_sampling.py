@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latent_thoughts.engines.padding import left_pad
-from latent_thoughts.engines.sampling import draw, plan_batches, row_seed
+from latent_thoughts.engines.sampling import BLOCK, draw, inverse_cdf, plan_batches, row_seed
 
 
 @settings(max_examples=100, deadline=None)
@@ -74,3 +74,28 @@ def test_the_engine_refuses_non_finite_temperatures(tiny_model_dir) -> None:
     greedy = engine.sample(["We know"], temperature=0.0, max_new_tokens=5)[0][0]
     tiny = engine.sample(["We know"], temperature=1e-300, max_new_tokens=5)[0][0]
     assert tiny.token_ids == greedy.token_ids
+
+
+def test_the_two_level_inverse_cdf_picks_what_one_float64_cumulative_sum_picks() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for vocab in (300, 32_000, 32_004):  # one level; two levels; two with a padded last block
+        probs = torch.softmax(3 * torch.randn(64, vocab, generator=generator), dim=-1)
+        uniforms = torch.rand(64, generator=generator, dtype=torch.float64)
+        cdf = probs.double().cumsum(dim=-1)
+        expected = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True).squeeze(1)
+        assert inverse_cdf(probs, uniforms).tolist() == expected.tolist()
+
+
+def test_the_inverse_cdf_never_returns_an_id_without_mass() -> None:
+    vocab = 4 * BLOCK + 7
+    probs = torch.rand(6, vocab, generator=torch.Generator().manual_seed(1))
+    probs[:, -BLOCK - 7 :] = 0.0  # the last block and a half carry nothing
+    probs[:, 3 * BLOCK - 1] = 0.0  # nor the last id of the block before
+    top = torch.tensor([0.0, 0.5, 0.999999, 1 - 1e-16, 0.999999999, 0.25], dtype=torch.float64)
+    picks = inverse_cdf(probs, top)
+    assert all(probs[row, pick] > 0 for row, pick in enumerate(picks.tolist()))
+    # and frequencies follow the probabilities
+    weights = torch.tensor([[0.1, 0.0, 0.6, 0.3] + [0.0] * (vocab - 4)])
+    draws = inverse_cdf(weights.expand(100_000, vocab), torch.rand(100_000, dtype=torch.float64))
+    frequency = torch.bincount(draws, minlength=vocab)[:4].double() / 100_000
+    assert torch.allclose(frequency, weights[0, :4].double(), atol=0.01)
