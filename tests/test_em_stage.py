@@ -176,3 +176,23 @@ def test_bad_input_is_a_one_line_error_naming_it(
     assert "unknown selection policy 'best'" in capsys.readouterr().err
     assert main([*common, "--model", str(tiny_model_dir), "--k", "0"]) == 2
     assert "k" in capsys.readouterr().err
+
+
+def test_batch_tokens_bounds_the_engine_and_changes_no_sample(
+    tiny_model_dir: Path, chunks_file: Path, local_run: Path, tmp_path: Path
+) -> None:
+    """The E-step's token batch reaches the engine; a small bound splits the work into more, smaller
+    batches and writes the same thoughts (and log w to float rounding)."""
+    from latent_thoughts.em.stage import open_engine
+
+    config = EStepConfig(**{**OPTIONS, "batch_tokens": 64})
+    engine, _ = open_engine(
+        EStepRequest(tiny_model_dir, chunks_file, tmp_path / "x.parquet", config, device="cpu")
+    )
+    assert isinstance(engine, TransformersEngine) and engine.config.batch_tokens == 64
+    out = tmp_path / "small-batches.parquet"
+    estep(tiny_model_dir, chunks_file, out, batch_tokens=64)
+    small, reference = pq.read_table(out).to_pylist(), pq.read_table(local_run).to_pylist()
+    assert [r["samples"] for r in small] == [r["samples"] for r in reference]
+    for got, want in zip(small, reference, strict=True):
+        assert got["log_w"] == pytest.approx(want["log_w"], abs=1e-4)

@@ -99,6 +99,13 @@ class EStepConfig(StageConfig):
     policy: str = Field("importance", description="importance, highest, uniform or checker")
     seed: int = Field(0, description="seed of the sampling and of the selection")
     batch_chunks: int = Field(32, gt=0, description="chunks per engine call and per cache write")
+    batch_tokens: int | None = Field(
+        None,
+        gt=0,
+        description="memory bound of one forward batch of a local engine, in cached positions: "
+        "rows x (prompt + max_thought_tokens) when sampling, rows x (context + thought) when scoring "
+        "(default: the engine's, 16,384)",
+    )
 
     @field_validator("policy")
     @classmethod
@@ -402,7 +409,9 @@ def open_engine(request: EStepRequest) -> tuple[Engine, str]:
     from latent_thoughts.config import validate_config
     from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 
-    options = {"model": str(request.model), "device": request.device, "dtype": request.dtype}
+    options: dict[str, Any] = {"model": str(request.model), "device": request.device, "dtype": request.dtype}
+    if request.config.batch_tokens is not None:
+        options["batch_tokens"] = request.config.batch_tokens
     local = TransformersEngine(validate_config(TransformersEngineConfig, options, "E-step engine options"))
     return local, f"{local.identity}:{model_fingerprint(request.model)}"
 

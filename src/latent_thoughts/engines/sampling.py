@@ -141,6 +141,43 @@ def plan_batches(
         yield batch
 
 
+def plan_score_batches(
+    groups: Sequence[tuple[int, Sequence[int]]], batch_tokens: int
+) -> Iterator[list[tuple[int, list[int]]]]:
+    """Pack scoring groups, each (context length, continuation lengths), into batches of
+    (group index, continuation indices) holding at most ``batch_tokens`` cached positions:
+    rows x (longest context + longest continuation) of the batch.
+
+    Longest groups first, so that groups of similar length share a batch (little padding); empty
+    continuations are left out (nothing to score); a group that does not fit one batch is split
+    (each part prefills its context again, the price of the memory bound); a single row wider than
+    ``batch_tokens`` gets a batch of its own.
+    """
+    order = sorted(range(len(groups)), key=lambda g: -(groups[g][0] + max(groups[g][1], default=0)))
+    batch: list[tuple[int, list[int]]] = []
+    rows = context_width = continuation_width = 0
+    for g in order:
+        context, lengths = groups[g]
+        members: list[int] = []
+        for index, length in enumerate(lengths):
+            if not length:
+                continue
+            wider_context, wider_continuation = max(context_width, context), max(continuation_width, length)
+            if rows and (rows + 1) * (wider_context + wider_continuation) > batch_tokens:
+                if members:
+                    batch.append((g, members))
+                yield batch
+                batch, members, rows = [], [], 0
+                wider_context, wider_continuation = context, length
+            members.append(index)
+            rows += 1
+            context_width, continuation_width = wider_context, wider_continuation
+        if members:
+            batch.append((g, members))
+    if batch:
+        yield batch
+
+
 def sample_batch(
     forward: Forward,
     make_cache: Callable[[int], Any],
