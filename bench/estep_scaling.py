@@ -11,7 +11,8 @@ Chunks are cut from testbed documents at a fixed number of tokens, without prefi
 - chunks of 32, 64, 128, 256 tokens at K = 4.
 
 Each point runs twice (``--quick``: once), each time in a fresh process after a one-chunk warm-up
-run; the shorter time and the larger memory growth are kept. Time is the stage's wall time; memory is the growth of the process's resident set during the run
+run; the shorter time and the larger memory growth are kept. Time is the stage's CPU time (user + system of its one-thread process: on a shared, loaded machine
+wall time swings by half between identical runs, CPU time much less; wall time is printed too); memory is the growth of the process's resident set during the run
 over its size just before (a thread samples ``/proc/self/statm`` every 5 ms; the weights are a few
 MB). The engine's token batch (``batch_tokens``, set with ``--batch-tokens``) bounds every forward
 batch: rows x (prompt + thought budget) cached positions when sampling, rows x (context +
@@ -126,12 +127,13 @@ def run_point(model_dir: Path, chunks: Path, out: Path, k: int, batch_tokens: in
     )
     request = EStepRequest(model_dir, chunks, out, config, device="cpu", dtype="fp32", progress=False)
     base = rss_bytes()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with PeakRSS() as peak:
         summary = run_estep(request)
     return {
         "k": k,
-        "seconds": time.perf_counter() - started,
+        "wall_seconds": time.perf_counter() - started,
+        "seconds": time.process_time() - cpu_started,
         "peak_mib": (peak.peak - base) / 2**20,
         "chunks": summary["chunks"],
         "mean_sample_tokens": summary["mean_sample_tokens"],
@@ -158,7 +160,7 @@ def measure(
     model_dir: Path, chunks: Path, out: Path, k: int, batch_tokens: int, repeats: int
 ) -> dict[str, Any]:
     """Run one point ``repeats`` times, each in a fresh process (a clean resident set and allocator);
-    the shortest time (the least disturbed by other jobs) and the largest memory growth."""
+    the shortest CPU time (the least disturbed by other jobs) and the largest memory growth."""
     runs = []
     for repeat in range(repeats):
         command = [
@@ -194,7 +196,7 @@ def plot(by_k: list[dict[str, Any]], by_length: list[dict[str, Any]], path: Path
         (axes[1], by_length, "chunk_tokens", "chunk length (tokens), K = 4"),
     ):
         xs = [p[key] for p in points]
-        ax.plot(xs, [p["seconds"] for p in points], "o-", label="time (s)")
+        ax.plot(xs, [p["seconds"] for p in points], "o-", label="CPU time (s)")
         ax.plot(
             xs,
             [points[0]["seconds"] * x / xs[0] for x in xs],
@@ -205,7 +207,7 @@ def plot(by_k: list[dict[str, Any]], by_length: list[dict[str, Any]], path: Path
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(label)
-        ax.set_ylabel("seconds")
+        ax.set_ylabel("CPU seconds")
         memory = ax.twinx()
         memory.plot(
             xs, [p["peak_mib"] for p in points], "s-", color="tab:red", label="peak memory growth (MiB)"
@@ -260,7 +262,8 @@ def main() -> None:
         )
         result["chunk_tokens"] = length
         print(
-            f"  K={k:2d} chunk {length:3d} tokens: {result['seconds']:6.2f} s, peak +{result['peak_mib']:6.1f} MiB, "
+            f"  K={k:2d} chunk {length:3d} tokens: {result['seconds']:6.2f} CPU s ({result['wall_seconds']:.2f} wall), "
+            f"peak +{result['peak_mib']:6.1f} MiB, "
             f"mean thought {result['mean_sample_tokens']:.1f} tokens",
             flush=True,
         )
@@ -270,11 +273,11 @@ def main() -> None:
     # the point K = 4 at 64 tokens is in both sweeps: measured once
     by_length = [by_k[KS.index(4)] if length == 64 else point(4, length) for length in LENGTHS]
 
-    print(f"\n{'K':>3s} {'seconds':>8s} {'x prev':>7s} {'peak MiB':>9s}")
+    print(f"\n{'K':>3s} {'CPU s':>8s} {'x prev':>7s} {'peak MiB':>9s}")
     for previous, current in zip([None, *by_k], by_k, strict=False):
         ratio = f"{current['seconds'] / previous['seconds']:7.2f}" if previous else f"{'':7s}"
         print(f"{current['k']:3d} {current['seconds']:8.2f} {ratio} {current['peak_mib']:9.1f}")
-    print(f"\n{'chunk':>5s} {'seconds':>8s} {'x prev':>7s} {'peak MiB':>9s}")
+    print(f"\n{'chunk':>5s} {'CPU s':>8s} {'x prev':>7s} {'peak MiB':>9s}")
     for previous, current in zip([None, *by_length], by_length, strict=False):
         ratio = f"{current['seconds'] / previous['seconds']:7.2f}" if previous else f"{'':7s}"
         print(f"{current['chunk_tokens']:5d} {current['seconds']:8.2f} {ratio} {current['peak_mib']:9.1f}")

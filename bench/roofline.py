@@ -27,7 +27,10 @@ Model FLOPs: 2 N per token of a forward pass (prompt tokens once, sampled or sco
 the peak of the precision used: fp32 here (the engine's and trainer's ``auto`` pick bf16 only where
 the CPU runs it natively; on this AVX2-only CPU bf16 is emulated and its "peak" is printed to show
 it). ``--profile`` adds each after-variant's top operators (torch.profiler), what holds it back.
-One torch thread by default (``--threads``), the setting every figure of the project uses.
+One torch thread by default (``--threads``), the setting every figure of the project uses. Times
+are CPU seconds of the process (``time.process_time``), peaks included: on a shared, loaded machine
+wall time swings by half or more between identical runs, the CPU time of a one-thread process much
+less.
 
     .venv/bin/python bench/roofline.py [--quick] [--sizes testbed,50m] [--profile]
 """
@@ -57,7 +60,7 @@ from latent_thoughts.train import TrainConfig, train
 from latent_thoughts.train.budget import matmul_parameters
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train import StepTimer, matmul_peak, write_data
+from train import StepTimer, write_data
 
 VOCAB = 512
 SEQ_LEN = 256
@@ -104,9 +107,31 @@ def random_ids(generator: torch.Generator, length: int) -> list[int]:
 
 
 def timed(run: Callable[[], Any]) -> float:
-    started = time.perf_counter()
+    """CPU seconds of ``run`` (this process's user + system time: with one thread, the time it
+    computed, which other jobs on a shared machine disturb far less than its wall time)."""
+    started = time.process_time()
     run()
-    return time.perf_counter() - started
+    return time.process_time() - started
+
+
+def matmul_peak(dtype: torch.dtype, size: int, seconds: float) -> float:
+    """FLOP/s of ``torch.matmul`` of two ``size`` x ``size`` matrices of ``dtype`` in CPU time, the
+    best of repeats for ``seconds`` of wall time (at least two)."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    torch.matmul(a, b)  # warm-up
+    best, repeats = 0.0, 0
+    deadline = time.perf_counter() + seconds
+    while repeats < 2 or time.perf_counter() < deadline:
+        best = max(best, 2 * size**3 / max(timed(lambda: torch.matmul(a, b)), 1e-9))
+        repeats += 1
+    return best
+
+
+class CPUStepTimer(StepTimer):
+    """``bench/train.py``'s step timer in CPU time (see :func:`timed`)."""
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.times.append(time.process_time())
 
 
 def measure_sampling(size: str, model: Any, chunks: int) -> list[Row]:
@@ -193,7 +218,7 @@ def measure_training(size: str, data: dict[str, Path], out: Path, steps: int, mi
             "progress_bar": False,
         }
     )
-    timer = StepTimer()
+    timer = CPUStepTimer()
     result = train(config, callbacks=[timer])
     from latent_thoughts.modeling import load_causal_lm
 
@@ -262,7 +287,7 @@ def main() -> None:
             f"vocabulary {VOCAB}: {matmul_parameters(model) / 1e6:.2f} M matrix parameters",
             flush=True,
         )
-        sample_chunks = (8 if args.quick else 16) if large else (16 if args.quick else 32)
+        sample_chunks = (4 if args.quick else 8) if large else (16 if args.quick else 32)
         score_chunks = (4 if args.quick else 8) if large else (16 if args.quick else 32)
         rows += measure_sampling(size, model, sample_chunks)
         rows += measure_scoring(size, model, score_chunks)
@@ -288,7 +313,9 @@ def main() -> None:
     }
     peaks = {name: max(peaks_before[name], peaks_after[name]) for name in peaks_before}
     emulated = not cpu_supports_bf16()
-    print(f"\nthreads: {torch.get_num_threads()}; precision used: fp32 (auto on this CPU)")
+    print(
+        f"\nthreads: {torch.get_num_threads()}; precision used: fp32 (auto on this CPU); times in CPU seconds"
+    )
     for name in ("fp32", "bf16"):
         note = "  (emulated: no AVX512-BF16 or AMX on this CPU)" if name == "bf16" and emulated else ""
         print(
@@ -296,7 +323,7 @@ def main() -> None:
             f"after {peaks_after[name] / 1e9:.2f}){note}"
         )
     print(
-        f"\n{'size':8s} {'workload':9s} {'variant':38s} {'tokens':>7s} {'s':>7s} {'GFLOP/s':>8s} {'of fp32 peak':>12s}"
+        f"\n{'size':8s} {'workload':9s} {'variant':38s} {'tokens':>7s} {'CPU s':>7s} {'GFLOP/s':>8s} {'of fp32 peak':>12s}"
     )
     for row in rows:
         achieved = row.flops / row.seconds

@@ -45,10 +45,11 @@ def test_every_continuation_is_scored_once_within_the_memory_bound(groups, budge
         assert rows == 1 or rows * (context + continuation) <= budget
 
 
-def test_score_batches_put_the_longest_groups_first() -> None:
-    groups = [(10, [5, 5]), (50, [40]), (20, [0, 0]), (30, [10, 10, 10])]
-    batches = list(plan_score_batches(groups, 10_000))
-    assert batches == [[(1, [0]), (3, [0, 1, 2]), (0, [0, 1])]]  # group 2 has nothing to score
+def test_score_batches_join_groups_of_similar_shape_only() -> None:
+    """Longest first; two groups share a batch only when that adds little padding: a long context
+    with short continuations and a short context with a long continuation go separately."""
+    groups = [(20, [10, 10]), (21, [9, 10]), (5, [40]), (8, [0, 0])]
+    assert list(plan_score_batches(groups, 10_000)) == [[(2, [0])], [(1, [0, 1]), (0, [0, 1])]]
 
 
 def test_draw_bans_tokens_and_greedy_is_a_point_mass() -> None:

@@ -330,16 +330,21 @@ def test_score_groups_equals_score_many_of_each_group_within_the_token_bound(eng
 
 
 def test_score_groups_prefills_each_context_once_in_one_batch(engine):
+    """Groups of one shape share a batch: their contexts go through together, once each, then all
+    their continuations in one pass."""
+    groups = [
+        ([1, *range(10, 20)], [[5, 6, 7], [8, 9]]),
+        ([1, *range(20, 30)], [[5, 6, 7]]),
+        ([1, *range(30, 40)], [[4, 4, 4], [7]]),
+    ]
     seen: list[tuple[int, ...]] = []
     embeddings = engine.model.get_input_embeddings()
     handle = embeddings.register_forward_hook(lambda module, args, output: seen.append(tuple(args[0].shape)))
     try:
-        engine.score_groups(GROUPS)
+        engine.score_groups(groups)
     finally:
         handle.remove()
-    # the three contexts together (left-padded), then the 4 + 2 + 2 continuations (right-padded to 12)
-    longest = max(len(engine.encode(context)) for context, _ in GROUPS)
-    assert seen == [(3, longest), (8, 12)]
+    assert seen == [(3, 11), (5, 3)]
 
 
 def test_sampling_holds_at_most_batch_tokens_cached_positions(engine):

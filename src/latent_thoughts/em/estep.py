@@ -92,9 +92,9 @@ def score_roles(
     """(log q, log p) of each thought from a posterior (context, continuations) and a joint one.
 
     Both go through the engine's shared-context scoring, in ONE
-    :func:`~latent_thoughts.engines.base.score_groups` call (the transformers engine prefills both
-    contexts together and scores both roles' continuations in one forward pass), so both come from
-    the same numeric path. Only this chunk's tokens are in that call: a chunk's scores never depend
+    :func:`~latent_thoughts.engines.base.score_groups` call (the transformers engine puts both roles
+    in one batch where that adds little padding, else in two), so both come from the same numeric
+    path. Only this chunk's tokens are in that call: a chunk's scores never depend
     on which other chunks share its batch, its shard or a resumed run (they are stored, and sharded
     and unsharded runs must write the same numbers).
     """

@@ -460,13 +460,14 @@ class TransformersEngine:
         """
         encoded: list[tuple[list[int], list[list[int]]]] = []
         for g, (context, continuations) in enumerate(groups):
+            group = f"group {g} " if len(groups) > 1 else ""  # error messages name the culprit
             conts = [
-                self.encode(c, bos=False, where=f"group {g} continuation {i}")
+                self.encode(c, bos=False, where=f"{group}continuation {i}")
                 for i, c in enumerate(continuations)
             ]
             longest = max((len(c) for c in conts), default=0)
             ctx = self._scoring_context(
-                context, longest, f"group {g} context", f"group {g}'s longest continuation"
+                context, longest, f"{group}context", f"the {group}longest continuation"
             )
             encoded.append((ctx, conts))
         scores = [[Score(token_logprobs=[]) for _ in conts] for _, conts in encoded]
