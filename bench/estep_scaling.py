@@ -11,15 +11,19 @@ Chunks are cut from testbed documents at a fixed number of tokens, without prefi
 - chunks of 32, 64, 128, 256 tokens at K = 4.
 
 Each point runs twice (``--quick``: once), each time in a fresh process after a one-chunk warm-up
-run; the shorter time and the larger memory growth are kept. Time is the stage's CPU time (user + system of its one-thread process: on a shared, loaded machine
-wall time swings by half between identical runs, CPU time much less; wall time is printed too); memory is the growth of the process's resident set during the run
-over its size just before (a thread samples ``/proc/self/statm`` every 5 ms; the weights are a few
-MB). The engine's token batch (``batch_tokens``, set with ``--batch-tokens``) bounds every forward
-batch: rows x (prompt + thought budget) cached positions when sampling, rows x (context +
-continuation) when scoring. Checks printed at the end: time grows no worse than linearly in K
-(time(2K) / time(K) <= 2 at every doubling, with 15% allowance for the noise of a shared machine)
-and memory stays bounded (peak at K = 16 at most 1.5x the peak at K = 8, where the batch is
-already full: 8 x 8 rows in ``--quick``, more otherwise, against about 30 rows a batch). Writes ``OUT/estep_scaling.png`` and ``OUT/estep_scaling.json``.
+run; the smaller CPU time and the larger memory growth are kept. Time is the stage's CPU time (user
++ system of its one-thread process: on a shared, loaded machine wall time swings by half between
+identical runs, CPU time much less; wall time is printed too). Memory is the growth of the
+process's resident set during the run over its size just before (a thread samples
+``/proc/self/statm`` every 5 ms; the weights are a few MB). The engine's token batch
+(``batch_tokens``, ``--batch-tokens``, default 4,096 here) bounds every forward batch: rows x
+(prompt + thought budget) cached positions when sampling, rows x (context + continuation) when
+scoring.
+
+Checks printed at the end: time grows no worse than linearly in K (time(2K) / time(K) <= 2 at every
+doubling, with 15% allowance for noise) and memory stays bounded (peak at K = 16 at most 1.5x the
+peak at K = 8, where sampling batches are already full: at least 8 x 8 rows against about 30 rows a
+batch). Writes ``OUT/estep_scaling.png`` and ``OUT/estep_scaling.json``.
 
     .venv/bin/python bench/estep_scaling.py [--quick] [--out runs/bench/estep_scaling]
 """
