@@ -72,11 +72,13 @@ def test_log_w_is_zero_when_prior_and_posterior_agree(trained, tiny_tokenizer, d
     same = (layout.posterior_prompt, thoughts)
     for log_q, log_p in score_roles(engine, same, same):
         assert abs(log_p - log_q) <= 1e-6
-    # and score_thoughts takes its log q from exactly that path, not from the sampler
-    for scored, (log_q, _) in zip(
-        score_thoughts(engine, layout, thoughts), score_roles(engine, same, same), strict=True
+    # and score_thoughts takes log q and log p from exactly that path (the same batched pass over
+    # its layout's two roles), not from the sampler
+    joint = (layout.joint_context, [layout.joint_continuation(ids) for ids in thoughts])
+    for scored, (log_q, log_p) in zip(
+        score_thoughts(engine, layout, thoughts), score_roles(engine, same, joint), strict=True
     ):
-        assert scored.log_q == log_q
+        assert (scored.log_q, scored.log_p) == (log_q, log_p)
 
 
 def test_log_q_is_the_law_the_thoughts_were_sampled_from(trained, tiny_tokenizer) -> None:

@@ -112,21 +112,6 @@ def test_k_of_one_keeps_its_sample(tiny_model_dir: Path, chunks_file: Path, tmp_
         assert row["chosen"] == 0 and row["thought"] == row["samples"][0] and row["ess"] == 1.0
 
 
-def test_the_token_batch_bound_changes_memory_not_samples(
-    tiny_model_dir: Path, chunks_file: Path, local_run: Path, tmp_path: Path
-) -> None:
-    # batch_tokens only splits the engine's batches (a GPU takes far more than the default); the
-    # samples are a function of seed, prompt and sample index, so the output is the same
-    out = tmp_path / "small-batches.parquet"
-    estep(tiny_model_dir, chunks_file, out, batch_tokens=64)
-    columns = ("doc_id", "chunk_index", "samples", "chosen")
-    small, reference = pq.read_table(out).to_pylist(), pq.read_table(local_run).to_pylist()
-    assert [[row[c] for c in columns] for row in small] == [[row[c] for c in columns] for row in reference]
-    # scores agree up to float rounding (other batch shapes sum in another order)
-    for row, expected in zip(small, reference, strict=True):
-        assert row["log_w"] == pytest.approx(expected["log_w"], abs=1e-4)
-
-
 def test_shards_merge_into_the_unsharded_output_and_a_rerun_samples_nothing(
     tiny_model_dir: Path,
     chunks_file: Path,
@@ -218,3 +203,23 @@ def test_an_engine_file_runs_the_e_step_like_the_model_folder(
         main(["estep", "--model", str(engine), "--chunks", str(chunks_file), "--out", str(out), *flags]) == 0
     )
     assert pq.read_table(out).equals(pq.read_table(local_run))
+
+
+def test_batch_tokens_bounds_the_engine_and_changes_no_sample(
+    tiny_model_dir: Path, chunks_file: Path, local_run: Path, tmp_path: Path
+) -> None:
+    """The E-step's token batch reaches the engine; a small bound splits the work into more, smaller
+    batches and writes the same thoughts (and log w to float rounding)."""
+    from latent_thoughts.em.stage import open_engine
+
+    config = EStepConfig(**{**OPTIONS, "batch_tokens": 64})
+    engine, _ = open_engine(
+        EStepRequest(tiny_model_dir, chunks_file, tmp_path / "x.parquet", config, device="cpu")
+    )
+    assert isinstance(engine, TransformersEngine) and engine.config.batch_tokens == 64
+    out = tmp_path / "small-batches.parquet"
+    estep(tiny_model_dir, chunks_file, out, batch_tokens=64)
+    small, reference = pq.read_table(out).to_pylist(), pq.read_table(local_run).to_pylist()
+    assert [r["samples"] for r in small] == [r["samples"] for r in reference]
+    for got, want in zip(small, reference, strict=True):
+        assert got["log_w"] == pytest.approx(want["log_w"], abs=1e-4)

@@ -138,6 +138,18 @@ def test_score_many_falls_back_to_echo_scoring(remote: HTTPEngine, local: Transf
     assert remote.device == "remote"
 
 
+def test_score_groups_sends_every_group_at_once(remote: HTTPEngine, local: TransformersEngine) -> None:
+    groups = [
+        (local.encode("We know that 37 x 24 = 888."), [[5, 6, 7], [300], []]),
+        (local.encode("Let n"), [[17, 18, 19, 20, 21]]),
+    ]
+    got = remote.score_groups(groups)
+    want = local.score_groups(groups)
+    assert [[s.token_logprobs for s in group] for group in got] == [
+        [pytest.approx(s.token_logprobs, abs=1e-4) for s in group] for group in want
+    ]
+
+
 def test_chat_over_http(remote: HTTPEngine) -> None:
     before = remote.usage.prompt_tokens
     replies = remote.chat(

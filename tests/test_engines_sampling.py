@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from latent_thoughts.engines.padding import left_pad
-from latent_thoughts.engines.sampling import BLOCK, draw, inverse_cdf, plan_batches, row_seed
+from latent_thoughts.engines.sampling import (
+    BLOCK,
+    draw,
+    inverse_cdf,
+    plan_batches,
+    plan_score_batches,
+    row_seed,
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -25,6 +32,31 @@ def test_every_sample_is_planned_once_within_the_memory_bound(lengths, n, new, b
         rows = sum(len(samples) for _, samples in batch)
         width = max(lengths[prompt] for prompt, _ in batch) + new
         assert rows == 1 or rows * width <= budget  # a single row always runs, whatever the bound
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    groups=st.lists(
+        st.tuples(st.integers(1, 60), st.lists(st.integers(0, 30), max_size=6)), min_size=1, max_size=8
+    ),
+    budget=st.integers(1, 400),
+)
+def test_every_continuation_is_scored_once_within_the_memory_bound(groups, budget) -> None:
+    batches = list(plan_score_batches(groups, budget))
+    planned = sorted((g, i) for batch in batches for g, members in batch for i in members)
+    assert planned == [(g, i) for g, (_, lengths) in enumerate(groups) for i, n in enumerate(lengths) if n]
+    for batch in batches:
+        rows = sum(len(members) for _, members in batch)
+        context = max(groups[g][0] for g, _ in batch)
+        continuation = max(groups[g][1][i] for g, members in batch for i in members)
+        assert rows == 1 or rows * (context + continuation) <= budget
+
+
+def test_score_batches_join_groups_of_similar_shape_only() -> None:
+    """Longest first; two groups share a batch only when that adds little padding: a long context
+    with short continuations and a short context with a long continuation go separately."""
+    groups = [(20, [10, 10]), (21, [9, 10]), (5, [40]), (8, [0, 0])]
+    assert list(plan_score_batches(groups, 10_000)) == [[(2, [0])], [(1, [0, 1]), (0, [0, 1])]]
 
 
 def test_draw_bans_tokens_and_greedy_is_a_point_mass() -> None:

@@ -285,6 +285,83 @@ def test_score_many_prefills_the_context_once(engine):
     assert seen == [(1, len(context)), (4, 7)]
 
 
+def cached_positions(engine: TransformersEngine) -> tuple[list[int], object]:
+    """Record rows x (cached + new positions) of every forward pass of ``engine``'s model."""
+    seen: list[int] = []
+
+    def hook(module, args, kwargs):
+        ids = kwargs["input_ids"]
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cached = cache.get_seq_length() if cache is not None else 0
+        seen.append(ids.shape[0] * (cached + ids.shape[1]))
+
+    return seen, engine.model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+GROUPS = [
+    (PROMPTS[0], CONTINUATIONS),
+    (PROMPTS[1], [[7, 8, 9], [], [10]]),
+    (PROMPTS[2], [[11] * 12, [12, 13]]),
+]
+
+
+@pytest.mark.parametrize("batch_tokens", [16384, 48])
+def test_score_groups_equals_score_many_of_each_group_within_the_token_bound(engine, batch_tokens):
+    """Several groups in batched passes: the log-probs of one score_many per group (1e-5, fp32), and
+    no forward pass holds more than batch_tokens cached positions (48 splits groups over batches)."""
+    bounded = TransformersEngine(
+        TransformersEngineConfig(dtype="fp32", device="cpu", batch_tokens=batch_tokens),
+        model=engine.model,
+        tokenizer=engine.tokenizer,
+    )
+    seen, handle = cached_positions(bounded)
+    try:
+        grouped = bounded.score_groups(GROUPS)
+    finally:
+        handle.remove()
+    assert max(seen) <= batch_tokens
+    for (context, continuations), scores in zip(GROUPS, grouped, strict=True):
+        expected = engine.score_many(context, continuations)
+        assert [len(s.token_logprobs) for s in scores] == [
+            len(engine.encode(c, bos=False)) for c in continuations
+        ]
+        for got, want in zip(scores, expected, strict=True):
+            assert got.token_logprobs == pytest.approx(want.token_logprobs, abs=1e-5)
+
+
+def test_score_groups_prefills_each_context_once_in_one_batch(engine):
+    """Groups of one shape share a batch: their contexts go through together, once each, then all
+    their continuations in one pass."""
+    groups = [
+        ([1, *range(10, 20)], [[5, 6, 7], [8, 9]]),
+        ([1, *range(20, 30)], [[5, 6, 7]]),
+        ([1, *range(30, 40)], [[4, 4, 4], [7]]),
+    ]
+    seen: list[tuple[int, ...]] = []
+    embeddings = engine.model.get_input_embeddings()
+    handle = embeddings.register_forward_hook(lambda module, args, output: seen.append(tuple(args[0].shape)))
+    try:
+        engine.score_groups(groups)
+    finally:
+        handle.remove()
+    assert seen == [(3, 11), (5, 3)]
+
+
+def test_sampling_holds_at_most_batch_tokens_cached_positions(engine):
+    bounded = TransformersEngine(
+        TransformersEngineConfig(dtype="fp32", device="cpu", batch_tokens=120),
+        model=engine.model,
+        tokenizer=engine.tokenizer,
+    )
+    seen, handle = cached_positions(bounded)
+    try:
+        samples = bounded.sample(PROMPTS, n=4, max_new_tokens=10, seed=0, stop_on_eos=False)
+    finally:
+        handle.remove()
+    assert [len(group) for group in samples] == [4, 4, 4]
+    assert len(seen) > 10 and max(seen) <= 120
+
+
 def test_banned_ids_are_never_generated_and_the_law_is_renormalised(engine):
     prompt = engine.encode(PROMPTS[0])
     free = engine.sample([prompt], n=1, max_new_tokens=1, temperature=0, stop_on_eos=False)[0][0]

@@ -48,6 +48,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--batch-chunks", type=int, help="chunks per engine call and cache write (default 32)"
     )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int,
+        help="memory bound of one forward batch, in cached positions (default 16384)",
+    )
     parser.add_argument("--config", type=Path, help="YAML file of E-step options (keys as in --set)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="E-step options, e.g. max_thought_tokens=64"
@@ -91,6 +96,7 @@ def options(args: argparse.Namespace) -> list[str]:
         "policy": args.policy,
         "seed": args.seed,
         "batch_chunks": args.batch_chunks,
+        "batch_tokens": args.batch_tokens,
     }
     return [*args.set, *(f"{key}={value}" for key, value in flags.items() if value is not None)]
 

@@ -7,8 +7,9 @@ The layout (the truncated prefix c and chunk x, the posterior prompt, the joint 
    top-p 1. The stop rule is explicit: a thought ends at EOL, never at EOS (EOS is an ordinary token
    inside a thought), or at the thought budget.
 2. :func:`score_thoughts` computes log q(z | c, x) and log p(z, x | c) on ONE numeric path: both are
-   :meth:`~latent_thoughts.engines.base.Engine.score_many` calls of the same engine (same precision,
-   same kind of forward pass, the shared context computed once), never the sampler's own
+   shared-context scoring of the same engine (:meth:`~latent_thoughts.engines.base.Engine.score_many`,
+   both roles of a chunk in one :func:`~latent_thoughts.engines.base.score_groups` call: same
+   precision, same kind of forward pass, each context computed once), never the sampler's own
    log-probabilities, which come from another kind of pass (incremental decoding) and can differ
    by rounding (bf16: tenths of a nat). log q covers the thought and its EOL; log p covers
    ``PRIOR z EOL x``. So when the two roles see the same tokens under the same law, log w is 0 to
@@ -27,7 +28,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from latent_thoughts.engines.base import Engine, Prompt, Sample
+from latent_thoughts.engines.base import Engine, Prompt, Sample, score_groups
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import EStepLayout
 
@@ -90,16 +91,16 @@ def score_roles(
 ) -> list[tuple[float, float]]:
     """(log q, log p) of each thought from a posterior (context, continuations) and a joint one.
 
-    Both go through the engine's shared-context scoring, so both come from the same numeric path.
+    Both go through the engine's shared-context scoring, in ONE
+    :func:`~latent_thoughts.engines.base.score_groups` call (the transformers engine puts both roles
+    in one batch where that adds little padding, else in two), so both come from the same numeric
+    path. Only this chunk's tokens are in that call: a chunk's scores never depend
+    on which other chunks share its batch, its shard or a resumed run (they are stored, and sharded
+    and unsharded runs must write the same numbers).
     """
-    q_context, q_continuations = posterior
-    p_context, p_continuations = joint
-    if len(q_continuations) != len(p_continuations):
-        raise LatentThoughtsError(
-            f"{len(q_continuations)} posterior but {len(p_continuations)} joint continuations"
-        )
-    log_q = engine.score_many(q_context, q_continuations)
-    log_p = engine.score_many(p_context, p_continuations)
+    if len(posterior[1]) != len(joint[1]):
+        raise LatentThoughtsError(f"{len(posterior[1])} posterior but {len(joint[1])} joint continuations")
+    log_q, log_p = score_groups(engine, [posterior, joint])
     return [(q.logprob, p.logprob) for q, p in zip(log_q, log_p, strict=True)]
 
 
@@ -124,8 +125,9 @@ def estep_chunks(
     seed: int | None = None,
 ) -> list[list[ThoughtScore]]:
     """The E-step of several chunks: K thoughts each (:func:`sample_thoughts`), scored in both roles
-    (:func:`score_thoughts`); ``result[i]`` holds chunk i's K scored thoughts. The EM loop resamples
-    from their weights; the validation ELBO (:mod:`latent_thoughts.evaluate.likelihood`) averages them."""
+    (:func:`score_thoughts`, chunk by chunk); ``result[i]`` holds chunk i's K scored thoughts. The EM
+    loop resamples from their weights; the validation ELBO (:mod:`latent_thoughts.evaluate.likelihood`)
+    averages them."""
     samples = sample_thoughts(engine, layouts, k, max_thought_tokens, seed)
     return [
         [

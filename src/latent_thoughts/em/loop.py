@@ -333,7 +333,8 @@ def plan_stages(config: EMConfig, paths: RunPaths) -> list[Stage]:
         return Stage(
             f"estep_{t}",
             [model_stage(t - 1), "data"],
-            {**options.model_dump(mode="json"), "dtype": config.dtype},
+            # batch_tokens bounds memory and changes no sample: runs from before it existed stay valid
+            {**options.model_dump(mode="json", exclude={"batch_tokens"}), "dtype": config.dtype},
             {
                 "seed": options.seed,
                 "inputs": {

@@ -99,10 +99,12 @@ class EStepConfig(StageConfig):
     policy: str = Field("importance", description="importance, highest, uniform or checker")
     seed: int = Field(0, description="seed of the sampling and of the selection")
     batch_chunks: int = Field(32, gt=0, description="chunks per engine call and per cache write")
-    batch_tokens: int = Field(
-        16384,
+    batch_tokens: int | None = Field(
+        None,
         gt=0,
-        description="memory bound of one batch of the local engine, in cached positions (raise it on a GPU)",
+        description="memory bound of one forward batch of a local engine, in cached positions: "
+        "rows x (prompt + max_thought_tokens) when sampling, rows x (context + thought) when scoring "
+        "(default: the engine's, 16,384)",
     )
 
     @field_validator("policy")
@@ -406,18 +408,16 @@ def open_engine(request: EStepRequest) -> tuple[Engine, str]:
 
         # stop ids and ignore_eos (thoughts end at EOL, never at EOS) are vLLM extensions that
         # ``latent-thoughts serve`` also speaks
-        options = {"vllm_extras": True, **request.engine_options, "base_url": request.base_url}
-        remote = build_engine("http", options, "E-step engine options")
+        served = {"vllm_extras": True, **request.engine_options, "base_url": request.base_url}
+        remote = build_engine("http", served, "E-step engine options")
         assert isinstance(remote, HTTPEngine)
         _ = remote.model  # resolves the served model's name, which completes the identity
         return remote, remote.identity
-    options = {
-        "device": request.device,
-        "dtype": request.dtype,
-        "batch_tokens": request.config.batch_tokens,
-        **request.engine_options,  # an engine file's options win over the stage's defaults
-        "model": str(request.model),
-    }
+    options: dict[str, Any] = {"device": request.device, "dtype": request.dtype}
+    if request.config.batch_tokens is not None:
+        options["batch_tokens"] = request.config.batch_tokens
+    # an engine file's options win over the stage's defaults
+    options = {**options, **request.engine_options, "model": str(request.model)}
     local = build_engine("transformers", options, "E-step engine options")
     return local, f"{local.identity}:{model_fingerprint(request.model)}"
 

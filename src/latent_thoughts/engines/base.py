@@ -143,3 +143,14 @@ class Engine(Protocol):
     ) -> list[list[ChatReply]]:
         """Answer each conversation ``n`` times; returns one list of ``n`` replies per conversation."""
         ...
+
+
+def score_groups(engine: Engine, groups: Sequence[tuple[Prompt, Sequence[Prompt]]]) -> list[list[Score]]:
+    """``engine.score_many`` of each (context, continuations) group; ``result[g][i]`` scores
+    continuation i of group g. Engines with a ``score_groups`` method (the transformers engine: one
+    batched pass over many groups; the HTTP engine: all requests at once) answer in one call; any
+    other engine gets one ``score_many`` call per group."""
+    batched = getattr(engine, "score_groups", None)
+    if callable(batched):
+        return list(batched(groups))
+    return [engine.score_many(context, continuations) for context, continuations in groups]

@@ -566,6 +566,19 @@ class HTTPEngine:
         (an OpenAI-compatible server has no shared-context form; vLLM's prefix cache shares the work)."""
         return self.score([context] * len(continuations), continuations)
 
+    def score_groups(self, groups: Sequence[tuple[Prompt, Sequence[Prompt]]]) -> list[list[Score]]:
+        """:meth:`score_many` of several groups as ONE :meth:`score` call, so that the requests of
+        all groups run concurrently; ``result[g][i]`` scores continuation i of group g."""
+        flat = self.score(
+            [context for context, continuations in groups for _ in continuations],
+            [continuation for _, continuations in groups for continuation in continuations],
+        )
+        out: list[list[Score]] = []
+        for _, continuations in groups:
+            out.append(flat[: len(continuations)])
+            flat = flat[len(continuations) :]
+        return out
+
     @staticmethod
     def _continuation_logprobs(
         choice: dict[str, Any], prompt: str | list[int], length: int, generated: int = 0

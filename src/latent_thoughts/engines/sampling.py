@@ -178,6 +178,64 @@ def plan_batches(
         yield batch
 
 
+PADDING_SLACK = 0.05
+"""How much more padded area a batch may have for two groups to share it: 5% over scoring them in
+separate batches (joining saves a forward pass's overhead, padding costs compute)."""
+
+
+def plan_score_batches(
+    groups: Sequence[tuple[int, Sequence[int]]], batch_tokens: int
+) -> Iterator[list[tuple[int, list[int]]]]:
+    """Pack scoring groups, each (context length, continuation lengths), into batches of
+    (group index, continuation indices) holding at most ``batch_tokens`` cached positions:
+    rows x (longest context + longest continuation) of the batch.
+
+    Longest groups first; a group joins the batch before it only when that adds at most
+    :data:`PADDING_SLACK` of padded positions over two separate batches (the E-step's two roles of a
+    chunk, a long context with short continuations and a short one with long continuations, would
+    waste a quarter of the batch on padding at the testbed's shapes: they go separately). Empty
+    continuations are left out (nothing to score); a group that does not fit one batch is split (each
+    part prefills its context again, the price of the memory bound); a single row wider than
+    ``batch_tokens`` gets a batch of its own.
+    """
+    order = sorted(range(len(groups)), key=lambda g: -(groups[g][0] + max(groups[g][1], default=0)))
+    batch: list[tuple[int, list[int]]] = []
+    rows = context_width = continuation_width = 0
+    for g in order:
+        context, lengths = groups[g]
+        present = [length for length in lengths if length]
+        if rows and present:
+            own = len(present) * (context + max(present))
+            joined = (rows + len(present)) * (max(context_width, context) + max(continuation_width, *present))
+            if joined > (1 + PADDING_SLACK) * (rows * (context_width + continuation_width) + own):
+                yield batch
+                batch, rows = [], 0
+        members: list[int] = []
+        for index, length in enumerate(lengths):
+            if not length:
+                continue
+            if rows:
+                wider_context, wider_continuation = (
+                    max(context_width, context),
+                    max(continuation_width, length),
+                )
+            else:
+                wider_context, wider_continuation = context, length
+            if rows and (rows + 1) * (wider_context + wider_continuation) > batch_tokens:
+                if members:
+                    batch.append((g, members))
+                yield batch
+                batch, members, rows = [], [], 0
+                wider_context, wider_continuation = context, length
+            members.append(index)
+            rows += 1
+            context_width, continuation_width = wider_context, wider_continuation
+        if members:
+            batch.append((g, members))
+    if batch:
+        yield batch
+
+
 def sample_batch(
     forward: Forward,
     make_cache: Callable[[int], Any],

@@ -16,7 +16,6 @@ re-sharded E-step job reproduces the same thoughts, and batched calls equal per-
 from __future__ import annotations
 
 import contextlib
-import copy
 import inspect
 import logging
 import math
@@ -33,7 +32,13 @@ from latent_thoughts.config import StageConfig
 from latent_thoughts.engines.base import ChatMessage, ChatReply, Prompt, Sample, Score, Usage
 from latent_thoughts.engines.cache import new_cache
 from latent_thoughts.engines.padding import left_pad
-from latent_thoughts.engines.sampling import Row, SamplingSettings, plan_batches, sample_batch
+from latent_thoughts.engines.sampling import (
+    Row,
+    SamplingSettings,
+    plan_batches,
+    plan_score_batches,
+    sample_batch,
+)
 from latent_thoughts.errors import LatentThoughtsError
 
 log = logging.getLogger(__name__)
@@ -438,74 +443,84 @@ class TransformersEngine:
         return ctx[-room:]
 
     def score_many(self, context: Prompt, continuations: Sequence[Prompt]) -> list[Score]:
-        """Log-probability of each continuation token after ONE shared context (the K thoughts of a chunk).
+        """Log-probability of each continuation token after ONE shared context (the K thoughts of a
+        chunk): :meth:`score_groups` of one group. Equal to :meth:`score` of the pairs up to float
+        rounding."""
+        return self.score_groups([(context, continuations)])[0]
 
-        The context goes through the model once (one prefill); its KV cache is copied to one row per
-        continuation and the continuations, right-padded, go through together in batches of at most
-        ``batch_tokens`` cached positions. Equal to :meth:`score` of the pairs up to float rounding.
+    def score_groups(self, groups: Sequence[tuple[Prompt, Sequence[Prompt]]]) -> list[list[Score]]:
+        """:meth:`score_many` of several (context, continuations) groups in as few forward passes as
+        the memory bound allows: ``result[g][i]`` scores continuation i of group g.
+
+        Groups of similar length are batched together (longest first). In a batch, the distinct
+        contexts are left-padded and prefilled together, ONCE each; each context's KV cache is copied
+        to the rows of its continuations, which then go through together, right-padded. A batch holds
+        at most ``batch_tokens`` cached positions (rows x (longest context + longest continuation));
+        a group too large for one batch is split, each part prefilling its context again.
         """
-        conts = [self.encode(c, bos=False, where=f"continuation {i}") for i, c in enumerate(continuations)]
-        longest = max((len(c) for c in conts), default=0)
-        ctx = self._scoring_context(context, longest, "context", "the longest continuation")
-        scores = [Score(token_logprobs=[]) for _ in conts]
-        todo = [i for i, cont in enumerate(conts) if cont]
+        encoded: list[tuple[list[int], list[list[int]]]] = []
+        for g, (context, continuations) in enumerate(groups):
+            group = f"group {g} " if len(groups) > 1 else ""  # error messages name the culprit
+            conts = [
+                self.encode(c, bos=False, where=f"{group}continuation {i}")
+                for i, c in enumerate(continuations)
+            ]
+            longest = max((len(c) for c in conts), default=0)
+            ctx = self._scoring_context(
+                context, longest, f"{group}context", f"the {group}longest continuation"
+            )
+            encoded.append((ctx, conts))
+        scores = [[Score(token_logprobs=[]) for _ in conts] for _, conts in encoded]
         with self._lock, torch.inference_mode():
-            if todo:
-                ids, mask, positions = left_pad([ctx], self.pad_id, self.torch_device)
-                cache = self._new_cache(len(ctx) + longest)
-                first = torch.log_softmax(self._forward(ids, mask, positions, cache, 1)[0, -1].float(), -1)
-                groups = list(self._shared_groups([len(conts[i]) for i in todo], len(ctx)))
-                for number, group in enumerate(groups):
-                    # Every group but the last works on a copy, so the prefill is never repeated.
-                    group_cache = cache if number == len(groups) - 1 else copy.deepcopy(cache)
-                    members = [todo[k] for k in group]
-                    for index, logprobs in zip(
-                        members,
-                        self._score_shared(group_cache, len(ctx), [conts[i] for i in members], first),
-                        strict=True,
-                    ):
-                        scores[index] = Score(token_logprobs=logprobs)
-            self.usage.requests += 1
-            self.usage.prompt_tokens += len(ctx) + sum(len(c) for c in conts)
+            for batch in plan_score_batches(
+                [(len(ctx), [len(c) for c in conts]) for ctx, conts in encoded], self.config.batch_tokens
+            ):
+                jobs = [(encoded[g][0], [encoded[g][1][i] for i in members]) for g, members in batch]
+                for (g, members), logprobs in zip(batch, self._score_shared(jobs), strict=True):
+                    for i, values in zip(members, logprobs, strict=True):
+                        scores[g][i] = Score(token_logprobs=values)
+            self.usage.requests += len(encoded)
+            self.usage.prompt_tokens += sum(len(ctx) + sum(len(c) for c in conts) for ctx, conts in encoded)
         return scores
 
-    def _shared_groups(self, lengths: Sequence[int], context: int) -> Iterator[list[int]]:
-        """Positions of ``lengths`` in groups whose rows x (context + longest) stay within ``batch_tokens``."""
-        group: list[int] = []
-        width = 0
-        for position, length in enumerate(lengths):
-            wider = max(width, length)
-            if group and (len(group) + 1) * (context + wider) > self.config.batch_tokens:
-                yield group
-                group, wider = [], length
-            group.append(position)
-            width = wider
-        if group:
-            yield group
-
-    def _score_shared(
-        self, cache: Any, context: int, conts: Sequence[list[int]], first: torch.Tensor
-    ) -> list[list[float]]:
-        """Per-token log-probs of ``conts`` after a prefilled context of ``context`` tokens in ``cache``.
-
-        ``first`` holds the log-probs of the token after the context (the first continuation token).
-        """
-        rows, width = len(conts), max(len(c) for c in conts)
-        cache.batch_select_indices(torch.zeros(rows, dtype=torch.long, device=self.torch_device))
-        ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-        mask = torch.ones((rows, context + width), dtype=torch.long)
+    def _score_shared(self, jobs: Sequence[tuple[list[int], list[list[int]]]]) -> list[list[list[float]]]:
+        """Per-token log-probs of each job's continuations (all non-empty) after its context: the
+        contexts prefilled once, left-padded; the continuations right-padded behind them."""
+        contexts = [ctx for ctx, _ in jobs]
+        conts = [cont for _, group in jobs for cont in group]
+        ids, mask, positions = left_pad(contexts, self.pad_id, self.torch_device)
+        width = max(len(c) for c in conts)
+        cache = self._new_cache(ids.shape[1] + width)
+        # log-probs of each continuation's first token: from its context's last position
+        first = torch.log_softmax(self._forward(ids, mask, positions, cache, 1)[:, -1].float(), -1)
+        counts = torch.tensor([len(group) for _, group in jobs], device=self.torch_device)
+        expand = torch.repeat_interleave(torch.arange(len(jobs), device=self.torch_device), counts)
+        cache.batch_select_indices(expand)
+        rows = len(conts)
+        cont_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        cont_mask = torch.zeros((rows, width), dtype=torch.long)
         for row, cont in enumerate(conts):
-            ids[row, : len(cont)] = torch.tensor(cont, dtype=torch.long)
-            mask[row, context + len(cont) :] = 0  # right padding: never attended to by real tokens
-        positions = torch.arange(context, context + width).expand(rows, width)
+            cont_ids[row, : len(cont)] = torch.tensor(cont, dtype=torch.long)
+            cont_mask[row, : len(cont)] = 1  # right padding: never attended to by real tokens
+        cont_ids, cont_mask = cont_ids.to(self.torch_device), cont_mask.to(self.torch_device)
+        starts = positions[:, -1][expand] + 1
         logits = self._forward(
-            ids.to(self.torch_device), mask.to(self.torch_device), positions.to(self.torch_device), cache, 0
+            cont_ids,
+            torch.cat([mask[expand], cont_mask], dim=1),
+            starts[:, None] + torch.arange(width, device=self.torch_device),
+            cache,
+            0,
         )
-        out: list[list[float]] = []
-        for row, cont in enumerate(conts):
-            rest = torch.log_softmax(logits[row, : len(cont) - 1].float(), dim=-1)
-            targets = torch.tensor(cont[1:], device=rest.device)[:, None]
-            out.append([float(first[cont[0]]), *rest.gather(1, targets).squeeze(1).tolist()])
+        # log p(token t+1) = logit of the token - logsumexp of its row: no full log-softmax tensor
+        later = logits[:, :-1].float()
+        targets = cont_ids[:, 1:, None]
+        values = (later.gather(2, targets).squeeze(2) - torch.logsumexp(later, dim=-1)).tolist()
+        heads = first[expand].gather(1, cont_ids[:, :1]).squeeze(1).tolist()
+        out: list[list[list[float]]] = []
+        row = 0
+        for _, group in jobs:
+            out.append([[heads[row + i], *values[row + i][: len(cont) - 1]] for i, cont in enumerate(group)])
+            row += len(group)
         return out
 
     def _scoring_batches(self, pairs: Sequence[tuple[list[int], list[int]]]) -> Iterator[list[int]]:
