@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.cli.executors import add_executor_options
+
 
 def register(subparsers: Any) -> None:
     """Add the ``estep`` verb."""
@@ -57,6 +59,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="compute dtype")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -75,6 +78,7 @@ def options(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run or resume the E-step and print its summary."""
+    from latent_thoughts.cli.executors import check_executor, launch_lines, ray_options, slurm_options
     from latent_thoughts.config import load_config
     from latent_thoughts.em.stage import EStepConfig, EStepRequest, run_estep
     from latent_thoughts.errors import LatentThoughtsError
@@ -94,15 +98,51 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    summary = run_estep(request)
+    check_executor(args)
+    if args.executor == "slurm":
+        from latent_thoughts.generation.slurm import launch
+
+        for line in launch_lines(
+            launch(shard_argv(args), args.out, slurm_options(args)), args.slurm_cluster, args.out
+        ):
+            print(line)
+        return 0
+    if args.executor == "ray":
+        from latent_thoughts.generation.ray_pipeline import estep_on_ray
+
+        summary = estep_on_ray(request, ray_options(args, request.progress))
+    else:
+        summary = run_estep(request)
     for line in summary_lines(summary):
         print(line)
     return 0
 
 
+def shard_argv(args: argparse.Namespace) -> list[str]:
+    """This ``estep`` command line without its executor options: what each shard job runs."""
+    argv = ["estep", "--model", str(args.model), "--chunks", str(args.chunks), "--out", str(args.out)]
+    argv += ["--device", args.device, "--dtype", args.dtype, "--no-progress"]
+    if args.base_url:
+        argv += ["--base-url", args.base_url]
+    if args.config:
+        argv += ["--config", str(args.config)]
+    overrides = options(args)
+    return [*argv, "--set", *overrides] if overrides else argv
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The closing lines of an E-step run."""
+    executor = summary.get("executor")
+    ran = (
+        [
+            f"executor {executor['kind']}: {executor['workers']} workers over {executor['shards']} shards, "
+            f"{executor['wall_s']:.1f} s wall"
+        ]
+        if executor
+        else []
+    )
     return [
+        *ran,
         f"{summary['chunks']:,} chunks x K={summary['k']}: {summary['sampled_now']:,} sampled now, "
         f"{summary['from_cache']:,} from the cache; {summary['elapsed_s']:.1f} s",
         f"mean bound log mean w {summary['mean_bound']:.3f} nats, mean ESS {summary['mean_ess']:.2f} of "
