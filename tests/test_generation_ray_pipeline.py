@@ -26,6 +26,7 @@ from latent_thoughts.cli import main
 from latent_thoughts.corpus import read_chunks
 from latent_thoughts.generation.ray_pipeline import RayOptions, shard_count
 from tests.test_em_stage import chunks_file  # noqa: F401  (a fixture)
+from tests.test_server import serve_subprocess
 from tests.test_synthesis import ORACLE_TEACHER, cache_lines, testbed_chunks  # noqa: F401  (a fixture)
 
 ray = pytest.importorskip("ray")
@@ -108,6 +109,31 @@ def test_estep_on_ray_writes_the_single_process_output_and_a_rerun_samples_nothi
     assert pq.read_table(on_ray).equals(pq.read_table(single))
 
 
+@pytest.mark.slow
+def test_estep_on_ray_with_actors_as_clients_of_a_served_model(
+    tiny_model_dir: Path,
+    chunks_file: Path,  # noqa: F811
+    ray_address: str,
+    tmp_path: Path,
+) -> None:
+    """Each actor holds an HTTP client of one ``latent-thoughts serve`` endpoint (a real subprocess,
+    standing in for vLLM); the pipeline's output equals a single process's against the same server."""
+    single, on_ray = tmp_path / "single" / "samples.parquet", tmp_path / "ray" / "samples.parquet"
+    common = [
+        "estep",
+        "--model",
+        str(tiny_model_dir),
+        "--chunks",
+        str(chunks_file),
+        *ESTEP_FLAGS,
+        "--no-progress",
+    ]
+    with serve_subprocess(tiny_model_dir, tmp_path) as base_url:
+        run(*common, "--base-url", base_url, "--out", str(single))
+        run(*common, "--base-url", base_url, "--out", str(on_ray), "--executor", "ray", "--workers", "2")
+    assert pq.read_table(on_ray).equals(pq.read_table(single))
+
+
 def test_a_driver_killed_with_sigkill_is_rerun_without_asking_again(
     testbed_chunks: Path,  # noqa: F811
     ray_address: str,
@@ -161,6 +187,24 @@ def wait_for_writers_to_end(cache: Path, timeout_s: float = 60.0) -> None:
                     continue
                 fcntl.flock(handle, fcntl.LOCK_UN)
                 break
+
+
+def test_an_engine_that_cannot_start_in_the_actors_is_a_one_line_error_naming_it(
+    testbed_chunks: Path,  # noqa: F811
+    ray_address: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    teacher = tmp_path / "teacher.yaml"
+    teacher.write_text(f"kind: transformers\ntransformers:\n  model: {tmp_path / 'no-model'}\n")
+    argv = ["synthesize", "--chunks", str(testbed_chunks), "--teacher", str(teacher), "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "x.parquet"), "--executor", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "latent-thoughts: error: shard 0 of 8:" in err
+        and f"{tmp_path / 'no-model'}: not a model folder" in err
+    )
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_shards_default_to_four_per_worker_and_at_most_one_per_document(

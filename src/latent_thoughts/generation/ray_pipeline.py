@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -116,22 +118,58 @@ class ShardWorker:
     def __init__(self, stage: Stage, request: Any) -> None:
         self.stage = stage
         self.request = request
-        self.engine = open_stage_engine(stage, request)
+        self.engine: Any = None
+        self.error: LatentThoughtsError | None = None
+        try:
+            self.engine = open_stage_engine(stage, request)
+        except LatentThoughtsError as exc:
+            self.error = exc  # reported with the first shard, as every error of a shard is
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Shard rows (``shard, count, fingerprint, chunks``) in, ``shard, summary`` (JSON) out."""
-        shards, summaries = [], []
+        """Shard rows (``shard, count, fingerprint, chunks``) in; ``shard, summary`` (JSON) out, or the
+        one-line ``error`` (with its exit ``status``) of a shard that failed.
+
+        Errors travel as data: an exception would reach the driver wrapped by Ray, its message
+        buried in a traceback.
+        """
+        shards, summaries, errors, statuses = [], [], [], []
         for row in batch.to_pylist():
-            loaded = LoadedShard(
-                index=row["shard"],
-                count=row["count"],
-                chunks=[Chunk(**chunk) for chunk in row["chunks"]],
-                fingerprint=row["fingerprint"],
-            )
-            summary = run_stage_shard(self.stage, self.request, self.engine, loaded)
-            shards.append(loaded.index)
+            summary, error, status = {}, "", 0
+            try:
+                summary = self._run(row)
+            except LatentThoughtsError as exc:
+                error, status = str(exc), exc.exit_status
+            shards.append(row["shard"])
             summaries.append(json.dumps(summary))
-        return pa.table({"shard": pa.array(shards, pa.int64()), "summary": pa.array(summaries, pa.string())})
+            errors.append(error)
+            statuses.append(status)
+        return pa.table(
+            {
+                "shard": pa.array(shards, pa.int64()),
+                "summary": pa.array(summaries, pa.string()),
+                "error": pa.array(errors, pa.string()),
+                "status": pa.array(statuses, pa.int64()),
+            }
+        )
+
+    def _run(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Run one shard row; its summary, with which process ran it and for how long."""
+        if self.error is not None:
+            raise self.error
+        loaded = LoadedShard(
+            index=row["shard"],
+            count=row["count"],
+            chunks=[Chunk(**chunk) for chunk in row["chunks"]],
+            fingerprint=row["fingerprint"],
+        )
+        started = time.monotonic()
+        summary = run_stage_shard(self.stage, self.request, self.engine, loaded)
+        summary["worker"] = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        return summary
 
 
 # --- the driver ---------------------------------------------------------------------------------------
@@ -209,6 +247,10 @@ def run_shards(
         bar = tqdm(total=count, unit="shard", desc=f"{stage} (ray)", disable=not options.progress)
         try:
             for row in _rows(results):
+                if row["error"]:
+                    failed = LatentThoughtsError(f"shard {row['shard']} of {count}: {row['error']}")
+                    failed.exit_status = int(row["status"])
+                    raise failed
                 summaries[int(row["shard"])] = json.loads(row["summary"])
                 bar.update(1)
         finally:
@@ -220,28 +262,14 @@ def run_shards(
 
 
 def _rows(dataset: Any) -> Iterator[dict[str, Any]]:
-    """The dataset's rows; an error in an actor comes back as the one-line error it raised."""
+    """The dataset's rows; a failure of Ray itself (not of a shard: those come back as rows) is a
+    one-line error naming the exception."""
     try:
         yield from dataset.iter_rows()
-    except LatentThoughtsError:
-        raise
     except Exception as exc:
-        raise _user_error(exc) from None
-
-
-def _user_error(exc: BaseException) -> LatentThoughtsError:
-    """The :class:`LatentThoughtsError` an actor raised (found in the chain Ray wraps it in), or a
-    one-line error naming the exception."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        cause = getattr(seen, "cause", None)
-        for candidate in (seen, cause):
-            if isinstance(candidate, LatentThoughtsError) and type(candidate).__module__.startswith(
-                "latent_thoughts"
-            ):
-                return candidate
-        seen = cause if isinstance(cause, BaseException) else seen.__cause__
-    return LatentThoughtsError(f"the Ray pipeline failed: {type(exc).__name__}: {_first_line(exc)}")
+        raise LatentThoughtsError(
+            f"the Ray pipeline failed: {type(exc).__name__}: {_first_line(exc)}"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -249,13 +277,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _executor_record(options: RayOptions, shards: int, wall_s: float) -> dict[str, Any]:
+def _executor_record(
+    options: RayOptions, summaries: dict[int, dict[str, Any]], wall_s: float
+) -> dict[str, Any]:
+    """What the summary records of the pipeline: its size, and which worker ran each shard for how long."""
     return {
         "kind": "ray",
         "workers": options.workers,
-        "shards": shards,
+        "shards": len(summaries),
         "address": options.address,
         "wall_s": round(wall_s, 2),
+        "shard_workers": [summaries[i].get("worker") for i in sorted(summaries)],
     }
 
 
@@ -295,7 +327,7 @@ def synthesize_on_ray(request: Any, options: RayOptions) -> dict[str, Any]:
     summary = summaries[0] if count == 1 else merge_shards(request.out, shard_paths(request.out, count))
     summary.setdefault("batch_api", False)
     summary["run"]["elapsed_s"] = round(time.monotonic() - started, 2)
-    summary["executor"] = _executor_record(options, count, time.monotonic() - started)
+    summary["executor"] = _executor_record(options, summaries, time.monotonic() - started)
     write_json(summary, final.summary)
     return summary
 
@@ -337,7 +369,7 @@ def estep_on_ray(request: Any, options: RayOptions) -> dict[str, Any]:
             "shard": None,
         }
     summary["elapsed_s"] = round(time.monotonic() - started, 2)
-    summary["executor"] = _executor_record(options, count, time.monotonic() - started)
+    summary["executor"] = _executor_record(options, summaries, time.monotonic() - started)
     write_json(summary, final.summary)
     return summary
 
