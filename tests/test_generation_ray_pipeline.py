@@ -4,7 +4,9 @@ One local instance (4 logical CPUs, as the pipeline sizes it for 2 workers) serv
 oracle teacher over testbed chunks and a tiny real Llama's E-step each run through a pool of 2
 actors, and their outputs must equal the single-process outputs byte for byte; a rerun asks for
 nothing. A driver killed with SIGKILL mid-run (joined to the instance with ``--ray-address``, as on
-a cluster) is rerun and sends only what it had not finished.
+a cluster) is rerun and sends only what it had not finished. The default run keeps the oracle's
+tests (about 50 s with the instance's start); the E-step's, whose actors import torch, are
+``slow`` (``pytest -m slow tests/test_generation_ray_pipeline.py``).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def test_synthesis_on_ray_writes_the_single_process_output_and_a_rerun_asks_noth
     assert on_ray.read_bytes() == single.read_bytes()
 
 
+@pytest.mark.slow  # about 50 s: the actors import torch
 def test_estep_on_ray_writes_the_single_process_output_and_a_rerun_samples_nothing(
     tiny_model_dir: Path,
     chunks_file: Path,  # noqa: F811
@@ -189,6 +192,7 @@ def wait_for_writers_to_end(cache: Path, timeout_s: float = 60.0) -> None:
                 break
 
 
+@pytest.mark.slow  # about 20 s: actors importing torch only to fail
 def test_an_engine_that_cannot_start_in_the_actors_is_a_one_line_error_naming_it(
     testbed_chunks: Path,  # noqa: F811
     ray_address: str,

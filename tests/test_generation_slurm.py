@@ -33,6 +33,7 @@ def test_shard_jobs_run_the_command_with_shard_i_of_n_and_the_merge_names_every_
     ]
 
 
+@pytest.mark.slow  # about 20 s: three job processes each importing the package
 def test_a_local_array_of_shards_and_the_merge_write_the_single_process_output(
     testbed_chunks: Path,  # noqa: F811
     tmp_path: Path,
