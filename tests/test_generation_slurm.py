@@ -33,6 +33,37 @@ def test_shard_jobs_run_the_command_with_shard_i_of_n_and_the_merge_names_every_
     ]
 
 
+def test_each_job_runs_the_command_line_without_its_executor_options(tmp_path: Path) -> None:
+    """What a shard job runs is the user's command with absolute paths, its stage options kept and
+    the executor options dropped; it parses back to the same stage options."""
+    from latent_thoughts.cli import build_parser
+    from latent_thoughts.cli.estep import shard_argv as estep_argv
+    from latent_thoughts.cli.synthesize import shard_argv as synthesize_argv
+
+    parser = build_parser()
+    slurm = ["--executor", "slurm", "--shards", "4", "--slurm-partition", "gpu"]
+    estep = parser.parse_args(
+        ["estep", "--model", "m", "--chunks", "c.parquet", "--out", "o.parquet", "--k", "8", *slurm]
+    )
+    argv = estep_argv(estep)
+    assert "--executor" not in argv and "--slurm-partition" not in argv
+    again = parser.parse_args(argv)
+    assert again.model == Path("m").resolve() and again.out == Path("o.parquet").resolve()
+    assert again.set == ["k=8"] and again.executor == "local"
+
+    files = ["--chunks", "c.parquet", "--teacher", "t.yaml", "--out", "o.parquet"]
+    options = ["--mode", "rephrase", "--style", "cot", "--set", "batch_size=4"]
+    synthesize = parser.parse_args(["synthesize", *files, *options, *slurm])
+    again = parser.parse_args(synthesize_argv(synthesize))
+    assert (again.mode, again.style, again.set, again.executor) == (
+        "rephrase",
+        "cot",
+        ["batch_size=4"],
+        "local",
+    )
+    assert again.teacher == Path("t.yaml").resolve()
+
+
 @pytest.mark.slow  # about 20 s: three job processes each importing the package
 def test_a_local_array_of_shards_and_the_merge_write_the_single_process_output(
     testbed_chunks: Path,  # noqa: F811

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         from latent_thoughts.generation.slurm import launch
 
         for line in launch_lines(
-            launch(shard_argv(args), args.out, slurm_options(args)), args.slurm_cluster, args.out
+            launch(shard_argv(args), args.out.resolve(), slurm_options(args)), args.slurm_cluster, args.out
         ):
             print(line)
         return 0
@@ -120,12 +120,14 @@ def run(args: argparse.Namespace) -> int:
 
 def shard_argv(args: argparse.Namespace) -> list[str]:
     """This ``estep`` command line without its executor options: what each shard job runs."""
-    argv = ["estep", "--model", str(args.model), "--chunks", str(args.chunks), "--out", str(args.out)]
+    # absolute paths: a job may start in another directory
+    model, chunks, out = (str(Path(path).resolve()) for path in (args.model, args.chunks, args.out))
+    argv = ["estep", "--model", model, "--chunks", chunks, "--out", out]
     argv += ["--device", args.device, "--dtype", args.dtype, "--no-progress"]
     if args.base_url:
         argv += ["--base-url", args.base_url]
     if args.config:
-        argv += ["--config", str(args.config)]
+        argv += ["--config", str(Path(args.config).resolve())]
     overrides = options(args)
     return [*argv, "--set", *overrides] if overrides else argv
 

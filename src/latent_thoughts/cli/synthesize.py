@@ -135,11 +135,15 @@ def run_synthesize(args: argparse.Namespace) -> int:
             print(line)
         return 0
     check_executor(args)
+    if args.batch_api and args.executor != "local":
+        raise LatentThoughtsError(
+            f"--batch-api and --executor {args.executor} do not mix: the Batch API runs in one process"
+        )
     if args.executor == "slurm":
         from latent_thoughts.generation.slurm import launch
 
         for line in launch_lines(
-            launch(shard_argv(args), args.out, slurm_options(args)), args.slurm_cluster, args.out
+            launch(shard_argv(args), args.out.resolve(), slurm_options(args)), args.slurm_cluster, args.out
         ):
             print(line)
         return 0
@@ -156,19 +160,17 @@ def run_synthesize(args: argparse.Namespace) -> int:
 
 def shard_argv(args: argparse.Namespace) -> list[str]:
     """This ``synthesize`` command line without its executor options: what each shard job runs."""
-    argv = [
-        "synthesize",
-        "--chunks",
-        str(args.chunks),
-        "--teacher",
-        str(args.teacher),
-        "--out",
-        str(args.out),
-    ]
+    # absolute paths: a job may start in another directory
+    argv = ["synthesize", "--chunks", _absolute(args.chunks), "--teacher", _absolute(args.teacher)]
+    argv += ["--out", _absolute(args.out)]
     argv += ["--mode", args.mode, "--style", args.style, "--no-progress"]
     if args.retry_failures:
         argv.append("--retry-failures")
     return [*argv, "--set", *args.set] if args.set else argv
+
+
+def _absolute(path: Path) -> str:
+    return str(Path(path).resolve())
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
