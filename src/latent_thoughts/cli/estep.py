@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.cli.executors import add_executor_options
+
 
 def register(subparsers: Any) -> None:
     """Add the ``estep`` verb."""
@@ -84,6 +86,7 @@ def register(subparsers: Any) -> None:
     )
     served.add_argument("--concurrency", type=int, help="requests in flight at once (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_options(parser)
     parser.set_defaults(handler=run)
 
 
@@ -156,6 +159,7 @@ def engine_of(args: argparse.Namespace) -> tuple[Path, str | list[str] | None, d
 
 def run(args: argparse.Namespace) -> int:
     """Run or resume the E-step and print its summary."""
+    from latent_thoughts.cli.executors import check_executor, launch_lines, ray_options, slurm_options
     from latent_thoughts.config import load_config
     from latent_thoughts.em.stage import EStepConfig, EStepRequest, run_estep
     from latent_thoughts.generation.shards import parse_shard
@@ -176,15 +180,62 @@ def run(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard) if args.shard else None,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    summary = run_estep(request)
+    check_executor(args)
+    if args.executor == "slurm":
+        from latent_thoughts.generation.slurm import launch
+
+        for line in launch_lines(
+            launch(shard_argv(args), args.out.resolve(), slurm_options(args)), args.slurm_cluster, args.out
+        ):
+            print(line)
+        return 0
+    if args.executor == "ray":
+        from latent_thoughts.generation.ray_pipeline import estep_on_ray
+
+        summary = estep_on_ray(request, ray_options(args, request.progress))
+    else:
+        summary = run_estep(request)
     for line in summary_lines(summary):
         print(line)
     return 0
 
 
+def shard_argv(args: argparse.Namespace) -> list[str]:
+    """This ``estep`` command line without its executor options: what each shard job runs."""
+    # absolute paths: a job may start in another directory
+    model, chunks, out = (str(Path(path).resolve()) for path in (args.model, args.chunks, args.out))
+    argv = ["estep", "--model", model, "--chunks", chunks, "--out", out, "--no-progress"]
+    flags = {
+        "--device": args.device,
+        "--dtype": args.dtype,
+        "--base-url": args.base_url,
+        "--timeout-s": args.timeout_s,
+        "--max-attempts": args.max_attempts,
+        "--backoff-initial-s": args.backoff_initial_s,
+        "--concurrency": args.concurrency,
+    }
+    for flag, value in flags.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.config:
+        argv += ["--config", str(Path(args.config).resolve())]
+    overrides = options(args)
+    return [*argv, "--set", *overrides] if overrides else argv
+
+
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The closing lines of an E-step run."""
+    executor = summary.get("executor")
+    ran = (
+        [
+            f"executor {executor['kind']}: {executor['workers']} workers over {executor['shards']} shards, "
+            f"{executor['wall_s']:.1f} s wall"
+        ]
+        if executor
+        else []
+    )
     lines = [
+        *ran,
         f"{summary['chunks']:,} chunks x K={summary['k']}: {summary['sampled_now']:,} sampled now, "
         f"{summary['from_cache']:,} from the cache; {summary['elapsed_s']:.1f} s",
         f"mean bound log mean w {summary['mean_bound']:.3f} nats, mean ESS {summary['mean_ess']:.2f} of "

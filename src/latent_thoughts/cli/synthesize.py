@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.cli.executors import add_executor_options
+
 
 def register(subparsers: Any) -> None:
     """Add the ``synthesize``, ``merge`` and ``thoughts`` verbs."""
@@ -63,6 +65,7 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="teacher overrides, e.g. sampling.max_new_tokens=512",
     )
+    add_executor_options(parser)
     parser.set_defaults(handler=run_synthesize)
 
     merge = subparsers.add_parser(
@@ -114,6 +117,7 @@ def _request(args: argparse.Namespace) -> Any:
 
 def run_synthesize(args: argparse.Namespace) -> int:
     """Run, resume or project a synthesis job and print its summary."""
+    from latent_thoughts.cli.executors import check_executor, launch_lines, ray_options, slurm_options
     from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.synthesis.stage import project_run, run_synthesis
 
@@ -130,10 +134,43 @@ def run_synthesize(args: argparse.Namespace) -> int:
         for line in project_run(request, sample_size=args.sample, seed=args.seed).lines():
             print(line)
         return 0
-    summary = run_synthesis(request)
+    check_executor(args)
+    if args.batch_api and args.executor != "local":
+        raise LatentThoughtsError(
+            f"--batch-api and --executor {args.executor} do not mix: the Batch API runs in one process"
+        )
+    if args.executor == "slurm":
+        from latent_thoughts.generation.slurm import launch
+
+        for line in launch_lines(
+            launch(shard_argv(args), args.out.resolve(), slurm_options(args)), args.slurm_cluster, args.out
+        ):
+            print(line)
+        return 0
+    if args.executor == "ray":
+        from latent_thoughts.generation.ray_pipeline import synthesize_on_ray
+
+        summary = synthesize_on_ray(request, ray_options(args, request.progress))
+    else:
+        summary = run_synthesis(request)
     for line in summary_lines(summary):
         print(line)
     return 0 if not summary["output"]["missing"] else 3
+
+
+def shard_argv(args: argparse.Namespace) -> list[str]:
+    """This ``synthesize`` command line without its executor options: what each shard job runs."""
+    # absolute paths: a job may start in another directory
+    argv = ["synthesize", "--chunks", _absolute(args.chunks), "--teacher", _absolute(args.teacher)]
+    argv += ["--out", _absolute(args.out)]
+    argv += ["--mode", args.mode, "--style", args.style, "--no-progress"]
+    if args.retry_failures:
+        argv.append("--retry-failures")
+    return [*argv, "--set", *args.set] if args.set else argv
+
+
+def _absolute(path: Path) -> str:
+    return str(Path(path).resolve())
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -149,6 +186,12 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"cost {summary['cost']:.4f} {summary['currency']} ({'batch' if summary['batch_api'] else 'online'} prices); "
         f"{run['elapsed_s']:.1f} s",
     ]
+    executor = summary.get("executor")
+    if executor:
+        lines.append(
+            f"executor {executor['kind']}: {executor['workers']} workers over {executor['shards']} shards, "
+            f"{executor['wall_s']:.1f} s wall"
+        )
     if output["missing"]:
         lines.append(
             f"{output['missing']:,} still unanswered (batches in flight?): rerun to collect; nothing written"

@@ -48,7 +48,7 @@ from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import EStepLayout, SpecialIds, TruncationCounter, e_step_layout, tokenize_chunks
 from latent_thoughts.generation.cache import CacheRecord, ResultCache, cache_key
-from latent_thoughts.generation.shards import order_shard_outputs, select_shard, shard_files
+from latent_thoughts.generation.shards import LoadedShard, order_shard_outputs, select_shard, shard_files
 from latent_thoughts.synthesis.pipeline import (
     chunks_fingerprint,
     load_chunks,
@@ -422,31 +422,46 @@ def open_engine(request: EStepRequest) -> tuple[Engine, str]:
     return local, f"{local.identity}:{model_fingerprint(request.model)}"
 
 
-def run_estep(request: EStepRequest) -> dict[str, Any]:
-    """Run (or resume) the E-step of ``request``; returns the summary also written next to the output."""
+def run_estep(
+    request: EStepRequest,
+    *,
+    engine: tuple[Engine, str] | None = None,
+    loaded: LoadedShard | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the E-step of ``request``; returns the summary also written next to the output.
+
+    A worker that runs many shards (:mod:`latent_thoughts.generation.ray_pipeline`) passes its open
+    ``engine`` with the model identity (:func:`open_engine`; kept open) and the shard's chunks as
+    ``loaded``.
+    """
     from latent_thoughts.tokenizer import load_tokenizer
 
     started = time.monotonic()
     config = request.config
     paths = output_paths(request.out, request.shard)
-    chunks = load_chunks(request.chunks)
-    selected = chunks if request.shard is None else select_shard(chunks, *request.shard)
+    if loaded is None:
+        chunks = load_chunks(request.chunks)
+        selected = chunks if request.shard is None else select_shard(chunks, *request.shard)
+        fingerprint = chunks_fingerprint(chunks)
+    else:
+        selected, fingerprint = loaded.chunks, loaded.fingerprint
     # a local engine's options may name another tokenizer folder; a served model's tokenizer is ``model``
     tokenizer = load_tokenizer(request.engine_options.get("tokenizer") or request.model)
     context_tokens = context_limit(request.model, config.context_tokens)
     laid_out = chunk_layouts(selected, tokenizer, context_tokens, config.max_thought_tokens)
-    engine, model = open_engine(request)
+    own_engine = engine is None
+    active, model = open_engine(request) if engine is None else engine
     try:
         items = make_items(laid_out, model, sampling_key(config, context_tokens))
         with ResultCache(paths.cache_dir, paths.writer, {item.key for item in items}) as cache:
             todo = [item for item in items if cache.status(item.key) != "ok"]
             logger.info("%d chunks: %d cached, %d to sample", len(items), len(items) - len(todo), len(todo))
-            sampled = sample_batches(todo, engine, cache, config, model, request.progress) if todo else 0
+            sampled = sample_batches(todo, active, cache, config, model, request.progress) if todo else 0
             table, missing = build_table(items, cache, tokenizer, config.policy, config.seed)
     finally:
-        usage = engine.usage
-        close = getattr(engine, "close", None)
-        if callable(close):
+        usage = active.usage
+        close = getattr(active, "close", None)
+        if own_engine and callable(close):  # a worker's engine stays open for its next shard
             close()
     if missing:
         raise LatentThoughtsError(f"{request.out}: {missing} chunks have no samples after the run")
@@ -455,7 +470,7 @@ def run_estep(request: EStepRequest) -> dict[str, Any]:
         "mode": MODE,
         "model": model,
         "layout_version": LAYOUT_VERSION,
-        "chunks_fingerprint": chunks_fingerprint(chunks),
+        "chunks_fingerprint": fingerprint,
         "sampling": sampling_key(config, context_tokens),
         "policy": config.policy,
         "shard": f"{request.shard[0]}/{request.shard[1]}" if request.shard and request.shard[1] > 1 else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,20 @@ def select_shard(chunks: Sequence[Chunk], index: int, count: int) -> list[Chunk]
             selected.extend(doc)
         done += size
     return selected
+
+
+@dataclass(frozen=True)
+class LoadedShard:
+    """A shard's chunks already selected, with the fingerprint of the whole chunk file they came from.
+
+    What a worker that receives a shard's chunks rather than the file (a Ray actor) runs a stage on:
+    the stage then neither reads nor splits the chunk file again.
+    """
+
+    index: int
+    count: int
+    chunks: list[Chunk]
+    fingerprint: str
 
 
 def shard_writer(shard: tuple[int, int] | None) -> str:

@@ -22,7 +22,7 @@ from latent_thoughts.corpus import Chunk
 from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.generation.cache import ResultCache
-from latent_thoughts.generation.shards import order_shard_outputs, select_shard, shard_files
+from latent_thoughts.generation.shards import LoadedShard, order_shard_outputs, select_shard, shard_files
 from latent_thoughts.outputs import check_outputs
 from latent_thoughts.prompts import WRAP_STYLES, LatentThoughtPrompt, RephrasePrompt
 from latent_thoughts.synthesis.costs import Projection, project_usage
@@ -107,22 +107,32 @@ def make_items(
     return rephrase_work(chunks, style, teacher, config.sampling, config.style_seed)
 
 
-def prepare(request: SynthesisRequest, *, need_engine: bool = True) -> Plan:
+def prepare(
+    request: SynthesisRequest,
+    *,
+    need_engine: bool = True,
+    engine: Engine | None = None,
+    loaded: LoadedShard | None = None,
+) -> Plan:
     """Load the teacher and the chunks, take the shard and build its work items.
 
     Without ``need_engine`` (the dry run) a teacher that cannot be built yet (say, no API key set)
-    is not an error: the plan then has no engine and no cache look-ups are possible.
+    is not an error: the plan then has no engine and no cache look-ups are possible. A worker that
+    already holds the teacher passes it as ``engine``, and the shard's chunks as ``loaded``.
     """
     config = load_teacher(request.teacher, request.overrides)
     if request.batch_api:
         require_kind(config, "http", "--batch-api")
     if request.mode == "thoughts" and request.style != "wrap":
         raise LatentThoughtsError("--style applies to --mode rephrase only")
-    chunks = load_chunks(request.chunks)
-    selected = chunks if request.shard is None else _select(chunks, request.shard)
-    engine: Engine | None = None
+    if loaded is None:
+        chunks = load_chunks(request.chunks)
+        selected = chunks if request.shard is None else _select(chunks, request.shard)
+        fingerprint = chunks_fingerprint(chunks)
+    else:
+        selected, fingerprint = loaded.chunks, loaded.fingerprint
     try:
-        engine = build_teacher(config, str(request.teacher))
+        engine = engine or build_teacher(config, str(request.teacher))
         identity = teacher_identity(config, engine)
     except LatentThoughtsError as exc:
         if need_engine:
@@ -135,7 +145,7 @@ def prepare(request: SynthesisRequest, *, need_engine: bool = True) -> Plan:
         "style": request.style if request.mode == "rephrase" else None,
         "teacher": identity,
         "prompt_version": prompt_version(request.mode),
-        "chunks_fingerprint": chunks_fingerprint(chunks),
+        "chunks_fingerprint": fingerprint,
         "shard": f"{request.shard[0]}/{request.shard[1]}" if request.shard and request.shard[1] > 1 else None,
     }
     return Plan(
@@ -167,11 +177,15 @@ def _select(chunks: Sequence[Chunk], shard: tuple[int, int]) -> list[Chunk]:
     return select_shard(chunks, *shard)
 
 
-def run_synthesis(request: SynthesisRequest) -> dict[str, Any]:
+def run_synthesis(
+    request: SynthesisRequest, *, engine: Engine | None = None, loaded: LoadedShard | None = None
+) -> dict[str, Any]:
     """Run (or resume) one synthesis job; returns the summary also saved next to the output.
 
     The outputs are written only when every item has an answer or a recorded failure; a Batch API
     run with ``wait=False`` whose batches are still in flight returns with ``output.missing > 0``.
+    ``engine`` (the teacher, kept open) and ``loaded`` (the shard's chunks) come from a worker that
+    runs many shards (:mod:`latent_thoughts.generation.ray_pipeline`).
     """
     paths = output_paths(request.out, request.shard)
     check_outputs(
@@ -179,7 +193,7 @@ def run_synthesis(request: SynthesisRequest) -> dict[str, Any]:
         files=[paths.result, paths.failures, paths.summary, paths.batch_state],
         folders=[paths.cache_dir],
     )
-    plan = prepare(request)
+    plan = prepare(request, engine=engine, loaded=loaded)
     assert plan.engine is not None
     config = plan.config
     try:
@@ -233,7 +247,7 @@ def run_synthesis(request: SynthesisRequest) -> dict[str, Any]:
         stats.retries = plan.engine.usage.retries
     finally:
         close = getattr(plan.engine, "close", None)
-        if callable(close):
+        if engine is None and callable(close):  # a worker's own engine stays open for its next shard
             close()
     summary = summary_record(
         stats,

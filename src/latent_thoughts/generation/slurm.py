@@ -1,0 +1,144 @@
+"""Shards as a Slurm job array through submitit (``--executor slurm``): N ``--shard i/N`` jobs, then the merge.
+
+Each array task runs the same command line as a hand-written Slurm array would
+(``latent-thoughts synthesize|estep ... --shard i/N``), in a Python job that submitit pickles; the
+merge (``latent-thoughts merge --out OUT SHARD...``) is submitted at once with the dependency
+``afterok`` on the whole array, so the launcher returns while the jobs wait in the queue. The
+shards share the content-addressed cache, so a failed or preempted task is simply resubmitted
+(or the whole launch repeated): nothing finished is asked again.
+
+``cluster`` ``local`` (a subprocess per job) and ``debug`` (in this process) are submitit's own
+stand-ins for Slurm, used to try a launch on one machine; they know no job dependencies, so there
+the launcher waits for the shards before it runs the merge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from latent_thoughts.errors import LatentThoughtsError
+
+Cluster = Literal["slurm", "local", "debug"]
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """The array: ``shards`` tasks, logs and pickles under ``folder``, and what each task asks Slurm for."""
+
+    shards: int
+    folder: Path
+    cluster: Cluster = "slurm"
+    partition: str | None = None
+    time_min: int = 240
+    cpus_per_task: int = 2
+    gpus_per_task: int = 0
+    mem_gb: float | None = None
+    parallelism: int | None = None
+
+    def check(self) -> None:
+        """One-line errors for impossible settings, naming the option."""
+        if self.shards < 1:
+            raise LatentThoughtsError(f"--shards {self.shards}: need at least 1")
+        if self.time_min < 1:
+            raise LatentThoughtsError(f"--slurm-time {self.time_min}: need at least 1 minute")
+        if self.cpus_per_task < 1 or self.gpus_per_task < 0:
+            raise LatentThoughtsError("--slurm-cpus must be at least 1 and --slurm-gpus at least 0")
+
+
+@dataclass
+class Launched:
+    """The submitted jobs (submitit ``Job`` objects): one per shard, then the merge (None for 1 shard)."""
+
+    shard_jobs: list[Any]
+    merge_job: Any | None
+
+    @property
+    def job_ids(self) -> list[str]:
+        """Every job id, the merge's last."""
+        jobs = [*self.shard_jobs, *([self.merge_job] if self.merge_job is not None else [])]
+        return [str(job.job_id) for job in jobs]
+
+
+def run_cli(argv: Sequence[str]) -> int:
+    """One job: ``latent-thoughts ARGV`` in the job's process; a non-zero exit fails the job."""
+    from latent_thoughts.cli import main
+
+    status = main(list(argv))
+    if status != 0:
+        raise LatentThoughtsError(
+            f"latent-thoughts {' '.join(argv)}: exit status {status} (see this job's log)"
+        )
+    return status
+
+
+def shard_commands(stage_argv: Sequence[str], shards: int) -> list[list[str]]:
+    """The command line of each array task: ``stage_argv --shard i/N`` (the whole run for one shard)."""
+    if shards == 1:
+        return [list(stage_argv)]
+    return [[*stage_argv, "--shard", f"{index}/{shards}"] for index in range(shards)]
+
+
+def merge_command(out: Path, shards: int) -> list[str]:
+    """The merge job's command line, naming the N shard outputs next to ``out``."""
+    from latent_thoughts.generation.ray_pipeline import shard_paths
+
+    return ["merge", "--out", str(out), *(str(path) for path in shard_paths(out, shards))]
+
+
+def launch(stage_argv: Sequence[str], out: Path, options: SlurmOptions) -> Launched:
+    """Submit the shards of ``stage_argv`` (a ``synthesize`` or ``estep`` command line without
+    ``--shard``) as an array, then the merge into ``out``; returns the jobs.
+
+    On Slurm the merge waits in the queue (``afterok`` on the array) and this returns at once; with
+    ``local`` or ``debug`` this waits for the shards, runs the merge and returns when it is done.
+    """
+    import submitit
+
+    options.check()
+    executor = submitit.AutoExecutor(folder=options.folder, cluster=options.cluster)
+    parameters: dict[str, Any] = {
+        "name": f"latent-thoughts-{stage_argv[0]}",
+        "timeout_min": options.time_min,
+        "cpus_per_task": options.cpus_per_task,
+    }
+    if options.gpus_per_task:
+        parameters["gpus_per_node"] = options.gpus_per_task
+    if options.mem_gb is not None:
+        parameters["mem_gb"] = options.mem_gb
+    if options.partition is not None:
+        parameters["slurm_partition"] = options.partition
+    if options.parallelism is not None:
+        parameters["slurm_array_parallelism"] = options.parallelism
+    executor.update_parameters(**parameters)
+    shard_jobs = executor.map_array(run_cli, shard_commands(stage_argv, options.shards))
+    if options.shards == 1:
+        if options.cluster != "slurm":
+            shard_jobs[0].result()
+        return Launched(shard_jobs, None)
+    if options.cluster == "slurm":
+        array_id = str(shard_jobs[0].job_id).split("_")[0]
+        executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{array_id}"})
+        return Launched(shard_jobs, executor.submit(run_cli, merge_command(out, options.shards)))
+    for job in shard_jobs:
+        _wait(job)
+    merge = executor.submit(run_cli, merge_command(out, options.shards))
+    _wait(merge)
+    return Launched(shard_jobs, merge)
+
+
+def _wait(job: Any) -> None:
+    """Wait for a local job; its failure is a one-line error naming the job and its log folder."""
+    try:
+        job.result()
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        last = next((line for line in reversed(lines) if line.strip()), type(exc).__name__)
+        raise LatentThoughtsError(
+            f"job {job.job_id} failed: {last.strip()} (logs: {job.paths.folder})"
+        ) from None
+
+
+__all__ = ["Launched", "SlurmOptions", "launch", "merge_command", "run_cli", "shard_commands"]
