@@ -18,13 +18,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -48,6 +50,18 @@ def kill_when(command: list[str], ready: Callable[[], bool], timeout_s: float = 
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run in-process work on one torch thread, as the killed subprocesses run (``OMP_NUM_THREADS=1``):
+    sums over other thread counts round differently, and outputs are compared bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def after(seconds: float) -> Callable[[], bool]:
@@ -172,7 +186,8 @@ def estep_uninterrupted(
     tiny_model_dir: Path, estep_chunks: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> pa.Table:
     out = tmp_path_factory.mktemp("estep-fresh") / "samples.parquet"
-    assert cli_main(estep_command(tiny_model_dir, estep_chunks, out)) == 0
+    with one_thread():
+        assert cli_main(estep_command(tiny_model_dir, estep_chunks, out)) == 0
     return pq.read_table(out)
 
 
@@ -202,7 +217,8 @@ def test_estep_killed_then_rerun_writes_what_an_uninterrupted_run_writes_and_sam
     assert not out.exists()
     saved = complete_lines(cache)
     assert saved < estep_uninterrupted.num_rows, "the run finished its sampling before it was killed"
-    assert cli_main(command) == 0
+    with one_thread():
+        assert cli_main(command) == 0
     assert pq.read_table(out).equals(estep_uninterrupted)
     summary = json.loads((tmp_path / "samples.summary.json").read_text())
     # What the killed run saved is read back, not sampled again; only the rest is sampled.
