@@ -189,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"thought model: {true_claims} (testbed checker)")
     print(
         "The effect needs more training than a demo's minutes on a CPU: docs/testbed.md shows it growing "
-        "with the budget (bench/thoughts_vs_raw.py, 4M tokens, 3 seeds)."
+        "with the budget (bench/thoughts_vs_raw.py: 4M tokens, 3 seeds, 0.218; at 12M tokens every seed "
+        "answers 97-98.5% against 0-0.5% for raw, finding 12)."
     )
     print(
         f"wrote {out / 'results.json'} and {out / 'accuracy.png'}; total time {time.perf_counter() - started:.0f} s"
