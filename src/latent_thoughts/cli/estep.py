@@ -111,7 +111,7 @@ def engine_of(args: argparse.Namespace) -> tuple[Path, str | list[str] | None, d
     the options are the HTTP engine's (retry policy included) or the transformers engine's. A flag
     that does not apply to the engine is a one-line error."""
     from latent_thoughts.engines.http_engine import HTTPEngineConfig
-    from latent_thoughts.engines.spec import engine_options, http_spec, is_engine_file, read_engine_spec
+    from latent_thoughts.engines.spec import command_line_spec, engine_options, is_engine_file
     from latent_thoughts.errors import LatentThoughtsError
 
     local = {"device": args.device, "dtype": args.dtype}
@@ -122,22 +122,9 @@ def engine_of(args: argparse.Namespace) -> tuple[Path, str | list[str] | None, d
         "concurrency": args.concurrency,
     }
     http = {key: value for key, value in flags.items() if value is not None}
-    if args.base_url:
-        if is_engine_file(args.model):
-            raise LatentThoughtsError(
-                f"--base-url: {args.model} is an engine file already; set http.base_url there"
-            )
-        if any(value is not None for value in local.values()):
-            raise LatentThoughtsError(
-                "--device/--dtype: the model served at --base-url runs where its server puts it"
-            )
-        spec = http_spec(args.base_url, args.model)
-    elif is_engine_file(args.model):
-        spec = read_engine_spec(args.model, local)
-    else:
-        if not args.model.is_dir():
-            raise LatentThoughtsError(f"--model {args.model}: not a model folder (or engine file, *.yaml)")
-        spec = read_engine_spec(args.model, local)
+    if not args.base_url and not is_engine_file(args.model) and not args.model.is_dir():
+        raise LatentThoughtsError(f"--model {args.model}: not a model folder (or engine file, *.yaml)")
+    spec = command_line_spec(args.model, args.base_url, local)
     if spec.kind == "http":
         config = engine_options("http", {**spec.http, **http}, str(args.model))
         assert isinstance(config, HTTPEngineConfig)

@@ -119,22 +119,9 @@ def _tasks(args: argparse.Namespace) -> list[str]:
 @contextmanager
 def _engine(args: argparse.Namespace) -> Iterator[tuple[Any, Any]]:
     """``(engine, tokenizer)`` of MODEL (a folder or an engine file), or of the server at ``--base-url``."""
-    from latent_thoughts.engines.spec import http_spec, is_engine_file, open_engine, read_engine_spec
-    from latent_thoughts.errors import LatentThoughtsError
+    from latent_thoughts.engines.spec import command_line_spec, open_engine
 
-    local = {"device": args.device, "dtype": args.dtype}
-    if args.base_url:
-        if is_engine_file(args.model):
-            raise LatentThoughtsError(
-                f"--base-url: {args.model} is an engine file already; set http.base_url there"
-            )
-        if any(value is not None for value in local.values()):
-            raise LatentThoughtsError(
-                "--device/--dtype: the model served at --base-url runs where its server puts it"
-            )
-        spec = http_spec(args.base_url, args.model)
-    else:
-        spec = read_engine_spec(args.model, local)
+    spec = command_line_spec(args.model, args.base_url, {"device": args.device, "dtype": args.dtype})
     with open_engine(spec) as pair:
         yield pair
 

@@ -117,6 +117,27 @@ def http_spec(base_url: str, tokenizer: str | Path) -> EngineSpec:
     return EngineSpec(kind="http", http={"base_url": base_url}, tokenizer=str(tokenizer))
 
 
+def command_line_spec(
+    model: str | Path, base_url: str | None, local_options: Mapping[str, Any] | None = None
+) -> EngineSpec:
+    """The engine a command's ``MODEL``, ``--base-url`` and local flags (``--device``, ``--dtype``) name.
+
+    With ``base_url``, MODEL is the served model's tokenizer folder, and an engine file or a local flag
+    is a one-line error (the file or the server already decides); without, :func:`read_engine_spec`.
+    """
+    if base_url:
+        if is_engine_file(model):
+            raise LatentThoughtsError(
+                f"--base-url: {model} is an engine file already; set http.base_url there"
+            )
+        if any(value is not None for value in (local_options or {}).values()):
+            raise LatentThoughtsError(
+                "--device/--dtype: the model served at --base-url runs where its server puts it"
+            )
+        return http_spec(base_url, model)
+    return read_engine_spec(model, local_options)
+
+
 @contextmanager
 def open_engine(spec: EngineSpec) -> Iterator[tuple[Engine, Any]]:
     """``(engine, tokenizer)`` of ``spec``, closed (an HTTP client) when the block ends."""
