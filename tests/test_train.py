@@ -134,6 +134,38 @@ def test_steps_for_tokens_rounds_up_to_whole_steps() -> None:
     assert steps_for_tokens(1, 2048, 192) == 1
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "wsd"])
+def test_lr_schedule_warms_up_then_decays_to_the_floor(schedule: str) -> None:
+    from transformers import get_scheduler
+
+    from latent_thoughts.train.config import OptimConfig
+    from latent_thoughts.train.trainer import scheduler_arguments
+
+    optim = OptimConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule=schedule, decay_fraction=0.25)
+    arguments = scheduler_arguments(optim, max_steps=100)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=optim.lr)
+    scheduler = get_scheduler(
+        arguments["lr_scheduler_type"],
+        optimizer,
+        num_warmup_steps=10,
+        num_training_steps=100,
+        scheduler_specific_kwargs=arguments["lr_scheduler_kwargs"],
+    )
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[5] == pytest.approx(0.5, abs=0.06)  # wsd counts the warm-up from step 1
+    assert rates[10] == pytest.approx(1.0)
+    assert rates[-1] == pytest.approx(0.1, abs=0.04)
+    if schedule == "wsd":  # the peak holds until the last quarter, then falls linearly
+        assert rates[74] == pytest.approx(1.0)
+        assert rates[87] == pytest.approx(0.1 + 0.9 * (1 - 12 / 25), abs=0.04)
+    else:
+        assert rates[40] < 0.9
+
+
 def test_flop_matched_raw_tokens_add_the_extra_compute() -> None:
     per_token = training_flops_per_token(1_000_000, num_layers=4, hidden_size=256, seq_len=512)
     assert per_token == 6e6 + 12 * 4 * 256 * 512

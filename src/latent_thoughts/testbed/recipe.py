@@ -64,6 +64,9 @@ class TestbedRecipe(StageConfig):
     tokens: int = Field(4_000_000, gt=0, description="training tokens per arm")
     lr: float = Field(1e-3, gt=0, description="2e-3 never learned to copy the question's operands")
     warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["cosine", "wsd"] = Field("cosine", description="the lr decay after the warm-up")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a fraction of lr")
+    decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="schedule wsd: share of steps decaying")
     batch: int = Field(8, gt=0, description="windows per optimizer step")
     weight_decay: float = Field(0.01, ge=0)
     posterior_probability: float = Field(0.5, ge=0.0, le=1.0)
@@ -180,6 +183,9 @@ def train_config(
             "optim": {
                 "lr": recipe.lr,
                 "warmup_steps": recipe.warmup_steps,
+                "schedule": recipe.schedule,
+                "min_lr_ratio": recipe.min_lr_ratio,
+                "decay_fraction": recipe.decay_fraction,
                 "global_batch": recipe.batch,
                 "micro_batch": recipe.batch,
                 "weight_decay": recipe.weight_decay,

@@ -132,7 +132,12 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 
 
 class OptimConfig(StageConfig):
-    """AdamW with linear warm-up then cosine decay, gradient clipping and accumulation.
+    """AdamW with linear warm-up then a decay (``schedule``), gradient clipping and accumulation.
+
+    ``schedule: cosine`` decays from ``lr`` to ``min_lr_ratio * lr`` over the whole run after the
+    warm-up; ``schedule: wsd`` (warm-up, stable, decay) holds ``lr`` and decays linearly to
+    ``min_lr_ratio * lr`` over the last ``decay_fraction`` of the steps, so a short run spends more
+    of its steps at the peak rate.
 
     ``global_batch`` is in windows of ``data.format.seq_len`` tokens across all processes; each
     process runs ``micro_batch`` windows at a time and accumulates gradients over
@@ -142,6 +147,10 @@ class OptimConfig(StageConfig):
 
     lr: float = Field(1e-4, gt=0.0)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a fraction of lr")
+    schedule: Literal["cosine", "wsd"] = Field("cosine", description="the decay after the warm-up")
+    decay_fraction: float = Field(
+        0.2, gt=0.0, le=1.0, description="schedule wsd: the share of steps spent decaying"
+    )
     warmup_steps: int = Field(1000, ge=0)
     weight_decay: float = Field(0.01, ge=0.0)
     betas: tuple[Beta, Beta] = Field((0.9, 0.95), description="AdamW's two decay rates, each in [0, 1)")

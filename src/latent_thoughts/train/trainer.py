@@ -56,7 +56,7 @@ from latent_thoughts.tokenizer import (
     train_bpe_tokenizer,
 )
 from latent_thoughts.train.budget import model_flops_per_token, steps_for_tokens, tokens_for_steps
-from latent_thoughts.train.config import SourceConfig, TrainConfig
+from latent_thoughts.train.config import OptimConfig, SourceConfig, TrainConfig
 from latent_thoughts.train.data import (
     PackedDataset,
     SourceDocument,
@@ -255,6 +255,16 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def scheduler_arguments(optim: OptimConfig, max_steps: int) -> dict[str, Any]:
+    """The ``TrainingArguments`` fields of ``optim.schedule`` for a run of ``max_steps`` steps."""
+    if optim.schedule == "wsd":
+        decay_steps = max(1, round(optim.decay_fraction * max_steps))
+        kwargs = {"num_decay_steps": decay_steps, "decay_type": "linear", "min_lr_ratio": optim.min_lr_ratio}
+        return {"lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": kwargs}
+    kwargs = {"min_lr_rate": optim.min_lr_ratio}
+    return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": kwargs}
+
+
 def training_arguments(config: TrainConfig, max_steps: int, has_validation: bool) -> TrainingArguments:
     """The ``TrainingArguments`` of a run: every optimisation option comes from ``config``."""
     optim = config.optim
@@ -276,8 +286,7 @@ def training_arguments(config: TrainConfig, max_steps: int, has_validation: bool
         per_device_eval_batch_size=optim.micro_batch,
         gradient_accumulation_steps=optim.global_batch // per_step,
         learning_rate=optim.lr,
-        lr_scheduler_type="cosine_with_min_lr",
-        lr_scheduler_kwargs={"min_lr_rate": optim.min_lr_ratio},
+        **scheduler_arguments(optim, max_steps),
         warmup_steps=min(optim.warmup_steps, max_steps),
         weight_decay=optim.weight_decay,
         adam_beta1=optim.betas[0],
