@@ -63,6 +63,8 @@ class TestbedRecipe(StageConfig):
     seq_len: int = Field(256, gt=0)
     tokens: int = Field(4_000_000, gt=0, description="training tokens per arm")
     lr: float = Field(1e-3, gt=0, description="2e-3 never learned to copy the question's operands")
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    muon_lr_scale: float = Field(1.0, gt=0, description="optimizer muon: the hidden matrices' lr / lr")
     warmup_steps: int = Field(20, ge=0)
     schedule: Literal["cosine", "wsd"] = Field("cosine", description="the lr decay after the warm-up")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a fraction of lr")
@@ -182,6 +184,8 @@ def train_config(
             "budget": {"tokens": recipe.tokens},
             "optim": {
                 "lr": recipe.lr,
+                "optimizer": recipe.optimizer,
+                "muon_lr_scale": recipe.muon_lr_scale,
                 "warmup_steps": recipe.warmup_steps,
                 "schedule": recipe.schedule,
                 "min_lr_ratio": recipe.min_lr_ratio,

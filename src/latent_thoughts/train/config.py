@@ -146,6 +146,10 @@ class OptimConfig(StageConfig):
     """
 
     lr: float = Field(1e-4, gt=0.0)
+    optimizer: Literal["adamw", "muon"] = Field(
+        "adamw", description="muon: Muon for the hidden matrices, AdamW for the rest (train/muon.py)"
+    )
+    muon_lr_scale: float = Field(1.0, gt=0.0, description="optimizer muon: the hidden matrices' lr / lr")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a fraction of lr")
     schedule: Literal["cosine", "wsd"] = Field("cosine", description="the decay after the warm-up")
     decay_fraction: float = Field(

@@ -67,6 +67,7 @@ from latent_thoughts.train.data import (
     epoch_windows,
     read_sources,
 )
+from latent_thoughts.train.muon import MuonWithAdamW, split_parameters
 from latent_thoughts.train.sharding import (
     check_full_model_saved,
     deepspeed_on_cpu,
@@ -185,6 +186,7 @@ class _LatentTrainer(Trainer):
 
     tokens_per_step: int = 0
     start_step: int = 0
+    optim_config: OptimConfig | None = None
     _mark: tuple[float, int] | None = None
 
     def create_accelerator_and_postprocess(self) -> None:
@@ -194,6 +196,27 @@ class _LatentTrainer(Trainer):
         if enable_fsdp_on_cpu(self.accelerator):
             self.is_fsdp_enabled = True
         check_full_model_saved(self.accelerator)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """AdamW (the Trainer's), or with ``optim.optimizer: muon`` :class:`MuonWithAdamW`."""
+        optim = self.optim_config
+        if optim is None or optim.optimizer != "muon" or self.optimizer is not None:
+            return super().create_optimizer(model)
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            raise LatentThoughtsError("optim.optimizer=muon needs whole matrices: not with DeepSpeed or FSDP")
+        module = self.model if model is None else model
+        assert module is not None
+        decay = set(self.get_decay_parameter_names(module))
+        muon_groups, adamw_groups = split_parameters(module, decay, optim.weight_decay)
+        self.optimizer = MuonWithAdamW(
+            muon_groups,
+            adamw_groups,
+            lr=optim.lr,
+            betas=optim.betas,
+            eps=optim.eps,
+            muon_lr_scale=optim.muon_lr_scale,
+        )
+        return self.optimizer
 
     def mark_throughput(self, step: int) -> None:
         """Start a new tokens-per-second interval at optimizer step ``step``."""
@@ -460,6 +483,7 @@ def train(
         callbacks=list(callbacks),
     )
     trainer.tokens_per_step = tokens_per_step
+    trainer.optim_config = config.optim
     trainer.add_callback(_RunCallback(trainer, config.stop_after_steps))
     logger.info(
         "training %s parameters for %d steps of %d x %d tokens (%s tokens), precision %s",
