@@ -359,15 +359,29 @@ def test_training_on_thoughts_lowers_held_out_loss_and_saves_a_loadable_model(
     assert train(config, resume=True).model_dir == model_dir
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(testbed_data: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "optim",
+    [{}, {"optimizer": "muon", "schedule": "wsd"}],
+    ids=["adamw-cosine", "muon-wsd"],
+)
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(
+    testbed_data: Path, tmp_path: Path, optim: dict
+) -> None:
     budget = {"tokens": 16 * 4 * 64}
-    straight = train(tiny_config(testbed_data, tmp_path / "straight", budget=budget, save_steps=8))
-    stopped = train(tiny_config(testbed_data, tmp_path / "resumed", budget=budget, stop_after_steps=8))
+    options = {"lr": 3e-3, "warmup_steps": 3, "global_batch": 4, "micro_batch": 2, **optim}
+
+    def config(folder: str, **changes: object) -> TrainConfig:
+        return tiny_config(testbed_data, tmp_path / folder, budget=budget, optim=options, **changes)
+
+    straight = train(config("straight", save_steps=8))
+    stopped = train(config("resumed", stop_after_steps=8))
     assert not stopped.finished and stopped.steps == 8 and stopped.last_checkpoint is not None
     assert stopped.last_checkpoint.name == "checkpoint-8"
+    saved = torch.load(stopped.last_checkpoint / "optimizer.pt", weights_only=False)
+    assert any(group.get("muon") for group in saved["param_groups"]) == ("optimizer" in optim)
     with pytest.raises(LatentThoughtsError, match="pass --resume"):
-        train(tiny_config(testbed_data, tmp_path / "resumed", budget=budget))
-    resumed = train(tiny_config(testbed_data, tmp_path / "resumed", budget=budget), resume=True)
+        train(config("resumed"))
+    resumed = train(config("resumed"), resume=True)
     assert resumed.finished and resumed.steps == straight.steps
     a = load_file(straight.output_dir / "model" / "model.safetensors")
     b = load_file(resumed.output_dir / "model" / "model.safetensors")
