@@ -128,7 +128,8 @@ def main() -> None:
     print()
     print(
         f"Testbed, {len(problems)} held-out problems, {recipe.tokens:,} training tokens per run (scratch "
-        f"Llama width {recipe.width}, {recipe.layers} layers, lr {recipe.lr:g}, batch {recipe.batch} x "
+        f"Llama width {recipe.width}, {recipe.layers} layers, {recipe.optimizer} lr {recipe.lr:g} "
+        f"({recipe.schedule}, {recipe.warmup_steps} warm-up steps), batch {recipe.batch} x "
         f"{recipe.seq_len}, {recipe.world.bootstrap_documents} bootstrap documents), seeds {args.seeds}, "
         f"{args.parallel} run(s) at a time on {threads} thread(s) each"
     )

@@ -27,6 +27,8 @@ def test_arms_differ_only_in_their_data_source(tmp_path: Path) -> None:
     raw = train_config(recipe, "raw", 0, data, tmp_path / "raw").model_dump()
     thoughts = train_config(recipe, "thoughts", 0, data, tmp_path / "thoughts").model_dump()
     assert raw["budget"]["tokens"] == thoughts["budget"]["tokens"] == 50_000
+    optim = thoughts["optim"]
+    assert (optim["optimizer"], optim["schedule"]) == (recipe.optimizer, recipe.schedule)
     raw_source, thought_source = raw["data"].pop("sources"), thoughts["data"].pop("sources")
     assert raw_source[0]["kind"] == "raw" and thought_source[0]["kind"] == "thoughts"
     assert raw_source[0]["chunks"] == thought_source[0]["chunks"]

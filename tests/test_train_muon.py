@@ -13,7 +13,12 @@ from latent_thoughts.train.muon import MuonWithAdamW, orthogonalize, split_param
 
 def tiny_llama() -> torch.nn.Module:
     spec = ScratchModelConfig(
-        hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=64, max_position_embeddings=64
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
     )
     return create_llama(spec, vocab_size=50, seed=0)
 
@@ -58,7 +63,9 @@ def test_the_adamw_half_steps_exactly_as_torch_adamw() -> None:
             opt.zero_grad()
             loss_of(model, step).backward()
             opt.step()
-    for (name, mine), (_, reference_param) in zip(ours.named_parameters(), theirs.named_parameters(), strict=True):
+    for (name, mine), (_, reference_param) in zip(
+        ours.named_parameters(), theirs.named_parameters(), strict=True
+    ):
         if "proj" not in name:  # the hidden matrices were in no group here
             torch.testing.assert_close(mine, reference_param, rtol=1e-5, atol=1e-6, msg=name)
 

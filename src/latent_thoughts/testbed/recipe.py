@@ -63,10 +63,15 @@ class TestbedRecipe(StageConfig):
     seq_len: int = Field(256, gt=0)
     tokens: int = Field(4_000_000, gt=0, description="training tokens per arm")
     lr: float = Field(1e-3, gt=0, description="2e-3 never learned to copy the question's operands")
-    optimizer: Literal["adamw", "muon"] = "adamw"
+    optimizer: Literal["adamw", "muon"] = Field(
+        "muon", description="Muon for the hidden matrices: every seed answers at 4M tokens (finding 15)"
+    )
     muon_lr_scale: float = Field(1.0, gt=0, description="optimizer muon: the hidden matrices' lr / lr")
     warmup_steps: int = Field(20, ge=0)
-    schedule: Literal["cosine", "wsd"] = Field("cosine", description="the lr decay after the warm-up")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "wsd",
+        description="hold the peak lr, decay over the last decay_fraction (docs/testbed.md, finding 14)",
+    )
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="final lr as a fraction of lr")
     decay_fraction: float = Field(0.2, gt=0.0, le=1.0, description="schedule wsd: share of steps decaying")
     batch: int = Field(8, gt=0, description="windows per optimizer step")
