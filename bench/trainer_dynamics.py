@@ -145,6 +145,8 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=1)
     parser.add_argument("--sequential", action="store_true", help="both loops read windows in file order")
     args = parser.parse_args()
+    # The plain loop is AdamW with a cosine schedule: the trainer must run the same optimisation.
+    args.set = ["optimizer=adamw", "schedule=cosine", *args.set]
     out = Path(args.out)
     recipe = load_config(TestbedRecipe, None, args.set)
     prepare_data(recipe, out / "data")

@@ -10,10 +10,10 @@ OUT=${1:-runs/bench/gpu_sweep_1}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 S=/tmp/sweep1
-python3 bench/testbed_recipe.py --out $S/budget --device cuda --parallel 5 --seeds 0 1 --set precision=fp32 \
+python3 bench/testbed_recipe.py --out $S/budget --device cuda --parallel 5 --seeds 0 1 --set optimizer=adamw schedule=cosine precision=fp32 \
   --variant tokens=1M --variant tokens=2M --variant tokens=4M --variant tokens=8M > "$OUT/budget.log" 2>&1 &
 python3 bench/testbed_recipe.py --out $S/options --device cuda --parallel 7 --seeds 0 1 --arms thoughts \
-  --set precision=fp32 tokens=2M \
+  --set optimizer=adamw schedule=cosine precision=fp32 tokens=2M \
   --variant lr=1e-3 --variant lr=4e-3 --variant batch=8 --variant batch=32 --variant "batch=8 lr=1e-3" \
   --variant width=128 --variant width=256 --variant layers=2 --variant layers=8 \
   --variant posterior_probability=0.25 --variant posterior_probability=0.0 \

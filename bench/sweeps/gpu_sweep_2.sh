@@ -10,10 +10,10 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 S=/tmp/sweep2
 ONE="world.results_per_document=1 world.bootstrap_documents=2000"
-python3 bench/testbed_recipe.py --out $S/candidates --device cuda --parallel 8 --seeds 0 1 --set precision=fp32 \
+python3 bench/testbed_recipe.py --out $S/candidates --device cuda --parallel 8 --seeds 0 1 --set optimizer=adamw schedule=cosine precision=fp32 \
   --variant "$ONE tokens=2M" --variant "$ONE tokens=3M lr=1e-3 batch=8 width=128" > "$OUT/candidates.log" 2>&1 &
 python3 bench/testbed_recipe.py --out $S/variations --device cuda --parallel 8 --seeds 0 --arms thoughts \
-  --set precision=fp32 tokens=3M \
+  --set optimizer=adamw schedule=cosine precision=fp32 tokens=3M \
   --variant "$ONE lr=1e-3" --variant "$ONE lr=1e-3 batch=8" --variant "$ONE lr=1e-3 width=128" \
   --variant "$ONE lr=1e-3 batch=8 posterior_probability=0.25" \
   --variant "lr=1e-3 batch=8" --variant "lr=1e-3 batch=8 width=128" \

@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 S=/tmp/sweep3
 python3 bench/testbed_recipe.py --out $S/final --device cuda --parallel 12 --seeds 0 1 2 \
-  --set precision=fp32 tokens=3.5M lr=1e-3 batch=8 width=128 \
+  --set optimizer=adamw schedule=cosine precision=fp32 tokens=3.5M lr=1e-3 batch=8 width=128 \
   --variant "" --variant "world.results_per_document=1 world.bootstrap_documents=2000" > "$OUT/final.log" 2>&1 &
 trap 'cp $S/final/results.jsonl "$OUT/final.jsonl"' EXIT
 wait
