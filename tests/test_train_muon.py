@@ -7,23 +7,12 @@ import copy
 import pytest
 import torch
 
-from latent_thoughts.modeling import ScratchModelConfig, create_llama
 from latent_thoughts.train.muon import MuonWithAdamW, orthogonalize, split_parameters
-
-
-def tiny_llama() -> torch.nn.Module:
-    spec = ScratchModelConfig(
-        hidden_size=32,
-        num_layers=2,
-        num_heads=2,
-        num_kv_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    return create_llama(spec, vocab_size=50, seed=0)
+from tests.conftest import tiny_llama
 
 
 def loss_of(model: torch.nn.Module, seed: int) -> torch.Tensor:
+    """The causal-LM loss of a seeded batch of 4 x 16 ids below 50."""
     ids = torch.randint(0, 50, (4, 16), generator=torch.Generator().manual_seed(seed))
     return model(input_ids=ids, labels=ids).loss
 
@@ -37,8 +26,8 @@ def test_orthogonalize_pushes_every_singular_value_near_one(shape: tuple[int, in
     assert orthogonalize(matrix).dtype == matrix.dtype
 
 
-def test_hidden_matrices_go_to_muon_and_the_rest_to_adamw() -> None:
-    model = tiny_llama()
+def test_hidden_matrices_go_to_muon_and_the_rest_to_adamw(tiny_tokenizer) -> None:
+    model = tiny_llama(tiny_tokenizer)
     decay = {name for name, p in model.named_parameters() if "norm" not in name}
     muon_groups, adamw_groups = split_parameters(model, decay, weight_decay=0.1)
     names = {id(p): name for name, p in model.named_parameters()}
@@ -51,8 +40,8 @@ def test_hidden_matrices_go_to_muon_and_the_rest_to_adamw() -> None:
     assert [g["weight_decay"] for g in (*muon_groups, *adamw_groups)] == [0.1, 0.1, 0.0]
 
 
-def test_the_adamw_half_steps_exactly_as_torch_adamw() -> None:
-    ours, theirs = tiny_llama(), tiny_llama()
+def test_the_adamw_half_steps_exactly_as_torch_adamw(tiny_tokenizer) -> None:
+    ours, theirs = tiny_llama(tiny_tokenizer), tiny_llama(tiny_tokenizer)
     decay = {name for name, _ in ours.named_parameters()}
     _, adamw_groups = split_parameters(ours, decay, weight_decay=0.01)
     optimizer = MuonWithAdamW([], adamw_groups, lr=1e-2, betas=(0.9, 0.95))
@@ -70,8 +59,8 @@ def test_the_adamw_half_steps_exactly_as_torch_adamw() -> None:
             torch.testing.assert_close(mine, reference_param, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_muon_lowers_the_loss_and_resumes_from_its_state_dict() -> None:
-    model = tiny_llama()
+def test_muon_lowers_the_loss_and_resumes_from_its_state_dict(tiny_tokenizer) -> None:
+    model = tiny_llama(tiny_tokenizer)
     decay = {name for name, _ in model.named_parameters()}
     optimizer = MuonWithAdamW(*split_parameters(model, decay, 0.01), lr=3e-3, muon_lr_scale=2.0)
     assert {g["lr"] for g in optimizer.param_groups if g["muon"]} == {6e-3}
