@@ -173,3 +173,8 @@ def test_force_from_redoes_that_stage_and_the_later_ones_only(killed_run: Killed
     for name in stage_names(2)[:-1]:
         assert after[name] == before[name]
     assert lines[-1] == "== eval_2: starting over"
+
+
+def test_the_shipped_small_config_spells_out_the_built_in_defaults() -> None:
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "em" / "testbed-small.yaml"
+    assert load_em_config(shipped).model_dump() == load_em_config(None).model_dump()
