@@ -16,8 +16,9 @@ Everything is written under ``--out`` (``results.json``); every run is resumable
 computes what is missing. ``--set`` changes any ``em`` option (``testbed.tokens=6M``,
 ``mstep.keep_warm_start=true``, ``estep.policy=highest``...). The defaults are the recipe's scale
 (1,000 warm-start and 1,000 bootstrap documents, 4 M tokens per training run): hours on a 2-core
-CPU, minutes on a GPU. ``--scale cpu`` (250 and 500 documents, 2 M tokens) takes about 35 minutes
-on a 2-core CPU with ``--parallel 2``; ``--quick`` is a plumbing check of a few minutes.
+CPU, minutes on a GPU. ``--scale cpu`` (250 and 500 documents, 2 M tokens) takes about 40 minutes
+on a 2-core CPU with ``--parallel 2``, the warm start included; ``--quick`` is a plumbing check of a
+few minutes.
 ``--warm-start DIR`` starts every run from another bench's warm start (a variant of the same
 experiment); ``--warm-start-only`` trains and evaluates the warm start alone (``--warm-start-seed``
 sets its training seed), to see how much the warm start itself varies.
@@ -38,6 +39,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -48,6 +50,7 @@ import torch
 
 from latent_thoughts.em.config import load_em_config
 from latent_thoughts.em.loop import run_em
+from latent_thoughts.errors import LatentThoughtsError
 
 FULL = [
     "testbed.world.warm_start_documents=1000",
@@ -64,8 +67,8 @@ CPU = [
     "testbed.tokens=2M",
     "estep.batch_chunks=256",
 ]
-"""A scale that fits about an hour on a 2-core CPU with ``--parallel 2``: the bootstrap split twice the
-warm-start split (the reference's is four times), 2 M tokens per training run."""
+"""A scale that fits about 40 minutes on a 2-core CPU with ``--parallel 2``: the bootstrap split twice
+the warm-start split (the reference's is four times), 2 M tokens per training run."""
 
 QUICK = [
     "testbed.world.warm_start_documents=4",
@@ -121,7 +124,7 @@ def main() -> None:
         "--scale",
         choices=["full", "cpu", "quick"],
         default="full",
-        help="full: the recipe's (hours on a CPU); cpu: about an hour on 2 cores; quick: plumbing only",
+        help="full: the recipe's (hours on a CPU); cpu: about 40 minutes on 2 cores; quick: plumbing only",
     )
     parser.add_argument("--quick", action="store_true", help="the same as --scale quick")
     parser.add_argument("--set", nargs="*", default=[], help="em overrides, e.g. testbed.tokens=6M")
@@ -152,6 +155,8 @@ def main() -> None:
 
     # The warm start: trained here, or another bench's (``--warm-start``), reused as it is when done.
     warm_dir = Path(args.warm_start) if args.warm_start else out / "warm_start"
+    if args.warm_start and not (warm_dir / "manifest.json").is_file():
+        parser.error(f"--warm-start {warm_dir}: not an em run folder (no manifest.json)")
     warm_run = run_one(
         common, str(warm_dir.parent), warm_dir.name, ("iterations=0", f"seed={args.warm_start_seed}")
     )
@@ -250,4 +255,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except LatentThoughtsError as exc:  # a bad option or a changed finished stage: one line, no traceback
+        sys.exit(f"bolt.py: error: {exc}")
