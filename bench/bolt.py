@@ -1,36 +1,40 @@
-"""BoLT on the testbed: does the importance-weighted E-step select better thoughts, and does the model
-trained on them beat its warm start? (METHOD sections 5-6; the issue's calibration.)
+"""BoLT on the testbed (METHOD sections 5-6): does the loop bootstrap, and why or why not?
 
 One warm start (the testbed recipe trained on the warm-start split with the oracle teacher's
-thoughts, ``latent-thoughts em`` with ``iterations=0``) is shared by every run below; each run is an
-``em`` run that starts from it (``warm_start_from``):
+thoughts, ``latent-thoughts em`` with ``iterations=0``) is shared by every run below. Then, each at
+the M-step's training budget (``mstep.tokens``) and evaluated on the same held-out problems:
 
-1. seeds: ``--seeds`` (default 0 1 2) runs of ``--iterations`` (default 1) iterations at K = 4: the
-   seed sets the E-step's sampling and selection seed and the M-step's training seed and base
-   weights. Printed: accuracy of the warm start and of each iteration, mean and standard deviation
-   over seeds, and the validity of the selected against the raw sampled thoughts (share of true
-   claims, share of valid thoughts by the testbed checker);
-2. K: iteration 1 at K in ``--ks`` (default 1 4 16), seed 0: accuracy and selected validity against K.
+1. BoLT: for each seed of ``--seeds``, an ``em`` run of ``--iterations`` iterations at K = 4 (the seed
+   sets the E-step's sampling and selection and the M-step's training seed and base weights);
+2. the K = 1 control of each seed (no selection: the model retrained on its own samples), which
+   separates the effect of selection from the effect of more training (``--no-control`` skips it);
+3. baselines on the bootstrap split (``--no-baselines`` skips them): the oracle ceiling (the
+   teacher's thoughts), Raw Token-Match (the raw text at the M-step's tokens) and Raw FLOP-Match
+   (the raw text at the M-step's tokens plus one E-step's inference compute in training-token
+   equivalents: a forward pass costs a third of a training step per token);
+4. optionally a sweep of K at iteration 1, seed 0 (``--ks 1 4 16``).
 
-Everything is written under ``--out`` (``results.json``); every run is resumable, so a rerun only
-computes what is missing. ``--set`` changes any ``em`` option (``testbed.tokens=6M``,
-``mstep.keep_warm_start=true``, ``estep.policy=highest``...). The defaults are the recipe's scale
-(1,000 warm-start and 1,000 bootstrap documents, 4 M tokens per training run): hours on a 2-core
-CPU, minutes on a GPU. ``--scale cpu`` (250 and 500 documents, 2 M tokens) takes about 40 minutes
-on a 2-core CPU with ``--parallel 2``, the warm start included; ``--quick`` is a plumbing check of a
-few minutes.
-``--warm-start DIR`` starts every run from another bench's warm start (a variant of the same
-experiment); ``--warm-start-only`` trains and evaluates the warm start alone (``--warm-start-seed``
-sets its training seed), to see how much the warm start itself varies.
+Printed, per iteration: accuracy mean ± std over seeds, true claims of the sampled and the selected
+thoughts, validity on chunks that state a result, and the loop's dynamics: fidelity f (how much of
+its training thoughts' quality a model keeps in its own samples), selection gain g and growth g·f
+(quality rises only while g·f > 1; :func:`latent_thoughts.em.loop.loop_dynamics`). Everything is
+written under ``--out`` (``results.json``); every run resumes, so a rerun computes only what is
+missing; ``--report OUT`` prints the tables again from ``results.json`` without running anything.
 
-    .venv/bin/python bench/bolt.py                       # the full bench
-    .venv/bin/python bench/bolt.py --quick               # plumbing only
-    .venv/bin/python bench/bolt.py --scale cpu --parallel 2 --threads 1   # a 2-core CPU
-    .venv/bin/python bench/bolt.py --iterations 2 --set mstep.keep_warm_start=true
-    .venv/bin/python bench/bolt.py --out runs/bench/bolt_keep --warm-start runs/bench/bolt/warm_start \
-        --set mstep.keep_warm_start=true               # a variant from the same warm start
+Scales: ``--scale cpu`` is ``configs/em/testbed-bolt-cpu.yaml`` (250 warm-start and 500 bootstrap
+documents; warm start 2 M tokens, every M-step 4 M); ``--scale full`` the recipe's size for a GPU
+machine (1,000 and 4,000 documents, 4 M and 16 M tokens: the paper's ratios); ``--quick`` is a
+plumbing check. ``--set`` changes any ``em`` option of the BoLT runs and the baselines' budget
+(``mstep.tokens=8M``, ``mstep.init=previous``, ``estep.temperature=0.7``...); with ``--warm-start
+DIR`` the warm start is another bench's, used as it is, so M-step settings may differ from it.
+
+    .venv/bin/python bench/bolt.py --scale cpu --parallel 2 --threads 1 --seeds 0 1
+    .venv/bin/python bench/bolt.py --report runs/bench/bolt_cpu
+    .venv/bin/python bench/bolt.py --quick
+    .venv/bin/python bench/bolt.py --scale cpu --out runs/bench/bolt_prev --warm-start runs/bench/bolt_cpu/warm_start \
+        --set mstep.init=previous --iterations 1 --no-baselines
     .venv/bin/python bench/bolt.py --scale cpu --warm-start-only --warm-start-seed 1 --out runs/bench/ws1
-    python bench/bolt.py --parallel 5 --set estep.batch_chunks=256   # on a GPU machine
+    python bench/bolt.py --scale full --parallel 5 --set estep.batch_chunks=256   # on a GPU machine
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import logging
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -48,33 +53,29 @@ from typing import Any
 
 import torch
 
-from latent_thoughts.em.config import load_em_config
-from latent_thoughts.em.loop import run_em
+from latent_thoughts.em.config import EMConfig, load_em_config
+from latent_thoughts.em.loop import RunPaths, run_em
+from latent_thoughts.em.manifest import Manifest
 from latent_thoughts.errors import LatentThoughtsError
+
+CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "em" / "testbed-bolt-cpu.yaml"
+"""The design every scale starts from: the paper's budget ratios at a size a 2-core CPU runs."""
 
 FULL = [
     "testbed.world.warm_start_documents=1000",
-    "testbed.world.bootstrap_documents=1000",
-    "testbed.world.eval_problems=200",
+    "testbed.world.bootstrap_documents=4000",
     "testbed.tokens=4M",
+    "mstep.tokens=16M",
 ]
-"""The recipe's scale (docs/testbed.md: 1,000 documents and 4 M tokens reached 21.5% on one seed)."""
-
-CPU = [
-    "testbed.world.warm_start_documents=250",
-    "testbed.world.bootstrap_documents=500",
-    "testbed.world.eval_problems=200",
-    "testbed.tokens=2M",
-    "estep.batch_chunks=256",
-]
-"""A scale that fits about 40 minutes on a 2-core CPU with ``--parallel 2``: the bootstrap split twice
-the warm-start split (the reference's is four times), 2 M tokens per training run."""
+"""The paper's ratios at the recipe's size: a bootstrap split 4x the warm start's, M-steps at 4x its
+tokens (the paper: 16x the tokens over a 4x larger split). Hours on a CPU, minutes on a GPU."""
 
 QUICK = [
     "testbed.world.warm_start_documents=4",
     "testbed.world.bootstrap_documents=4",
     "testbed.world.eval_problems=10",
     "testbed.tokens=8k",
+    "mstep.tokens=12k",
     "testbed.width=32",
     "testbed.layers=2",
     "testbed.heads=2",
@@ -82,6 +83,15 @@ QUICK = [
     "estep.max_thought_tokens=24",
     "evaluation.max_thought_tokens=24",
 ]
+
+SCALES = {"cpu": [], "full": FULL, "quick": QUICK}
+
+FORWARD_PER_TRAINING_TOKEN = 3
+"""A training step costs about 6N FLOPs per token (forward and backward), a forward pass 2N: an
+E-step token is worth a third of a training token (the FLOP-match's exchange rate)."""
+
+
+# --- small helpers -----------------------------------------------------------------------------------
 
 
 def mean_std(values: list[float]) -> str:
@@ -96,6 +106,11 @@ def cell(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def em_config(overrides: list[str]) -> EMConfig:
+    """The bench's ``em`` configuration: the CPU design with ``overrides`` (scale, then ``--set``)."""
+    return load_em_config(CPU_CONFIG, overrides)
+
+
 def run_one(
     common: list[str], out: str, name: str, overrides: tuple[str, ...], threads: int | None = None
 ) -> dict[str, Any]:
@@ -104,154 +119,366 @@ def run_one(
     logging.basicConfig(level=logging.WARNING)
     if threads:
         torch.set_num_threads(threads)
-    config = load_em_config(None, [*common, f"out={Path(out) / name}", *overrides])
+    config = em_config([*common, f"out={Path(out) / name}", *overrides])
     clock = time.perf_counter()
     summary = run_em(config, say=lambda line: print(f"[{name}] {line}", flush=True))
     summary["seconds"] = round(time.perf_counter() - clock, 1)
     return summary
 
 
-def main() -> None:
-    """Run the warm start, the seed runs and the K runs; print the tables; write results.json."""
+def finished_warm_start(folder: Path) -> dict[str, Any]:
+    """The summary of another bench's finished warm start, with its own configuration (so that the
+    options of this bench's M-steps may differ from those it was trained with)."""
+    manifest = Manifest.open(folder)
+    config = EMConfig.model_validate(manifest.data.get("config", {}))
+    return run_em(config.model_copy(update={"out": str(folder), "progress": False}), say=lambda line: None)
+
+
+# --- baselines -----------------------------------------------------------------------------------------
+
+
+def estep_training_tokens(config: EMConfig, paths: RunPaths) -> int:
+    """One E-step's inference compute on the bootstrap split, in training-token equivalents.
+
+    Per chunk and sample: the sampler reads the posterior prompt and writes the thought, log q reads
+    both again, log p reads ``c SOL PRIOR z EOL x``. The thought's length is taken from the teacher's
+    thought of that chunk (what the warm start learned to write), capped at the budget; forward
+    tokens count a third of a training token (:data:`FORWARD_PER_TRAINING_TOKEN`).
+    """
+    from latent_thoughts.corpus import iter_chunks
+    from latent_thoughts.em.stage import chunk_layouts, context_limit
+    from latent_thoughts.tokenizer import load_tokenizer
+    from latent_thoughts.train.data import read_thoughts
+
+    tokenizer = load_tokenizer(paths.tokenizer)
+    chunks = list(iter_chunks(paths.chunks("bootstrap")))
+    thoughts = read_thoughts(paths.teacher_thoughts("bootstrap"))
+    context = context_limit(paths.model(0), config.estep.context_tokens)
+    budget = config.estep.max_thought_tokens
+    forward = 0
+    for chunk, layout in chunk_layouts(chunks, tokenizer, context, budget):
+        thought = thoughts.get((chunk.doc_id, chunk.chunk_index)) or ""
+        length = min(len(tokenizer.encode(thought, add_special_tokens=False)) + 1, budget)
+        prompt = len(layout.posterior_prompt)
+        joint = len(layout.joint_context) + 2 + length + len(layout.chunk_ids)
+        forward += config.estep.k * (2 * (prompt + length) + joint)
+    return forward // FORWARD_PER_TRAINING_TOKEN
+
+
+def run_baseline(
+    common: list[str],
+    out: str,
+    warm_dir: str,
+    name: str,
+    arm: str,
+    tokens: int,
+    seed: int,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Train the recipe's ``arm`` (``raw`` or ``thoughts``: the teacher's) on the bootstrap split of
+    the warm start's data for ``tokens`` tokens from the base weights of ``seed``, and evaluate it
+    (raw mode for raw, latent for thoughts); reused when its ``eval.json`` is there."""
+    from latent_thoughts.em.loop import run_training
+    from latent_thoughts.testbed.recipe import EVAL_MODE, RecipeData, evaluate_arm, train_config, write_json
+    from latent_thoughts.testbed.task import read_problems
+    from latent_thoughts.train import TrainConfig
+
+    logging.basicConfig(level=logging.WARNING)
+    if threads:
+        torch.set_num_threads(threads)
+    folder = Path(out) / "baselines" / name
+    result_file = folder / "eval.json"
+    if result_file.is_file():
+        done = json.loads(result_file.read_text())
+        if done.get("train_tokens_budget") == tokens and done.get("seed") == seed:
+            return dict(done)
+    config = em_config(common)
+    paths = RunPaths(Path(warm_dir))
+    data = RecipeData(paths.chunks("bootstrap"), paths.teacher_thoughts("bootstrap"), paths.tokenizer)
+    recipe = config.testbed.model_copy(update={"tokens": tokens})
+    values = train_config(
+        recipe,
+        arm,
+        seed,
+        data,
+        folder / "train",
+        progress_bar=False,
+        logging_steps=100,  # type: ignore[arg-type]
+    ).model_dump(mode="json")
+    values["model"]["init_seed"] = seed  # the base weights the BoLT runs of this seed start from
+    clock = time.perf_counter()
+    print(f"[{name}] training {arm} on the bootstrap split, {tokens:,} tokens", flush=True)
+    _, metrics = run_training(TrainConfig.model_validate(values))
+    evaluation = evaluate_arm(
+        folder / "train" / "model",
+        read_problems(paths.problems),
+        EVAL_MODE[arm],  # type: ignore[index]
+        device=config.device,
+        max_thought_tokens=config.evaluation.max_thought_tokens,
+        batch_size=config.evaluation.batch_size,
+    )
+    payload = {
+        "name": name,
+        "arm": arm,
+        "seed": seed,
+        "train_tokens_budget": tokens,
+        "train_tokens": metrics["tokens"],
+        "accuracy": evaluation.accuracy,
+        "true_claims": evaluation.true_claim_share if arm == "thoughts" else None,
+        "seconds": round(time.perf_counter() - clock, 1),
+    }
+    print(f"[{name}] accuracy {evaluation.accuracy:.3f}", flush=True)
+    write_json(result_file, payload)
+    return payload
+
+
+# --- the tables -------------------------------------------------------------------------------------
+
+
+def bolt_runs(results: dict[str, Any], k: int) -> dict[int, dict[str, Any]]:
+    """The seed runs of ``k`` samples per chunk, by seed."""
+    return {
+        int(name.split("_")[0][4:]): run
+        for name, run in results["runs"].items()
+        if name.endswith(f"_k{k}") and run.get("role") == "seed"
+    }
+
+
+ITERATION_MEASURES = (
+    ("accuracy", "accuracy"),
+    ("sampled_true_claims", "true claims sampled"),
+    ("selected_true_claims", "true claims selected"),
+    ("sampled_result_valid", "result-chunk valid sampled"),
+    ("selected_result_valid", "result-chunk valid selected"),
+    ("eval_true_claims", "held-out true claims"),
+    ("closed_by_eol", "closed by EOL"),
+    ("fidelity", "f"),
+    ("selection_gain", "g"),
+    ("growth", "g·f"),
+)
+
+
+def report(results: dict[str, Any]) -> list[str]:
+    """Every table of the bench as Markdown lines, from its ``results.json``."""
+    warm = results["warm_start"]
+    lines = [
+        f"BoLT on the testbed ({', '.join(results['overrides']) or 'configs/em/testbed-bolt-cpu.yaml'})",
+        f"warm start: accuracy {cell(warm['accuracy'])}, held-out true claims {cell(warm['eval_true_claims'])}",
+        "",
+        "| K | seed | iter | " + " | ".join(label for _, label in ITERATION_MEASURES) + " | mean ESS |",
+        "| --- " * (len(ITERATION_MEASURES) + 4) + "|",
+    ]
+    ks = sorted({int(name.rsplit("_k", 1)[1]) for name in results["runs"]}, reverse=True)
+    for k in ks:
+        for seed, run in sorted(bolt_runs(results, k).items()):
+            for row in run["iterations"][1:]:
+                values = " | ".join(cell(row.get(key)) for key, _ in ITERATION_MEASURES)
+                lines.append(
+                    f"| {k} | {seed} | {row['iteration']} | {values} | {cell(row.get('mean_ess'))} |"
+                )
+    lines += [
+        "",
+        "Mean ± std over seeds:",
+        "",
+        "| K | iter | " + " | ".join(label for _, label in ITERATION_MEASURES) + " |",
+        "| --- " * (len(ITERATION_MEASURES) + 2) + "|",
+        f"| - | 0 (warm start) | {cell(warm['accuracy'])} |" + " - |" * (len(ITERATION_MEASURES) - 1),
+    ]
+    for k in ks:
+        runs = bolt_runs(results, k)
+        if not runs:
+            continue
+        iterations = max(len(run["iterations"]) for run in runs.values())
+        for t in range(1, iterations):
+            rows = [run["iterations"][t] for run in runs.values() if len(run["iterations"]) > t]
+            values = " | ".join(
+                mean_std([row[key] for row in rows if row.get(key) is not None])
+                for key, _ in ITERATION_MEASURES
+            )
+            lines.append(f"| {k} | {t} | {values} |")
+    baselines = results.get("baselines", {})
+    if baselines:
+        lines += [
+            "",
+            "| baseline (bootstrap split) | training tokens | accuracy | seed |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name, base in baselines.items():
+            lines.append(
+                f"| {name} | {base['train_tokens_budget']:,} | {cell(base['accuracy'])} | {base['seed']} |"
+            )
+        flop = results.get("flop_match")
+        if flop:
+            lines.append(
+                f"\nRaw FLOP-Match: {flop['mstep_tokens']:,} M-step tokens + one E-step's "
+                f"{flop['estep_forward_training_tokens']:,} training-token equivalents (K = {flop['k']})"
+            )
+        oracle = baselines.get("oracle", {}).get("accuracy")
+        bolt = bolt_runs(results, 4)
+        if oracle is not None and bolt and oracle > warm["accuracy"]:
+            lines.append("")
+            for seed, run in sorted(bolt.items()):
+                final = run["iterations"][-1]
+                if final.get("accuracy") is not None:
+                    share = (final["accuracy"] - warm["accuracy"]) / (oracle - warm["accuracy"])
+                    lines.append(
+                        f"seed {seed}, K = 4, iteration {final['iteration']}: {share:.0%} of the gap between "
+                        f"the warm start ({warm['accuracy']:.3f}) and the oracle ceiling ({oracle:.3f}) recovered"
+                    )
+    sweep = {name: run for name, run in results["runs"].items() if run.get("role") == "sweep"}
+    if sweep:
+        lines += [
+            "",
+            "| K (iter 1, seed 0) | accuracy | true claims sampled / selected | result-chunk valid selected | mean ESS |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name, run in sorted(sweep.items(), key=lambda item: int(item[0].rsplit("_k", 1)[1])):
+            row = run["iterations"][1]
+            lines.append(
+                f"| {name.rsplit('_k', 1)[1]} | {cell(row['accuracy'])} | {cell(row['sampled_true_claims'])} / "
+                f"{cell(row['selected_true_claims'])} | {cell(row.get('selected_result_valid'))} | "
+                f"{cell(row['mean_ess'])} |"
+            )
+    if "seconds" in results:
+        lines.append(f"\ntotal time {results['seconds']:.0f}s")
+    return lines
+
+
+# --- the bench ------------------------------------------------------------------------------------------
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", default="runs/bench/bolt")
+    parser.add_argument(
+        "--report", metavar="OUT", help="print the tables of a finished bench folder and stop"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--iterations", type=int, default=1, help="EM iterations of the seed runs (1 or 2)")
+    parser.add_argument("--ks", type=int, nargs="*", default=[], help="a sweep of K at iteration 1, seed 0")
+    parser.add_argument("--iterations", type=int, default=3, help="EM iterations of the seed runs")
+    parser.add_argument("--no-control", action="store_true", help="skip the K = 1 control of each seed")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the oracle and raw baselines")
     parser.add_argument(
         "--scale",
-        choices=["full", "cpu", "quick"],
-        default="full",
-        help="full: the recipe's (hours on a CPU); cpu: about 40 minutes on 2 cores; quick: plumbing only",
+        choices=sorted(SCALES),
+        default="cpu",
+        help="cpu: a 2-core CPU; full: a GPU; quick: plumbing",
     )
     parser.add_argument("--quick", action="store_true", help="the same as --scale quick")
-    parser.add_argument("--set", nargs="*", default=[], help="em overrides, e.g. testbed.tokens=6M")
-    parser.add_argument(
-        "--parallel", type=int, default=1, help="EM runs at a time after the warm start (a GPU takes several)"
-    )
+    parser.add_argument("--set", nargs="*", default=[], help="em overrides, e.g. mstep.tokens=8M")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time after the warm start")
     parser.add_argument(
         "--warm-start",
         default=None,
-        help="the warm-start run folder of another bench at the same scale (default: OUT/warm_start)",
+        help="a finished warm-start run folder (default: OUT/warm_start, trained here)",
     )
     parser.add_argument("--warm-start-seed", type=int, default=0, help="training seed of the warm start")
     parser.add_argument(
         "--warm-start-only", action="store_true", help="train and evaluate the warm start, then stop"
     )
-    parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads of each parallel run (the warm start uses all)"
-    )
-    args = parser.parse_args()
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of each parallel run")
+    return parser.parse_args()
+
+
+def main() -> None:
+    """Train the warm start, run BoLT, its controls and baselines, print the tables, write results.json."""
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.report:
+        folder = Path(args.report)
+        results_file = folder / "results.json" if folder.is_dir() else folder
+        if not results_file.is_file():
+            raise LatentThoughtsError(f"--report {args.report}: no results.json there")
+        print("\n".join(report(json.loads(results_file.read_text()))))
+        return
     out = Path(args.out)
-    scale = {"full": FULL, "cpu": CPU, "quick": QUICK}["quick" if args.quick else args.scale]
+    scale = SCALES["quick" if args.quick else args.scale]
     common = [*scale, "progress=false", *args.set]
+    config = em_config(common)  # a bad --set fails here, before any work
     started = time.perf_counter()
 
-    def em(name: str, *overrides: str) -> dict[str, Any]:
-        return run_one(common, str(out), name, overrides)
-
-    # The warm start: trained here, or another bench's (``--warm-start``), reused as it is when done.
     warm_dir = Path(args.warm_start) if args.warm_start else out / "warm_start"
-    if args.warm_start and not (warm_dir / "manifest.json").is_file():
-        parser.error(f"--warm-start {warm_dir}: not an em run folder (no manifest.json)")
-    warm_run = run_one(
-        common, str(warm_dir.parent), warm_dir.name, ("iterations=0", f"seed={args.warm_start_seed}")
-    )
+    if args.warm_start:
+        if not (warm_dir / "manifest.json").is_file():
+            raise LatentThoughtsError(f"--warm-start {warm_dir}: not an em run folder (no manifest.json)")
+        warm_run = finished_warm_start(warm_dir)
+    else:
+        warm_run = run_one(
+            common, str(warm_dir.parent), warm_dir.name, ("iterations=0", f"seed={args.warm_start_seed}")
+        )
     warm = warm_run["iterations"][0]
     print(
-        f"warm start: accuracy {cell(warm['accuracy'])}, its thoughts' true claims {cell(warm['eval_true_claims'])}"
+        f"warm start: accuracy {cell(warm['accuracy'])}, held-out true claims {cell(warm['eval_true_claims'])}"
     )
     if args.warm_start_only:
         return
+
     base = f"warm_start_from={warm_dir}"
-
-    jobs: dict[str, tuple[str, ...]] = {}
+    jobs: dict[str, tuple[Callable[..., dict[str, Any]], tuple[Any, ...], str]] = {}
     for seed in args.seeds:
-        jobs[f"seed{seed}_k4"] = (
-            base,
-            f"seed={seed}",
-            f"estep.seed={1000 * seed}",
-            "estep.k=4",
-            f"iterations={args.iterations}",
-        )
-    for k in args.ks:
-        jobs.setdefault(f"seed0_k{k}", (base, "seed=0", "estep.seed=0", f"estep.k={k}", "iterations=1"))
-    runs: dict[str, dict[str, Any]] = {}
-    if args.parallel > 1:
-        # Independent EM runs from the same warm start: on a GPU machine several share the device.
-        # The largest K first, so the longest E-step does not start last and run alone.
-        longest_first = sorted(jobs, key=lambda name: -int(name.rsplit("_k", 1)[1]))
-        with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as pool:
-            futures = {
-                name: pool.submit(run_one, common, str(out), name, jobs[name], args.threads)
-                for name in longest_first
-            }
-            runs = {name: future.result() for name, future in futures.items()}
-    else:
-        runs = {name: em(name, *job) for name, job in jobs.items()}
-
-    print()
-    print(f"BoLT on the testbed ({', '.join(scale)}{', ' + ', '.join(args.set) if args.set else ''})")
-    print(f"warm start: accuracy {cell(warm['accuracy'])}")
-    print()
-    print(
-        "| seed | iter | accuracy | true claims sampled / selected | valid sampled / selected | mean ESS | mean bound |"
-    )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    by_iteration: dict[int, dict[str, list[float]]] = {}
-    for seed in args.seeds:
-        for row in runs[f"seed{seed}_k4"]["iterations"][1:]:
-            t = row["iteration"]
-            print(
-                f"| {seed} | {t} | {cell(row['accuracy'])} | {cell(row['sampled_true_claims'])} / "
-                f"{cell(row['selected_true_claims'])} | {cell(row['sampled_valid'])} / {cell(row['selected_valid'])} | "
-                f"{cell(row['mean_ess'])} | {cell(row['mean_bound'])} |"
+        for k in [4] if args.no_control else [4, 1]:
+            overrides = (
+                base,
+                f"seed={seed}",
+                f"estep.seed={1000 * seed}",
+                f"estep.k={k}",
+                f"iterations={args.iterations}",
             )
-            values = by_iteration.setdefault(t, {})
-            for key in (
-                "accuracy",
-                "sampled_true_claims",
-                "selected_true_claims",
-                "sampled_valid",
-                "selected_valid",
-            ):
-                if row[key] is not None:
-                    values.setdefault(key, []).append(row[key])
-    print()
-    print(
-        "| iter | accuracy mean ± std | true claims sampled | true claims selected | valid sampled | valid selected |"
-    )
-    print("| --- | --- | --- | --- | --- | --- |")
-    print(f"| 0 (warm start) | {cell(warm['accuracy'])} | - | - | - | - |")
-    for t, values in sorted(by_iteration.items()):
-        print(
-            f"| {t} | {mean_std(values.get('accuracy', []))} | {mean_std(values.get('sampled_true_claims', []))} | "
-            f"{mean_std(values.get('selected_true_claims', []))} | {mean_std(values.get('sampled_valid', []))} | "
-            f"{mean_std(values.get('selected_valid', []))} |"
-        )
-    print()
-    print(
-        "| K | accuracy (iter 1) | true claims selected | valid selected | true claims sampled | mean ESS |"
-    )
-    print("| --- | --- | --- | --- | --- | --- |")
+            jobs[f"seed{seed}_k{k}"] = (run_one, (common, str(out), f"seed{seed}_k{k}", overrides), "seed")
     for k in args.ks:
-        row = runs[f"seed0_k{k}"]["iterations"][1]
-        print(
-            f"| {k} | {cell(row['accuracy'])} | {cell(row['selected_true_claims'])} | {cell(row['selected_valid'])} | "
-            f"{cell(row['sampled_true_claims'])} | {cell(row['mean_ess'])} |"
-        )
-    print(f"total time {time.perf_counter() - started:.0f}s")
-    payload = {
-        "scale": scale,
-        "overrides": args.set,
+        if f"seed0_k{k}" not in jobs:
+            overrides = (base, "seed=0", "estep.seed=0", f"estep.k={k}", "iterations=1")
+            jobs[f"sweep_k{k}"] = (run_one, (common, str(out), f"sweep_k{k}", overrides), "sweep")
+    flop_match: dict[str, Any] = {}
+    if not args.no_baselines:
+        mstep_tokens = config.mstep.tokens or config.testbed.tokens
+        estep_tokens = estep_training_tokens(config, RunPaths(warm_dir))
+        flop_match = {
+            "mstep_tokens": mstep_tokens,
+            "estep_forward_training_tokens": estep_tokens,
+            "k": config.estep.k,
+        }
+        for name, arm, tokens in (
+            ("raw_flop_match", "raw", mstep_tokens + estep_tokens),
+            ("oracle", "thoughts", mstep_tokens),
+            ("raw_token_match", "raw", mstep_tokens),
+        ):
+            jobs[name] = (run_baseline, (common, str(out), str(warm_dir), name, arm, tokens, 0), "baseline")
+
+    def submit(pool: ProcessPoolExecutor | None, name: str) -> Any:
+        function, job_args, _ = jobs[name]
+        if pool is None:
+            return function(*job_args)
+        return pool.submit(function, *job_args, args.threads)
+
+    # The longest first (BoLT at K = 4, then the controls, then the baselines), so none starts last alone.
+    order = sorted(
+        jobs,
+        key=lambda name: (jobs[name][2] == "baseline", -int(name.rsplit("_k", 1)[1]) if "_k" in name else 0),
+    )
+    done: dict[str, dict[str, Any]] = {}
+    if args.parallel > 1:
+        with ProcessPoolExecutor(args.parallel, mp_context=get_context("spawn")) as pool:
+            futures = {name: submit(pool, name) for name in order}
+            done = {name: future.result() for name, future in futures.items()}
+    else:
+        done = {name: submit(None, name) for name in order}
+
+    results = {
+        "overrides": [*scale, *args.set],
         "warm_start_folder": str(warm_dir),
         "warm_start": warm,
-        "runs": runs,
+        "runs": {name: {**done[name], "role": jobs[name][2]} for name in jobs if jobs[name][2] != "baseline"},
+        "baselines": {name: done[name] for name in jobs if jobs[name][2] == "baseline"},
+        "flop_match": flop_match,
+        "seconds": round(time.perf_counter() - started, 1),
     }
-    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    print()
+    print("\n".join(report(results)))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,19 @@ class MStepConfig(StageConfig):
     warm_start_weight: float | None = Field(
         None, gt=0.0, lt=1.0, description="its share of the tokens when kept (default: by size)"
     )
+    tokens: int | None = Field(
+        None,
+        gt=0,
+        description="training tokens of every M-step (default: testbed.tokens, the warm start's); the "
+        "paper gives the M-step 16x the warm start's tokens",
+    )
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _token_count(cls, value: Any) -> Any:
+        from latent_thoughts.train.config import parse_token_count
+
+        return None if value is None else parse_token_count(value)
 
 
 class EvaluationConfig(StageConfig):
@@ -52,8 +65,9 @@ class EMConfig(StageConfig):
     """The whole EM run: data, warm start, T iterations of E-step, M-step and evaluation.
 
     ``testbed`` is the recipe (world, tokenizer, model shape, optimiser) shared by every training
-    stage; its ``tokens`` is the budget of the warm start and of every M-step (matched across
-    iterations).
+    stage; its ``tokens`` is the warm start's budget, and every M-step's unless ``mstep.tokens`` sets
+    another (the M-steps are matched across iterations). The bootstrap split's size, relative to the
+    warm-start split, is ``testbed.world.bootstrap_documents`` against ``warm_start_documents``.
     """
 
     out: str = Field("runs/em", description="run folder")

@@ -12,7 +12,8 @@ Stages, in order, each recorded in ``RUN/manifest.json`` (:mod:`latent_thoughts.
   ``thoughts`` source, read exactly as the teacher's thoughts are; from the base model or the
   previous one; optionally with the warm-start data kept in the mixture) and ``eval_t``.
 
-Every training stage gets the same number of tokens (``testbed.tokens``). A killed run rerun resumes
+The warm start trains on ``testbed.tokens`` tokens and every M-step on ``mstep.tokens`` (default: the
+same), so iterations are matched in training tokens. A killed run rerun resumes
 at its unfinished stage (the trainer resumes from its checkpoints, the E-step from its cache) and
 redoes nothing finished. ``RUN/summary.json`` and the printed table give, per iteration, the mean
 bound, mean ESS, mean thought length, accuracy and the validity of sampled and selected thoughts.
@@ -124,6 +125,7 @@ def prepare_data(config: EMConfig, paths: RunPaths) -> StageResult:
         texts += split_texts
         counts[f"{split}_chunks"] = len(split_texts) // 2
     train_shared_tokenizer(config.testbed, texts, paths.tokenizer)
+    counts["warm_start_teacher_true_claims"] = teacher_true_claims(paths)
     counts["eval_problems"] = write_problems(make_eval_problems(world), paths.problems)
     outputs = {
         "warm_start_chunks": str(paths.chunks("warm_start")),
@@ -134,6 +136,14 @@ def prepare_data(config: EMConfig, paths: RunPaths) -> StageResult:
         "problems": str(paths.problems),
     }
     return outputs, counts
+
+
+def teacher_true_claims(paths: RunPaths) -> float:
+    """Share of true arithmetic claims in the warm-start split's teacher thoughts: the quality of the
+    thoughts the warm start was trained on (sigma_0 of :func:`loop_dynamics`)."""
+    from latent_thoughts.report.thought_checks import check_thoughts_file
+
+    return check_thoughts_file(paths.teacher_thoughts("warm_start"), coverage=False).claim_accuracy
 
 
 def training_config(config: EMConfig, paths: RunPaths, t: int) -> Any:
@@ -156,6 +166,8 @@ def training_config(config: EMConfig, paths: RunPaths, t: int) -> Any:
     )
     values = base.model_dump(mode="json")
     values["model"]["init_seed"] = config.seed  # the same base weights for every "from base" run
+    if t > 0 and config.mstep.tokens is not None:
+        values["budget"]["tokens"] = config.mstep.tokens
     if t > 0 and config.mstep.init == "previous":
         values["model"]["path"] = str(paths.model(t - 1))
     if t > 0 and config.mstep.keep_warm_start:
@@ -228,20 +240,12 @@ def estep_config(config: EMConfig, t: int) -> Any:
 
 
 def sample_validity(samples: Path) -> dict[str, Any]:
-    """The testbed checker on the K sampled thoughts and on the selected ones: share of true claims
-    (``true_claims``) and of valid thoughts (every claim true, the chunk's results derived)."""
-    from latent_thoughts.report.thought_checks import check_thoughts_file
+    """The testbed checker on the K sampled thoughts and on the selected ones
+    (:func:`~latent_thoughts.report.thought_checks.sample_quality`): shares of true claims, of valid
+    thoughts, of valid thoughts on chunks that state a result, and of samples closed by EOL."""
+    from latent_thoughts.report.thought_checks import sample_quality
 
-    out: dict[str, Any] = {}
-    for name, column in (("sampled", "samples"), ("selected", "thought")):
-        try:
-            summary = check_thoughts_file(samples, thought_column=column, chunk_column="text")
-        except LatentThoughtsError:  # no thought selected at all (the checker policy found none)
-            out[f"{name}_true_claims"] = out[f"{name}_valid"] = None
-            continue
-        out[f"{name}_true_claims"] = summary.claim_accuracy
-        out[f"{name}_valid"] = summary.validity_rate
-    return out
+    return sample_quality(samples)
 
 
 def run_evaluation(config: EMConfig, paths: RunPaths, t: int) -> StageResult:
@@ -437,7 +441,10 @@ def inherit_stages(base: Path, manifest: Manifest) -> dict[str, str]:
 
 
 def summarize(config: EMConfig, manifest: Manifest) -> dict[str, Any]:
-    """One row per iteration (0 = the warm start) from the finished stages' metrics."""
+    """One row per iteration (0 = the warm start) from the finished stages' metrics, with the loop's
+    dynamics (:func:`loop_dynamics`)."""
+    data = manifest.stages.get("data", {})
+    teacher = data.get("metrics", {}).get("warm_start_teacher_true_claims")
     rows = []
     for t in range(config.iterations + 1):
         train = manifest.stages.get("warm_start" if t == 0 else f"mstep_{t}", {})
@@ -456,18 +463,49 @@ def summarize(config: EMConfig, manifest: Manifest) -> dict[str, Any]:
                 "mean_thought_tokens": e.get("mean_thought_tokens"),
                 "accuracy": v.get("accuracy"),
                 "eval_true_claims": v.get("true_claim_share"),
-                "sampled_true_claims": e.get("sampled_true_claims"),
-                "selected_true_claims": e.get("selected_true_claims"),
-                "sampled_valid": e.get("sampled_valid"),
-                "selected_valid": e.get("selected_valid"),
+                "closed_by_eol": e.get("closed_by_eol"),
+                **{
+                    f"{role}_{measure}": e.get(f"{role}_{measure}")
+                    for role in ("sampled", "selected")
+                    for measure in ("true_claims", "valid", "result_valid", "question_valid")
+                },
             }
         )
     return {
         "run": config.out,
         "policy": config.estep.policy,
         "mstep": config.mstep.model_dump(mode="json"),
-        "iterations": rows,
+        "teacher_true_claims": teacher,
+        "iterations": loop_dynamics(rows, teacher),
     }
+
+
+def loop_dynamics(rows: list[dict[str, Any]], teacher_true_claims: float | None) -> list[dict[str, Any]]:
+    """Add to each iteration row t >= 1 the three numbers that say whether the loop can climb.
+
+    sigma_t is the share of true claims in the thoughts model t was trained on (sigma_0: the teacher's;
+    sigma_t: the thoughts E-step t selected). Model t-1 proposes thoughts with true-claim share
+    ``sampled_t``; selection lifts it to ``selected_t`` = sigma_t. So
+
+    - ``fidelity`` f = sampled_t / sigma_{t-1}: how much of its training thoughts' quality model t-1
+      keeps when it writes thoughts of its own (at the E-step's temperature);
+    - ``selection_gain`` g = selected_t / sampled_t;
+    - ``growth`` g * f = sigma_t / sigma_{t-1}: quality rises over iterations only while it is above 1.
+
+    A figure is None where one of its parts is missing (0 thoughts kept, a stage not run).
+    """
+    sigma = teacher_true_claims
+    out = []
+    for row in rows:
+        row = dict(row)
+        if row["iteration"] > 0:
+            sampled, selected = row.get("sampled_true_claims"), row.get("selected_true_claims")
+            row["fidelity"] = sampled / sigma if sampled is not None and sigma else None
+            row["selection_gain"] = selected / sampled if selected is not None and sampled else None
+            row["growth"] = selected / sigma if selected is not None and sigma else None
+            sigma = selected
+        out.append(row)
+    return out
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -498,5 +536,17 @@ def summary_table(summary: dict[str, Any]) -> list[str]:
             f"{cell(row['mean_ess'], 2)} | {cell(row['mean_thought_tokens'], 1)} | {cell(row['accuracy'])} | "
             f"{cell(row['eval_true_claims'])} | {cell(row['sampled_true_claims'])} / "
             f"{cell(row['selected_true_claims'])} | {cell(row['sampled_valid'])} / {cell(row['selected_valid'])} |"
+        )
+    lines += [
+        "",
+        "| iter | result-chunk valid sampled / selected | closed by EOL | fidelity f | selection gain g "
+        "| growth g·f |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in summary["iterations"][1:]:
+        lines.append(
+            f"| {row['iteration']} | {cell(row.get('sampled_result_valid'))} / "
+            f"{cell(row.get('selected_result_valid'))} | {cell(row.get('closed_by_eol'))} | "
+            f"{cell(row.get('fidelity'))} | {cell(row.get('selection_gain'))} | {cell(row.get('growth'))} |"
         )
     return lines

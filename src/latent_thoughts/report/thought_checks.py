@@ -186,3 +186,82 @@ def check_thoughts_file(
     if summary.thoughts == 0:
         raise LatentThoughtsError(f"{path}: no thoughts in column {thoughts_in!r}")
     return summary
+
+
+@dataclass
+class SampleQuality:
+    """The checker's reading of one set of thoughts of an E-step samples file (all K samples, or the
+    selected ones), split by the kind of chunk they explain.
+
+    A chunk that states a result ("It equals 5704.") is valid only when its thought derives that
+    result with true claims; a chunk that only poses a question ("Consider 73 x 68 + 740.") is valid
+    for any thought without a false claim, a bare plan included. So validity over all chunks has a
+    floor set by the share of posing chunks; ``result_valid`` is the part that measures derivations.
+    """
+
+    thoughts: int = 0
+    claims: int = 0
+    true_claims: int = 0
+    valid: int = 0
+    result_thoughts: int = 0
+    result_valid: int = 0
+    question_thoughts: int = 0
+    question_valid: int = 0
+
+    def add(self, thought: str, chunk: str) -> None:
+        """Check one thought against the chunk it explains."""
+        from latent_thoughts.testbed.checker import check_thought
+
+        result = check_thought(thought, chunk)
+        self.thoughts += 1
+        self.claims += result.claims
+        self.true_claims += result.valid_claims
+        self.valid += result.valid
+        if result.results:
+            self.result_thoughts += 1
+            self.result_valid += result.valid
+        else:
+            self.question_thoughts += 1
+            self.question_valid += result.valid
+
+    def as_dict(self, name: str) -> dict[str, Any]:
+        """Shares (None where nothing was counted), keyed ``{name}_...``."""
+
+        def share(part: int, whole: int) -> float | None:
+            return part / whole if whole else None
+
+        return {
+            f"{name}_thoughts": self.thoughts,
+            f"{name}_true_claims": share(self.true_claims, self.claims),
+            f"{name}_valid": share(self.valid, self.thoughts),
+            f"{name}_result_valid": share(self.result_valid, self.result_thoughts),
+            f"{name}_question_valid": share(self.question_valid, self.question_thoughts),
+        }
+
+
+def sample_quality(path: str | Path) -> dict[str, Any]:
+    """The checker over an E-step samples file (``latent-thoughts estep`` output): for the K sampled
+    thoughts (``sampled_*``) and the selected ones (``selected_*``), the share of true claims, of
+    valid thoughts, of valid thoughts on chunks that state a result and on chunks that only pose a
+    question (:class:`SampleQuality`); the share of chunks that kept a thought; and the share of
+    samples the sampler closed with EOL (the rest were cut at the thought budget)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["text", "samples", "thought", "finish_reasons"])
+    sampled, selected = SampleQuality(), SampleQuality()
+    closed = total = kept = 0
+    rows = table.to_pylist()
+    for row in rows:
+        for thought in row["samples"]:
+            sampled.add(thought, row["text"])
+        if row["thought"] is not None:
+            selected.add(row["thought"], row["text"])
+            kept += 1
+        closed += sum(reason == "stop" for reason in row["finish_reasons"])
+        total += len(row["finish_reasons"])
+    return {
+        **sampled.as_dict("sampled"),
+        **selected.as_dict("selected"),
+        "kept_share": kept / len(rows) if rows else None,
+        "closed_by_eol": closed / total if total else None,
+    }
