@@ -54,6 +54,24 @@ class MStepConfig(StageConfig):
         return None if value is None else parse_token_count(value)
 
 
+class PretrainConfig(StageConfig):
+    """An optional base model that is not random: pretrained on raw documents of a split that neither
+    the warm start nor the E-step sees (the testbed world's validation bucket,
+    ``testbed.world.validation_documents`` documents). The warm start and every M-step from the base
+    continue from it, as the paper continues pretraining TinyLlama."""
+
+    tokens: int | None = Field(
+        None, gt=0, description="raw pretraining tokens of the base model (unset: a random base, the default)"
+    )
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _token_count(cls, value: Any) -> Any:
+        from latent_thoughts.train.config import parse_token_count
+
+        return None if value is None else parse_token_count(value)
+
+
 class EvaluationConfig(StageConfig):
     """Evaluation of every model (warm start and each M-step) on the testbed's held-out problems."""
 
@@ -82,6 +100,12 @@ class EMConfig(StageConfig):
         default_factory=lambda: EStepConfig(k=4, max_thought_tokens=64, batch_chunks=64)
     )
     mstep: MStepConfig = Field(default_factory=MStepConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    final_estep: bool = Field(
+        False,
+        description="after the last iteration, run the E-step once more with the last model (no M-step): "
+        "it measures that model's fidelity and the next selection gain",
+    )
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     device: str = Field("auto", description="where the E-step and evaluation run: auto, cpu, cuda")
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="E-step and evaluation dtype")

@@ -67,6 +67,15 @@ class RunPaths:
     def problems(self) -> Path:
         return self.data / "eval.jsonl"
 
+    @property
+    def pretrain_dir(self) -> Path:
+        """The base model's raw pretraining (``pretrain.tokens``): its chunks and its training output."""
+        return (self.base or self.root) / "pretrain"
+
+    @property
+    def pretrained_model(self) -> Path:
+        return self.pretrain_dir / "train" / "model"
+
     def iteration(self, t: int) -> Path:
         return (self.base if t == 0 and self.base else self.root) / f"iter_{t}"
 
@@ -97,15 +106,19 @@ class Stage:
     clear: Callable[[], None] = field(default=lambda: None)
 
 
-INHERITED = ("data", "warm_start", "eval_0")
-"""The stages a run with ``warm_start_from`` takes from that run instead of running them."""
+INHERITED = ("data", "pretrain", "warm_start", "eval_0")
+"""The stages a run with ``warm_start_from`` takes from that run instead of running them (``pretrain``
+where that run has one)."""
 
 
-def stage_names(iterations: int) -> list[str]:
-    """The stages of a run of ``iterations`` iterations, in order."""
-    names = ["data", "warm_start", "eval_0"]
+def stage_names(iterations: int, pretrain: bool = False, final_estep: bool = False) -> list[str]:
+    """The stages of a run of ``iterations`` iterations, in order: with ``pretrain`` the base model's
+    raw pretraining, with ``final_estep`` one more E-step with the last model."""
+    names = ["data", *(["pretrain"] if pretrain else []), "warm_start", "eval_0"]
     for t in range(1, iterations + 1):
         names += [f"estep_{t}", f"mstep_{t}", f"eval_{t}"]
+    if final_estep:
+        names.append(f"estep_{iterations + 1}")
     return names
 
 
@@ -146,6 +159,53 @@ def teacher_true_claims(paths: RunPaths) -> float:
     return check_thoughts_file(paths.teacher_thoughts("warm_start"), coverage=False).claim_accuracy
 
 
+def pretrain_config(config: EMConfig, paths: RunPaths) -> Any:
+    """The :class:`~latent_thoughts.train.TrainConfig` of the base model's raw pretraining."""
+    from latent_thoughts.testbed.recipe import RecipeData, train_config
+
+    chunks = paths.pretrain_dir / "chunks.parquet"
+    data = RecipeData(chunks, chunks, paths.tokenizer)
+    recipe = config.testbed.model_copy(update={"tokens": config.pretrain.tokens})
+    base = train_config(
+        recipe,
+        "raw",
+        config.seed,
+        data,
+        paths.pretrain_dir / "train",
+        progress_bar=config.progress,
+        logging_steps=100,
+    )
+    values = base.model_dump(mode="json")
+    values["model"]["init_seed"] = config.seed
+    from latent_thoughts.train import TrainConfig
+
+    return TrainConfig.model_validate(values)
+
+
+def run_pretraining(config: EMConfig, paths: RunPaths) -> StageResult:
+    """Write the pretraining split's raw chunks (the world's validation bucket) and train the base."""
+    from latent_thoughts.corpus import chunk_document, write_chunks
+    from latent_thoughts.testbed.world import generate_documents, testbed_chunk_config
+
+    chunks_file = paths.pretrain_dir / "chunks.parquet"
+    world = config.testbed.world
+    chunking = testbed_chunk_config(world)
+    documents = generate_documents(world, "validation")
+    if not documents:
+        raise LatentThoughtsError("pretrain.tokens needs testbed.world.validation_documents > 0")
+    chunks_file.parent.mkdir(parents=True, exist_ok=True)
+    write_chunks(
+        [
+            chunk
+            for document in documents
+            for chunk in chunk_document(document.doc_id, document.text, chunking)
+        ],
+        chunks_file,
+    )
+    outputs, metrics = run_training(pretrain_config(config, paths))
+    return {**outputs, "chunks": str(chunks_file)}, {**metrics, "documents": len(documents)}
+
+
 def training_config(config: EMConfig, paths: RunPaths, t: int) -> Any:
     """The :class:`~latent_thoughts.train.TrainConfig` of iteration t's training (0: warm start)."""
     from latent_thoughts.testbed.recipe import RecipeData, train_config
@@ -166,6 +226,8 @@ def training_config(config: EMConfig, paths: RunPaths, t: int) -> Any:
     )
     values = base.model_dump(mode="json")
     values["model"]["init_seed"] = config.seed  # the same base weights for every "from base" run
+    if config.pretrain.tokens is not None and (t == 0 or config.mstep.init == "base"):
+        values["model"]["path"] = str(paths.pretrained_model)
     if t > 0 and config.mstep.tokens is not None:
         values["budget"]["tokens"] = config.mstep.tokens
     if t > 0 and config.mstep.init == "previous":
@@ -307,9 +369,25 @@ def plan_stages(config: EMConfig, paths: RunPaths) -> list[Stage]:
         )
     ]
 
+    pretrained = config.pretrain.tokens is not None
+    if pretrained:
+        pretrain = pretrain_config(config, paths)
+        stages.append(
+            Stage(
+                "pretrain",
+                ["data"],
+                {**stage_config_of_training(pretrain), "split": "validation"},
+                {"seed": config.seed, "inputs": {"model": "base (scratch)", "data": "raw validation split"}},
+                lambda: run_pretraining(config, paths),
+                remove(paths.pretrain_dir),
+            )
+        )
+
     def training_stage(t: int) -> Stage:
         train = training_config(config, paths, t)
         upstream = ["data"] if t == 0 else ["data", f"estep_{t}"]
+        if pretrained and (t == 0 or config.mstep.init == "base"):
+            upstream.append("pretrain")
         if t > 0 and config.mstep.init == "previous":
             upstream.append(model_stage(t - 1))
         sources = [source.model_dump(mode="json", exclude_none=True) for source in train.data.sources]
@@ -355,6 +433,8 @@ def plan_stages(config: EMConfig, paths: RunPaths) -> list[Stage]:
     stages += [training_stage(0), eval_stage(0)]
     for t in range(1, config.iterations + 1):
         stages += [estep_stage(t), training_stage(t), eval_stage(t)]
+    if config.final_estep:
+        stages.append(estep_stage(config.iterations + 1))
     return stages
 
 
@@ -375,7 +455,7 @@ def run_em(
     """Run, resume or extend the EM run of ``config``; returns the summary (see :func:`summarize`)."""
     base = Path(config.warm_start_from) if config.warm_start_from else None
     paths = RunPaths(Path(config.out), base)
-    names = stage_names(config.iterations)
+    names = stage_names(config.iterations, config.pretrain.tokens is not None, config.final_estep)
     if force_from is not None and force_from not in names:
         raise LatentThoughtsError(
             f"--force-from {force_from!r}: not a stage of this run ({', '.join(names)})"
@@ -428,6 +508,8 @@ def inherit_stages(base: Path, manifest: Manifest) -> dict[str, str]:
     prints = {}
     for name in INHERITED:
         record = source.stages.get(name)
+        if name == "pretrain" and record is None:
+            continue  # that run's base is random
         if record is None or record.get("status") != "done":
             raise LatentThoughtsError(
                 f"warm_start_from {base}: its stage {name} is not done (run it there first, e.g. iterations=0)"
@@ -446,7 +528,7 @@ def summarize(config: EMConfig, manifest: Manifest) -> dict[str, Any]:
     data = manifest.stages.get("data", {})
     teacher = data.get("metrics", {}).get("warm_start_teacher_true_claims")
     rows = []
-    for t in range(config.iterations + 1):
+    for t in range(config.iterations + 1 + config.final_estep):
         train = manifest.stages.get("warm_start" if t == 0 else f"mstep_{t}", {})
         estep = manifest.stages.get(f"estep_{t}", {}) if t > 0 else {}
         evaluation = manifest.stages.get(f"eval_{t}", {})
