@@ -92,3 +92,12 @@ def test_a_pretrained_base_feeds_the_warm_start_and_the_last_model_gets_an_estep
 
 def _stages(run: Path) -> dict[str, Any]:
     return dict(json.loads((run / "manifest.json").read_text())["stages"])
+
+
+def test_redrawn_layouts_change_with_the_iteration_and_leave_the_warm_start_alone(tmp_path: Path) -> None:
+    config = load_em_config(None, ["mstep.redraw_layouts=true", "seed=5", f"out={tmp_path}"])
+    paths = RunPaths(tmp_path)
+    warm, one, two = (training_config(config, paths, t).data.format for t in (0, 1, 2))
+    assert not warm.redraw_layouts and warm.seed == 5
+    assert one.redraw_layouts and two.redraw_layouts
+    assert one.seed != two.seed != warm.seed

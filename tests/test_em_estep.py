@@ -1,4 +1,5 @@
-"""The E-step of one chunk on a tiny Llama trained for a few steps on thought documents."""
+"""The E-step of one chunk on a tiny Llama trained for a few steps on thought documents (and, where a
+test needs thoughts closed or cut for certain, on a random one with a bias on EOL)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from latent_thoughts.em.estep import closed_thought, sample_thoughts, score_role
 from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 from latent_thoughts.format import DocumentBuilder, FormatConfig, SpecialIds, e_step_layout, pack_documents
 from tests.conftest import tiny_llama
+from tests.test_em_estep_exact import NEVER_EOL, OFTEN_EOL, eol_biased_llama
 
 CHUNKS = [
     ["We know that 37 x 24 = 888. ", "Adding 129 gives 1017. ", "So the total is 1017."],
@@ -81,16 +83,22 @@ def test_log_w_is_zero_when_prior_and_posterior_agree(trained, tiny_tokenizer, d
         assert (scored.log_q, scored.log_p) == (log_q, log_p)
 
 
-def test_log_q_is_the_law_the_thoughts_were_sampled_from(trained, tiny_tokenizer) -> None:
-    """In fp32 the scoring path's log q equals the sampler's own log-probs (temperature 1, top-p 1)."""
-    engine = make_engine(trained, tiny_tokenizer, "fp32")
+@pytest.mark.parametrize("eol_bias", [OFTEN_EOL, NEVER_EOL], ids=["closed", "cut"])
+def test_log_q_is_the_law_the_thoughts_were_sampled_from(tiny_tokenizer, eol_bias) -> None:
+    """In fp32 the scoring path's log q equals the sampler's own log-probs (temperature 1, top-p 1),
+    for thoughts closed by EOL and for thoughts cut at the budget alike. Which of the two a thought is
+    holds by construction (a bias on EOL's logit: drawn about one time in six, or never), not by
+    what a few training steps happen to produce on this CPU with this many threads."""
+    engine = make_engine(eol_biased_llama(tiny_tokenizer, eol_bias), tiny_tokenizer, "fp32")
     layout = layout_of(tiny_tokenizer)
-    samples = sample_thoughts(engine, [layout], k=4, max_thought_tokens=THOUGHT_TOKENS, seed=1)[0]
-    closed = [s for s in samples if s.finish_reason == "stop"]
-    assert closed, "the trained model closes some thoughts with EOL"
-    scores = score_thoughts(engine, layout, [s.token_ids for s in closed])
-    for sample, score in zip(closed, scores, strict=True):
+    budget = 160 if eol_bias == OFTEN_EOL else THOUGHT_TOKENS
+    samples = sample_thoughts(engine, [layout], k=4, max_thought_tokens=budget, seed=1)[0]
+    finish = "stop" if eol_bias == OFTEN_EOL else "length"
+    assert [s.finish_reason for s in samples] == [finish] * 4
+    scores = score_thoughts(engine, layout, [s.token_ids for s in samples])
+    for sample, score in zip(samples, scores, strict=True):
         assert score.log_q == pytest.approx(sample.logprob, abs=1e-4)
+        assert score.finish_reason == finish
 
 
 def test_joint_and_posterior_scores_equal_separate_score_calls(trained, tiny_tokenizer) -> None:
@@ -100,7 +108,8 @@ def test_joint_and_posterior_scores_equal_separate_score_calls(trained, tiny_tok
     samples = sample_thoughts(engine, [layout], k=4, max_thought_tokens=THOUGHT_TOKENS, seed=2)[0]
     scores = score_thoughts(engine, layout, [s.token_ids for s in samples])
     for score in scores:
-        (q,) = engine.score([layout.posterior_prompt], [score.thought_ids])
+        drawn = score.thought_ids if score.finish_reason == "stop" else score.thought_ids[:-1]
+        (q,) = engine.score([layout.posterior_prompt], [drawn])
         (p,) = engine.score([layout.joint_context], [layout.joint_continuation(score.thought_ids)])
         assert score.log_q == pytest.approx(q.logprob, abs=1e-4)
         assert score.log_p == pytest.approx(p.logprob, abs=1e-4)
@@ -119,5 +128,5 @@ def test_thoughts_end_at_eol_never_at_eos(trained, tiny_tokenizer) -> None:
     samples = sample_thoughts(engine, [layout], k=8, max_thought_tokens=THOUGHT_TOKENS, seed=3)[0]
     eos, eol = tiny_tokenizer.eos_token_id, layout.special.eol
     assert any(eos in s.token_ids[:-1] for s in samples)  # EOS was drawn and the thought went on
-    for sample in samples:
-        assert sample.token_ids[-1] == eol or len(sample.token_ids) == THOUGHT_TOKENS
+    for sample in samples:  # the budget counts the EOL: a cut thought draws one token fewer
+        assert sample.token_ids[-1] == eol or len(sample.token_ids) == THOUGHT_TOKENS - 1

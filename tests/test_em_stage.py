@@ -65,8 +65,9 @@ def local_run(tiny_model_dir: Path, chunks_file: Path, tmp_path_factory: pytest.
 def test_log_w_equals_a_hand_computation_from_score(
     tiny_model_dir: Path, chunks_file: Path, local_run: Path
 ) -> None:
-    """For every sample: log q = score(BOS c SOL EOL x SOL POST -> z EOL), log p = score(BOS c SOL ->
-    PRIOR z EOL x), sequences laid out by hand; log w = log p - log q to 1e-4 (fp32)."""
+    """For every sample: log q = score(BOS c SOL EOL x SOL POST -> z EOL) for a thought closed by EOL,
+    score(... -> z) for one cut at the budget (its appended EOL was never drawn), log p =
+    score(BOS c SOL -> PRIOR z EOL x), sequences laid out by hand; log w = log p - log q to 1e-4 (fp32)."""
     engine = TransformersEngine(
         TransformersEngineConfig(model=str(tiny_model_dir), dtype="fp32", device="cpu")
     )
@@ -86,8 +87,9 @@ def test_log_w_equals_a_hand_computation_from_score(
             thoughts = ChunkSamples.from_record(record).thought_ids
             assert len(thoughts) == len(row["log_w"]) == 3
             for k, z in enumerate(thoughts):
-                assert z[-1] == s.eol
-                (q,) = engine.score([[s.bos, *c, s.sol, s.eol, *x, s.sol, s.post]], [z])
+                assert z[-1] == s.eol and len(z) <= OPTIONS["max_thought_tokens"]
+                drawn = z if row["finish_reasons"][k] == "stop" else z[:-1]
+                (q,) = engine.score([[s.bos, *c, s.sol, s.eol, *x, s.sol, s.post]], [drawn])
                 (p,) = engine.score([[s.bos, *c, s.sol]], [[s.prior, *z, *x]])
                 assert row["log_q"][k] == pytest.approx(q.logprob, abs=1e-4)
                 assert row["log_p"][k] == pytest.approx(p.logprob, abs=1e-4)

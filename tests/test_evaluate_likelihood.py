@@ -74,8 +74,11 @@ def test_elbo_1_is_log_p_minus_log_q_of_each_chunk_by_hand(engine, model, tiny_t
     for index, (term, [thought]) in enumerate(zip(result.terms, result.thoughts, strict=True)):
         prefix = [token for earlier in ids[:index] for token in earlier]
         x, z = ids[index], thought.thought_ids  # z ends with EOL
+        # q covers what the sampler drew: the EOL when it closed the thought, not the one appended
+        # to a thought cut at the budget
+        drawn = z if thought.finish_reason == "stop" else z[:-1]
         log_q = _logprob(
-            model, [special.bos, *prefix, special.sol, special.eol, *x, special.sol, special.post], z
+            model, [special.bos, *prefix, special.sol, special.eol, *x, special.sol, special.post], drawn
         )
         log_p = _logprob(model, [special.bos, *prefix, special.sol], [special.prior, *z, *x])
         assert term == pytest.approx(log_p - log_q, abs=1e-3)

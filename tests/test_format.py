@@ -100,6 +100,33 @@ def test_layout_choice_is_seeded_per_chunk_with_the_configured_probability() -> 
     assert sum(choose_layout(0, "d", i, 0.2) is Layout.POSTERIOR for i in range(4000)) / 4000 < 0.25
 
 
+def test_layouts_are_redrawn_per_pass_only_with_the_option(tiny_tokenizer) -> None:
+    import hashlib
+    import struct
+
+    def old_choose_layout(seed: int, doc_id: str, chunk_index: int, probability: float) -> Layout:
+        digest = hashlib.sha256(f"{seed}\x00{doc_id}\x00{chunk_index}".encode()).digest()
+        uniform = struct.unpack(">Q", digest[:8])[0] / 2**64
+        return Layout.POSTERIOR if uniform < probability else Layout.PRIOR
+
+    keys = [(f"doc{i // 10}", i % 10) for i in range(400)]
+    pass0 = [choose_layout(3, doc, chunk, 0.5, pass_index=0) for doc, chunk in keys]
+    assert pass0 == [old_choose_layout(3, doc, chunk, 0.5) for doc, chunk in keys]  # pass 0: as before
+    pass1 = [choose_layout(3, doc, chunk, 0.5, pass_index=1) for doc, chunk in keys]
+    pass2 = [choose_layout(3, doc, chunk, 0.5, pass_index=2) for doc, chunk in keys]
+    for other in (pass1, pass2):  # each pass an independent draw: about half the chunks change
+        assert 0.4 < sum(a is not b for a, b in zip(pass0, other, strict=True)) / len(keys) < 0.6
+    assert pass1 != pass2
+    chunks, thoughts = ["A. ", "B. ", "C. ", "D. ", "E. ", "F."], ["a", "b", None, "d", "e", "f"]
+    fixed = DocumentBuilder(tiny_tokenizer, FormatConfig(seed=3))
+    redraw = DocumentBuilder(tiny_tokenizer, FormatConfig(seed=3, redraw_layouts=True))
+    first = fixed.build("doc", chunks, thoughts)
+    assert all(fixed.build("doc", chunks, thoughts, pass_index=p) == first for p in range(5))
+    assert redraw.build("doc", chunks, thoughts, pass_index=0) == first
+    layouts = {tuple(redraw.build("doc", chunks, thoughts, pass_index=p).layouts) for p in range(8)}
+    assert len(layouts) > 1 and all(layout[2] is Layout.RAW for layout in layouts)
+
+
 def test_plain_documents_are_wrapped_in_bos_and_eos(tiny_tokenizer) -> None:
     doc = DocumentBuilder(tiny_tokenizer).build_plain("A whole raw document.")
     assert (

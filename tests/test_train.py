@@ -25,7 +25,7 @@ from latent_thoughts.cli import main as cli_main
 from latent_thoughts.config import ConfigError
 from latent_thoughts.corpus import ChunkConfig, chunk_document, write_chunks
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import DocumentBuilder, FormatConfig, SpecialIds, pack_documents
+from latent_thoughts.format import DocumentBuilder, FormatConfig, Layout, SpecialIds, pack_documents
 from latent_thoughts.testbed import TestbedConfig, TestbedOracle, generate_documents
 from latent_thoughts.tokenizer import train_bpe_tokenizer
 from latent_thoughts.train import (
@@ -40,6 +40,7 @@ from latent_thoughts.train import (
 )
 from latent_thoughts.train.data import (
     build_documents,
+    build_source,
     build_training_data,
     epoch_windows,
     mix_documents,
@@ -297,6 +298,166 @@ def test_epoch_budget_makes_that_many_passes(testbed_data: Path, tiny_tokenizer,
     assert data.windows.num_tokens == len(data.windows) * 64
     assert len(data.windows) == windows == -(-2 * stats.tokens // 64)  # ceil(2 passes / window)
     assert 1.99 < stats.epochs < 2.05
+
+
+def thoughts_source(data: Path) -> SourceConfig:
+    return SourceConfig(
+        kind="thoughts",
+        chunks=str(data / "bootstrap_chunks.parquet"),
+        thoughts=str(data / "bootstrap_thoughts.parquet"),
+    )
+
+
+def test_a_redrawn_document_is_what_the_builder_gives_for_its_pass(
+    testbed_data: Path, tiny_tokenizer
+) -> None:
+    (documents,) = read_sources([thoughts_source(testbed_data)])
+    fixed = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64))
+    builder = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64, redraw_layouts=True))
+    assert build_source(documents, fixed).redraw is None
+    built = build_source(documents, builder)
+    assert built.redraw is not None
+    assert [d.tolist() for d in built.documents] == [d.tolist() for d in build_documents(documents, fixed)]
+    changed = 0
+    for pass_index in range(4):
+        expected = [builder.build(d.doc_id, d.chunks, d.thoughts, pass_index).input_ids for d in documents]
+        redrawn = [built.redraw.document(ids, i, pass_index) for i, ids in enumerate(built.documents)]
+        assert [d.tolist() for d in redrawn] == expected
+        assert built.redraw.lengths(pass_index).tolist() == [len(ids) for ids in expected]
+        changed += sum(a.tolist() != b for a, b in zip(built.documents, expected, strict=True))
+    assert changed > 0
+    # Raw and rephrased sources keep their documents whatever the pass.
+    raw = SourceConfig(kind="raw", chunks=str(testbed_data / "bootstrap_chunks.parquet"))
+    assert build_source(read_sources([raw])[0], builder).redraw is None
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_redrawn_windows_give_each_draw_the_layouts_of_its_pass(
+    testbed_data: Path, tiny_tokenizer, tmp_path: Path, reset: bool
+) -> None:
+    sources = [
+        SourceConfig(kind="raw", chunks=str(testbed_data / "bootstrap_chunks.parquet"), weight=1.0),
+        thoughts_source(testbed_data).model_copy(update={"weight": 2.0}),
+    ]
+    raw_docs, thought_docs = read_sources(sources)
+    fmt = FormatConfig(seq_len=48, reset_position_ids=reset, redraw_layouts=True)
+    builder = DocumentBuilder(tiny_tokenizer, fmt)
+    built = [build_source(docs, builder) for docs in (raw_docs, thought_docs)]
+    documents = [source.documents for source in built]
+    redraws = [source.redraw for source in built]
+    windows = 3 * epoch_windows(documents, 1.0, 48)  # about three passes over each source
+
+    def build(path: Path):
+        return build_training_data(sources, documents, builder, windows, 5, path, redraws)
+
+    data = build(tmp_path / "a.bin")
+    assert len(data.windows) == windows and int(data.windows.lengths.min()) == 48
+    assert 2.5 < data.sources[1].epochs < 3.5
+    again = build(tmp_path / "b.bin")  # deterministic given the seed
+    assert again.windows.records.tobytes() == data.windows.records.tobytes()
+
+    # Each draw is its document built with its pass's layouts, in the mixture's order, packed.
+    def pass_lengths(pass_index: int) -> np.ndarray:
+        return np.array(
+            [len(builder.build(d.doc_id, d.chunks, d.thoughts, pass_index).input_ids) for d in thought_docs]
+        )
+
+    lengths = [np.array([len(d) for d in docs]) for docs in documents]
+    mixture = mix_documents(lengths, [1 / 3, 2 / 3], windows * 48, 5, [None, pass_lengths])
+    assert mixture.passes is not None and int(mixture.passes[mixture.source == 1].max()) >= 2
+    expected = [
+        documents[0][d]
+        if s == 0
+        else builder.build(
+            thought_docs[d].doc_id, thought_docs[d].chunks, thought_docs[d].thoughts, p
+        ).input_ids
+        for s, d, p in zip(
+            mixture.source.tolist(), mixture.document.tolist(), mixture.passes.tolist(), strict=True
+        )
+    ]
+    packed = list(pack_documents(expected, 48, tiny_tokenizer.pad_token_id, reset))[:windows]
+    assert data.windows.input_ids.tobytes() == np.array([w.input_ids for w in packed], np.int32).tobytes()
+    if reset:
+        assert data.windows.position_ids is not None
+        positions = np.array([w.position_ids for w in packed], np.int32)
+        assert data.windows.position_ids.tobytes() == positions.tobytes()
+
+    # A chunk repeated over passes shows both layouts across them for some chunks.
+    seen: dict[tuple[int, int], set[Layout]] = {}
+    for d, p in zip(
+        mixture.document[mixture.source == 1].tolist(),
+        mixture.passes[mixture.source == 1].tolist(),
+        strict=True,
+    ):
+        doc = thought_docs[d]
+        for chunk, layout in enumerate(builder.build(doc.doc_id, doc.chunks, doc.thoughts, p).layouts):
+            seen.setdefault((d, chunk), set()).add(layout)
+    assert sum(len(layouts) == 2 for layouts in seen.values()) > len(seen) / 4
+
+    # Without the option: the windows of before, whatever the passes.
+    fixed = DocumentBuilder(tiny_tokenizer, fmt.model_copy(update={"redraw_layouts": False}))
+    off = build_training_data(sources, documents, fixed, windows, 5, tmp_path / "off.bin")
+    old = old_mix_documents(documents, [1 / 3, 2 / 3], windows * 48, seed=5)
+    old_windows = list(pack_documents(old, 48, tiny_tokenizer.pad_token_id, reset))[:windows]
+    assert off.windows.input_ids.tobytes() == np.array([w.input_ids for w in old_windows], np.int32).tobytes()
+    assert off.windows.input_ids.tobytes() != data.windows.input_ids.tobytes()
+
+
+def test_redrawn_layouts_leave_a_single_pass_unchanged(
+    testbed_data: Path, tiny_tokenizer, tmp_path: Path
+) -> None:
+    sources = [thoughts_source(testbed_data)]
+    (documents,) = read_sources(sources)
+    fixed = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64))
+    redraw = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64, redraw_layouts=True))
+    built = build_source(documents, redraw)
+    windows = epoch_windows([built.documents], 0.9, 64)
+    on = build_training_data(
+        sources, [built.documents], redraw, windows, 0, tmp_path / "on.bin", [built.redraw]
+    )
+    off = build_training_data(
+        sources, [build_documents(documents, fixed)], fixed, windows, 0, tmp_path / "off.bin"
+    )
+    assert on.windows.records.tobytes() == off.windows.records.tobytes()
+
+
+def test_the_window_cache_key_names_redrawn_layouts_only_when_on(testbed_data: Path, tiny_tokenizer) -> None:
+    from latent_thoughts.train.data import data_fingerprint
+    from latent_thoughts.train.trainer import _data_key
+
+    sources = [thoughts_source(testbed_data)]
+    fixed = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64))
+    redraw = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64, redraw_layouts=True))
+    before = fixed.config.model_dump(mode="json")
+    del before["redraw_layouts"]  # the format as it was before the option: the key of old windows
+    assert _data_key(sources, fixed, seed=0) == data_fingerprint(
+        sources, {"format": before, "vocab": len(tiny_tokenizer), "seed": 0}
+    )
+    assert _data_key(sources, redraw, seed=0) != _data_key(sources, fixed, seed=0)
+
+
+def test_the_trainer_builds_redrawn_windows_once_and_reuses_them(
+    testbed_data: Path, tiny_tokenizer, tmp_path: Path
+) -> None:
+    from latent_thoughts.train.trainer import _load_or_build
+
+    config = tiny_config(testbed_data, tmp_path, budget={"epochs": 3.0})
+    config.data.format.redraw_layouts = True
+    documents = read_sources(config.data.sources)
+    builder = DocumentBuilder(tiny_tokenizer, config.data.format)
+    summary, windows, steps = _load_or_build(config, documents, builder, tmp_path)
+    assert 2.9 < summary["sources"][0]["epochs"] < 3.1 and len(windows) == steps * 4
+    built = build_source(documents[0], builder)
+    expected = build_training_data(
+        config.data.sources, [built.documents], builder, len(windows), 0, tmp_path / "x.bin", [built.redraw]
+    )
+    assert windows.records.tobytes() == expected.windows.records.tobytes()
+    (cached,) = (tmp_path / "data").glob("train-*.bin")
+    stamp = cached.stat().st_mtime_ns
+    again_summary, again, again_steps = _load_or_build(config, documents, builder, tmp_path)
+    assert cached.stat().st_mtime_ns == stamp  # read back, not rebuilt: a resumed run sees the same windows
+    assert (again_summary, again_steps) == (summary, steps)
+    assert again.records.tobytes() == windows.records.tobytes()
 
 
 def test_bad_inputs_name_the_file(tmp_path: Path, testbed_data: Path) -> None:

@@ -6,9 +6,11 @@ thought, and each chunk is written, by a seeded per-chunk draw, in one of two la
 - prior (joint) layout ``SOL PRIOR z EOL x``: the thought before the text it explains;
 - posterior layout ``SOL EOL x SOL POST z EOL``: the text first, then the thought.
 
-A chunk without a thought is written as its raw text. BOS and EOS wrap each document and documents
-are packed back to back into fixed windows. Every built document records which token spans are
-thought, text or special tokens, so tests (and the viewer) can check and show them.
+The draw is made once per chunk for the whole run, or (``redraw_layouts``) anew on every pass
+over the chunk's source, as the reference does. A chunk without a thought is written as its raw
+text. BOS and EOS wrap each document and documents are packed back to back into fixed windows.
+Every built document records which token spans are thought, text or special tokens, so tests (and
+the viewer) can check and show them.
 
 Tokenization (:func:`tokenize_chunks`): a document's text is tokenized ONCE, whole, and the token
 sequence is cut at the chunks' character offsets, so the text tokens of a document with thoughts
@@ -174,6 +176,11 @@ class FormatConfig(StageConfig):
         0.5, ge=0.0, le=1.0, description="chance a chunk uses the posterior layout"
     )
     seed: int = Field(0, description="seed of the per-chunk layout draw")
+    redraw_layouts: bool = Field(
+        False,
+        description="draw each chunk's layout anew on every pass over its source, as the reference does; "
+        "false keeps one layout per chunk for the whole run",
+    )
     seq_len: int = Field(2048, gt=0, description="packed window length in tokens")
     reset_position_ids: bool = Field(False, description="restart position ids at each document in a window")
     add_bos: bool = True
@@ -206,9 +213,18 @@ class SpecialIds:
         return cls(sol, eol, prior, post, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id)
 
 
-def choose_layout(seed: int, doc_id: str, chunk_index: int, posterior_probability: float) -> Layout:
-    """The layout of one chunk: a pure function of (seed, document id, chunk index)."""
-    digest = hashlib.sha256(f"{seed}\x00{doc_id}\x00{chunk_index}".encode()).digest()
+def choose_layout(
+    seed: int, doc_id: str, chunk_index: int, posterior_probability: float, pass_index: int = 0
+) -> Layout:
+    """The layout of one chunk: a pure function of (seed, document id, chunk index, pass).
+
+    ``pass_index`` counts the passes over the chunk's source (0: the first); pass 0 draws what this
+    function drew before passes existed, each later pass an independent draw.
+    """
+    key = f"{seed}\x00{doc_id}\x00{chunk_index}"
+    if pass_index:
+        key += f"\x00pass\x00{pass_index}"
+    digest = hashlib.sha256(key.encode()).digest()
     uniform = struct.unpack(">Q", digest[:8])[0] / 2**64
     return Layout.POSTERIOR if uniform < posterior_probability else Layout.PRIOR
 
@@ -229,14 +245,30 @@ class DocumentBuilder:
         """Token ids of a thought: its text without surrounding whitespace, tokenized on its own."""
         return self.encode(thought.strip())
 
+    def layout(self, doc_id: str, chunk_index: int, pass_index: int = 0) -> Layout:
+        """The layout of a chunk with a thought in pass ``pass_index`` over its source: pass 0's
+        layout in every pass unless the config's ``redraw_layouts`` is on (:func:`choose_layout`)."""
+        return choose_layout(
+            self.config.seed,
+            doc_id,
+            chunk_index,
+            self.config.posterior_probability,
+            pass_index if self.config.redraw_layouts else 0,
+        )
+
     def build(
-        self, doc_id: str, chunks: Sequence[str], thoughts: Sequence[str | None] | None = None
+        self,
+        doc_id: str,
+        chunks: Sequence[str],
+        thoughts: Sequence[str | None] | None = None,
+        pass_index: int = 0,
     ) -> BuiltDocument:
         """Build a document from its chunk texts and, optionally, one thought per chunk.
 
         ``chunks`` concatenate to the document's text; their tokens are cut from one tokenization of
         that text (:func:`tokenize_chunks`). A chunk whose thought is ``None`` (or every chunk, when
-        ``thoughts`` is None) is written raw.
+        ``thoughts`` is None) is written raw. ``pass_index`` is the pass over the document's source
+        the layouts are drawn for (:meth:`layout`; it matters only with ``redraw_layouts``).
         """
         if thoughts is not None and len(thoughts) != len(chunks):
             raise LatentThoughtsError(
@@ -253,7 +285,7 @@ class DocumentBuilder:
                 doc.layouts.append(Layout.RAW)
                 self._append(doc, "text", text_ids, index)
                 continue
-            layout = choose_layout(self.config.seed, doc_id, index, self.config.posterior_probability)
+            layout = self.layout(doc_id, index, pass_index)
             doc.layouts.append(layout)
             thought_ids = self.encode_thought(thought)
             if layout is Layout.PRIOR:

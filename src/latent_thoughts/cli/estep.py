@@ -23,8 +23,9 @@ def register(subparsers: Any) -> None:
         "estep",
         help="the model writes K thoughts per chunk; importance weights choose one (METHOD section 5)",
         description=(
-            "Sample K thoughts per chunk from MODEL in the posterior role (temperature 1, stop at EOL), score "
-            "them in both roles (log q, log p, log w), and select one per chunk. The output holds every sample "
+            "Sample K thoughts per chunk from MODEL in the posterior role (temperature 1 unless --temperature, "
+            "stop at EOL), score them in both roles (log q, log p, log w), and select one per chunk. The "
+            "output holds every sample "
             "with its scores, per-chunk ESS and bound, and a `thought` column the trainer reads like teacher "
             "thoughts. Resumable (a rerun samples only what is missing); --shard i/N + `latent-thoughts merge`."
         ),
@@ -40,6 +41,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output, e.g. RUN/iter_1/samples.parquet")
     parser.add_argument("--k", type=int, help="thoughts per chunk (default 4)")
     parser.add_argument("--max-thought-tokens", type=int, help="longest thought, EOL included (default 1024)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        help="proposal temperature: thoughts drawn and log q scored at T, log p at 1 (default 1.0, the "
+        "paper's; a local model only)",
+    )
     parser.add_argument(
         "--context-tokens", type=int, help="longest E-step sequence (default: the model's positions)"
     )
@@ -95,6 +102,7 @@ def options(args: argparse.Namespace) -> list[str]:
     flags = {
         "k": args.k,
         "max_thought_tokens": args.max_thought_tokens,
+        "temperature": args.temperature,
         "context_tokens": args.context_tokens,
         "policy": args.policy,
         "seed": args.seed,

@@ -39,6 +39,11 @@ class MStepConfig(StageConfig):
     warm_start_weight: float | None = Field(
         None, gt=0.0, lt=1.0, description="its share of the tokens when kept (default: by size)"
     )
+    redraw_layouts: bool = Field(
+        False,
+        description="draw each chunk's prior/posterior layout anew on every pass over the data and in every "
+        "iteration, as the reference does (false: one layout per chunk, fixed by the seed)",
+    )
     tokens: int | None = Field(
         None,
         gt=0,

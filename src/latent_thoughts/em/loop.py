@@ -132,7 +132,7 @@ def prepare_data(config: EMConfig, paths: RunPaths) -> StageResult:
 
     world = config.testbed.world
     texts: list[str] = []
-    counts: dict[str, int] = {}
+    counts: dict[str, Any] = {}
     for split in ("warm_start", "bootstrap"):
         split_texts = write_split(world, split, paths.chunks(split), paths.teacher_thoughts(split))
         texts += split_texts
@@ -230,6 +230,9 @@ def training_config(config: EMConfig, paths: RunPaths, t: int) -> Any:
         values["model"]["path"] = str(paths.pretrained_model)
     if t > 0 and config.mstep.tokens is not None:
         values["budget"]["tokens"] = config.mstep.tokens
+    if t > 0 and config.mstep.redraw_layouts:
+        values["data"]["format"]["redraw_layouts"] = True
+        values["data"]["format"]["seed"] = config.seed + t  # other layouts in every iteration too
     if t > 0 and config.mstep.init == "previous":
         values["model"]["path"] = str(paths.model(t - 1))
     if t > 0 and config.mstep.keep_warm_start:
@@ -253,7 +256,20 @@ def stage_config_of_training(train_config: Any) -> dict[str, Any]:
     values = dict(train_config.model_dump(mode="json"))
     values.pop("progress_bar", None)
     values.pop("logging_steps", None)
+    # an option added later, at its default, leaves the fingerprints of earlier runs as they were
+    if not values["data"]["format"].get("redraw_layouts", True):
+        del values["data"]["format"]["redraw_layouts"]
     return values
+
+
+def stage_config_of_estep(options: Any, dtype: str) -> dict[str, Any]:
+    """The part of the E-step options that decides the samples: not ``batch_tokens`` (a memory
+    bound), and the proposal temperature only when it is not the paper's 1 (so runs from before the
+    option existed keep their fingerprints)."""
+    values = dict(options.model_dump(mode="json", exclude={"batch_tokens"}))
+    if values.get("temperature", 1.0) == 1.0:
+        values.pop("temperature", None)
+    return {**values, "dtype": dtype}
 
 
 def run_training(train_config: Any) -> StageResult:
@@ -415,8 +431,7 @@ def plan_stages(config: EMConfig, paths: RunPaths) -> list[Stage]:
         return Stage(
             f"estep_{t}",
             [model_stage(t - 1), "data"],
-            # batch_tokens bounds memory and changes no sample: runs from before it existed stay valid
-            {**options.model_dump(mode="json", exclude={"batch_tokens"}), "dtype": config.dtype},
+            stage_config_of_estep(options, config.dtype),
             {
                 "seed": options.seed,
                 "inputs": {

@@ -15,8 +15,8 @@ Steps 1-3 of a batch of chunks are appended to the generation cache
 (:mod:`latent_thoughts.generation.cache`, ``NAME.cache/``) before the next batch starts, so a killed
 run resumes where it stopped and shards share one cache. The key hashes the prefix, the chunk, the
 model (its identity and a hash of its weights), the layout version and the sampling settings (K,
-thought budget, context, seed). Selection runs when the output is written, from the cached samples,
-so changing the policy costs no sampling.
+thought budget, context, seed, proposal temperature). Selection runs when the output is written,
+from the cached samples, so changing the policy costs no sampling.
 
 The output ``NAME.parquet`` has one row per chunk: ``doc_id, chunk_index, thought`` (the selected
 thought's text, null when the policy kept none) -- the columns the trainer's ``thoughts`` source
@@ -61,8 +61,10 @@ from latent_thoughts.synthesis.pipeline import (
 
 logger = logging.getLogger(__name__)
 
-LAYOUT_VERSION = "estep-v1"
-"""Version of the E-step layout and record format (part of every cache key)."""
+LAYOUT_VERSION = "estep-v2"
+"""Version of the E-step layout and record format (part of every cache key). v2: the sampler draws at
+most ``max_thought_tokens - 1`` tokens (a cut thought's appended EOL fits the budget and the context),
+and log q of a cut thought leaves out that appended EOL, which the sampler never drew."""
 
 MODE = "estep"
 """The ``mode`` stored in an E-step output's metadata (``latent-thoughts merge`` dispatches on it)."""
@@ -93,6 +95,12 @@ class EStepConfig(StageConfig):
 
     k: int = Field(4, ge=1, description="thoughts sampled per chunk")
     max_thought_tokens: int = Field(1024, gt=0, description="longest thought, its EOL included")
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="proposal temperature (1.0 is the paper's); log q is scored at the same temperature",
+    )
     context_tokens: int | None = Field(
         None, gt=8, description="longest E-step sequence (default: the model's max_position_embeddings)"
     )
@@ -228,7 +236,7 @@ def sampling_key(config: EStepConfig, context_tokens: int) -> dict[str, Any]:
         "max_thought_tokens": config.max_thought_tokens,
         "context_tokens": context_tokens,
         "seed": config.seed,
-        "temperature": 1.0,
+        "temperature": config.temperature,
         "top_p": 1.0,
     }
 
@@ -295,7 +303,9 @@ def sample_batches(
         for start in range(0, len(todo), config.batch_chunks):
             batch = todo[start : start + config.batch_chunks]
             layouts = [item.layout for item in batch]
-            scored = estep_chunks(engine, layouts, config.k, config.max_thought_tokens, config.seed)
+            scored = estep_chunks(
+                engine, layouts, config.k, config.max_thought_tokens, config.seed, config.temperature
+            )
             cache.append(record_of(item, scores, model) for item, scores in zip(batch, scored, strict=True))
             bar.update(len(batch))
     finally:
@@ -405,6 +415,12 @@ def open_engine(request: EStepRequest) -> tuple[Engine, str]:
 
     if request.base_url:
         from latent_thoughts.engines.http_engine import HTTPEngine
+
+        if request.config.temperature != 1.0:  # refused before any sampling, not at the first score
+            raise LatentThoughtsError(
+                f"temperature={request.config.temperature}: a served model scores at temperature 1 only; "
+                "use a local model for a tempered proposal"
+            )
 
         # stop ids and ignore_eos (thoughts end at EOL, never at EOS) are vLLM extensions that
         # ``latent-thoughts serve`` also speaks

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypedDict, runtime_checkable
 
+from latent_thoughts.errors import LatentThoughtsError
+
 Prompt = str | Sequence[int]
 """A prompt or continuation: text (tokenised by the engine) or token ids."""
 
@@ -126,9 +128,16 @@ class Engine(Protocol):
         """Log-probability of each continuation given its context (pairs matched by position)."""
         ...
 
-    def score_many(self, context: Prompt, continuations: Sequence[Prompt]) -> list[Score]:
+    def score_many(
+        self, context: Prompt, continuations: Sequence[Prompt], *, temperature: float = 1.0
+    ) -> list[Score]:
         """Log-probability of each of several continuations of ONE context (the K thoughts of a
-        chunk), computing the context once where the engine can; equal to ``score`` of the pairs."""
+        chunk), computing the context once where the engine can; equal to ``score`` of the pairs.
+
+        ``temperature`` T scores under the tempered law softmax(logits / T), the law
+        ``sample(..., temperature=T, top_p=1)`` draws from (1, the default: the model's own law). An
+        engine that cannot score at T != 1 raises :class:`~latent_thoughts.errors.LatentThoughtsError`.
+        """
         ...
 
     def chat(
@@ -145,12 +154,34 @@ class Engine(Protocol):
         ...
 
 
-def score_groups(engine: Engine, groups: Sequence[tuple[Prompt, Sequence[Prompt]]]) -> list[list[Score]]:
+def score_groups(
+    engine: Engine,
+    groups: Sequence[tuple[Prompt, Sequence[Prompt]]],
+    temperature: float | Sequence[float] = 1.0,
+) -> list[list[Score]]:
     """``engine.score_many`` of each (context, continuations) group; ``result[g][i]`` scores
     continuation i of group g. Engines with a ``score_groups`` method (the transformers engine: one
     batched pass over many groups; the HTTP engine: all requests at once) answer in one call; any
-    other engine gets one ``score_many`` call per group."""
+    other engine gets one ``score_many`` call per group.
+
+    ``temperature`` is one for every group or one per group (the E-step scores its posterior role at
+    the proposal's temperature and its joint role at 1 in one call). It is passed on only where some
+    group's differs from 1, so an engine without a ``temperature`` parameter still scores at 1.
+    """
+    temperatures = (
+        [float(temperature)] * len(groups)
+        if isinstance(temperature, (int, float))
+        else [float(t) for t in temperature]
+    )
+    if len(temperatures) != len(groups):
+        raise LatentThoughtsError(f"{len(temperatures)} temperatures for {len(groups)} scoring groups")
+    tempered = any(t != 1.0 for t in temperatures)
     batched = getattr(engine, "score_groups", None)
     if callable(batched):
-        return list(batched(groups))
+        return list(batched(groups, temperature=temperatures) if tempered else batched(groups))
+    if tempered:
+        return [
+            engine.score_many(context, continuations, temperature=t)
+            for (context, continuations), t in zip(groups, temperatures, strict=True)
+        ]
     return [engine.score_many(context, continuations) for context, continuations in groups]

@@ -561,14 +561,31 @@ class HTTPEngine:
                 scores[index] = score
         return scores
 
-    def score_many(self, context: Prompt, continuations: Sequence[Prompt]) -> list[Score]:
+    def score_many(
+        self, context: Prompt, continuations: Sequence[Prompt], *, temperature: float = 1.0
+    ) -> list[Score]:
         """Log-probabilities of several continuations of one context: echo scoring of each pair
-        (an OpenAI-compatible server has no shared-context form; vLLM's prefix cache shares the work)."""
-        return self.score([context] * len(continuations), continuations)
+        (an OpenAI-compatible server has no shared-context form; vLLM's prefix cache shares the work).
+        Temperature 1 only (see :meth:`score_groups`)."""
+        return self.score_groups([(context, continuations)], temperature=temperature)[0]
 
-    def score_groups(self, groups: Sequence[tuple[Prompt, Sequence[Prompt]]]) -> list[list[Score]]:
+    def score_groups(
+        self,
+        groups: Sequence[tuple[Prompt, Sequence[Prompt]]],
+        *,
+        temperature: float | Sequence[float] = 1.0,
+    ) -> list[list[Score]]:
         """:meth:`score_many` of several groups as ONE :meth:`score` call, so that the requests of
-        all groups run concurrently; ``result[g][i]`` scores continuation i of group g."""
+        all groups run concurrently; ``result[g][i]`` scores continuation i of group g.
+
+        Only at ``temperature`` 1: echoed prompt log-probs (ours and vLLM's ``prompt_logprobs``) are
+        the model's own law whatever the request's temperature, so a tempered score is refused."""
+        values = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
+        if any(float(value) != 1.0 for value in values):
+            raise LatentThoughtsError(
+                "a served model scores at temperature 1 only (echoed prompt log-probs are untempered): "
+                "use a local model for a tempered E-step proposal"
+            )
         flat = self.score(
             [context for context, continuations in groups for _ in continuations],
             [continuation for _, continuations in groups for continuation in continuations],

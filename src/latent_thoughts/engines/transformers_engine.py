@@ -442,13 +442,20 @@ class TransformersEngine:
             )
         return ctx[-room:]
 
-    def score_many(self, context: Prompt, continuations: Sequence[Prompt]) -> list[Score]:
+    def score_many(
+        self, context: Prompt, continuations: Sequence[Prompt], *, temperature: float = 1.0
+    ) -> list[Score]:
         """Log-probability of each continuation token after ONE shared context (the K thoughts of a
         chunk): :meth:`score_groups` of one group. Equal to :meth:`score` of the pairs up to float
-        rounding."""
-        return self.score_groups([(context, continuations)])[0]
+        rounding (at ``temperature`` 1)."""
+        return self.score_groups([(context, continuations)], temperature=temperature)[0]
 
-    def score_groups(self, groups: Sequence[tuple[Prompt, Sequence[Prompt]]]) -> list[list[Score]]:
+    def score_groups(
+        self,
+        groups: Sequence[tuple[Prompt, Sequence[Prompt]]],
+        *,
+        temperature: float | Sequence[float] = 1.0,
+    ) -> list[list[Score]]:
         """:meth:`score_many` of several (context, continuations) groups in as few forward passes as
         the memory bound allows: ``result[g][i]`` scores continuation i of group g.
 
@@ -457,7 +464,12 @@ class TransformersEngine:
         to the rows of its continuations, which then go through together, right-padded. A batch holds
         at most ``batch_tokens`` cached positions (rows x (longest context + longest continuation));
         a group too large for one batch is split, each part prefilling its context again.
+
+        ``temperature`` (one for all groups, or one per group, each finite and > 0) scores under
+        log_softmax(logits / T), the law :meth:`sample` draws from at temperature T and top-p 1, in
+        float32 as :func:`~latent_thoughts.engines.sampling.draw` computes it.
         """
+        temperatures = self._score_temperatures(temperature, len(groups))
         encoded: list[tuple[list[int], list[list[int]]]] = []
         for g, (context, continuations) in enumerate(groups):
             group = f"group {g} " if len(groups) > 1 else ""  # error messages name the culprit
@@ -476,25 +488,51 @@ class TransformersEngine:
                 [(len(ctx), [len(c) for c in conts]) for ctx, conts in encoded], self.config.batch_tokens
             ):
                 jobs = [(encoded[g][0], [encoded[g][1][i] for i in members]) for g, members in batch]
-                for (g, members), logprobs in zip(batch, self._score_shared(jobs), strict=True):
+                tempered = [temperatures[g] for g, _ in batch] if temperatures else None
+                for (g, members), logprobs in zip(batch, self._score_shared(jobs, tempered), strict=True):
                     for i, values in zip(members, logprobs, strict=True):
                         scores[g][i] = Score(token_logprobs=values)
             self.usage.requests += len(encoded)
             self.usage.prompt_tokens += sum(len(ctx) + sum(len(c) for c in conts) for ctx, conts in encoded)
         return scores
 
-    def _score_shared(self, jobs: Sequence[tuple[list[int], list[list[int]]]]) -> list[list[list[float]]]:
+    @staticmethod
+    def _score_temperatures(temperature: float | Sequence[float], groups: int) -> list[float] | None:
+        """One checked temperature per scoring group, or None when all are 1 (the untempered path)."""
+        values = (
+            [float(temperature)] * groups
+            if isinstance(temperature, (int, float))
+            else [float(t) for t in temperature]
+        )
+        if len(values) != groups:
+            raise LatentThoughtsError(f"score_groups: {len(values)} temperatures for {groups} groups")
+        for value in values:
+            if not math.isfinite(value) or value <= 0:
+                raise LatentThoughtsError(f"scoring temperature must be finite and > 0, got {value}")
+        return values if any(value != 1.0 for value in values) else None
+
+    def _score_shared(
+        self,
+        jobs: Sequence[tuple[list[int], list[list[int]]]],
+        temperatures: Sequence[float] | None = None,
+    ) -> list[list[list[float]]]:
         """Per-token log-probs of each job's continuations (all non-empty) after its context: the
-        contexts prefilled once, left-padded; the continuations right-padded behind them."""
+        contexts prefilled once, left-padded; the continuations right-padded behind them. With
+        ``temperatures`` (one per job), job j's logits are divided by its T before normalising."""
         contexts = [ctx for ctx, _ in jobs]
         conts = [cont for _, group in jobs for cont in group]
         ids, mask, positions = left_pad(contexts, self.pad_id, self.torch_device)
         width = max(len(c) for c in conts)
         cache = self._new_cache(ids.shape[1] + width)
         # log-probs of each continuation's first token: from its context's last position
-        first = torch.log_softmax(self._forward(ids, mask, positions, cache, 1)[:, -1].float(), -1)
+        head_logits = self._forward(ids, mask, positions, cache, 1)[:, -1].float()
         counts = torch.tensor([len(group) for _, group in jobs], device=self.torch_device)
         expand = torch.repeat_interleave(torch.arange(len(jobs), device=self.torch_device), counts)
+        scale = None
+        if temperatures is not None:
+            scale = torch.tensor(temperatures, dtype=torch.float32, device=self.torch_device)
+            head_logits = head_logits / scale[:, None]
+        first = torch.log_softmax(head_logits, -1)
         cache.batch_select_indices(expand)
         rows = len(conts)
         cont_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
@@ -513,6 +551,8 @@ class TransformersEngine:
         )
         # log p(token t+1) = logit of the token - logsumexp of its row: no full log-softmax tensor
         later = logits[:, :-1].float()
+        if scale is not None:
+            later = later / scale[expand][:, None, None]
         targets = cont_ids[:, 1:, None]
         values = (later.gather(2, targets).squeeze(2) - torch.logsumexp(later, dim=-1)).tolist()
         heads = first[expand].gather(1, cont_ids[:, :1]).squeeze(1).tolist()

@@ -110,8 +110,10 @@ def elbo(
     """ELBO(K) of each document, given as its chunks (see module notes).
 
     ``context_tokens`` and ``thought_tokens`` bound the E-step layout as in EM
-    (:func:`~latent_thoughts.format.e_step_layout`); all chunks of all documents go to the engine in one
-    E-step call with ``seed``.
+    (:func:`~latent_thoughts.format.e_step_layout`; ``thought_tokens`` counts the closing EOL, so a
+    thought cut at the budget fits the context too); all chunks of all documents go to the engine in
+    one E-step call with ``seed``, at the paper's proposal temperature 1. A cut thought's weight is
+    exact as in EM: log q covers the tokens the sampler drew, not the EOL appended after the cut.
     """
     if k < 1:
         raise LatentThoughtsError(f"K must be at least 1, got {k}")

@@ -169,7 +169,9 @@ class TestbedOracle:
         """Not supported: the oracle only chats."""
         raise LatentThoughtsError("the testbed oracle only chats; it cannot score continuations")
 
-    def score_many(self, context: Prompt, continuations: Sequence[Prompt]) -> list[Score]:
+    def score_many(
+        self, context: Prompt, continuations: Sequence[Prompt], *, temperature: float = 1.0
+    ) -> list[Score]:
         """Not supported: the oracle only chats."""
         raise LatentThoughtsError("the testbed oracle only chats; it cannot score continuations")
 

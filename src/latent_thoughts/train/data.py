@@ -7,6 +7,8 @@ The path from files to tensors, in order:
    ``None`` per chunk.
 2. :func:`build_documents` turns them into token ids with :class:`~latent_thoughts.format.DocumentBuilder`
    (prior/posterior layouts for thoughts, plain text otherwise; BOS/EOS around each document).
+   With ``redraw_layouts`` (:func:`build_source`), a thoughts document drawn in a later pass over
+   its source is given that pass's layouts (:class:`LayoutRedraw`), cut from its pass-0 ids.
 3. :func:`mix_documents` draws documents from each source until the source's share of the token
    budget is reached, cycling through fresh seeded permutations when a source is smaller than its
    share (repetition), and shuffles the draw into one training order: a :class:`Mixture` of
@@ -26,7 +28,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ from torch.utils.data import Dataset
 
 from latent_thoughts.corpus import group_by_document, iter_chunks
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import DocumentBuilder, FormatConfig
+from latent_thoughts.format import DocumentBuilder, FormatConfig, Layout
 from latent_thoughts.tables import read_parquet
 from latent_thoughts.train.config import SourceConfig
 from latent_thoughts.train.windows import PackedWindows, write_windows
@@ -157,15 +159,145 @@ def read_source(source: SourceConfig) -> list[SourceDocument]:
 
 
 def build_documents(documents: Iterable[SourceDocument], builder: DocumentBuilder) -> list[np.ndarray]:
-    """Token ids of each training document (int32 arrays), in the order given."""
+    """Token ids of each training document (int32 arrays), in the order given (pass 0's layouts)."""
+    return _build(documents, builder, None)
+
+
+def _build(
+    documents: Iterable[SourceDocument],
+    builder: DocumentBuilder,
+    pieces: list[tuple[str, np.ndarray, np.ndarray]] | None,
+) -> list[np.ndarray]:
+    """:func:`build_documents`, appending each thoughts document's id, text and thought token counts
+    per chunk (thought -1: a chunk without one) to ``pieces`` when given."""
     built = []
     for document in documents:
         if document.plain:
             ids = builder.build_plain(document.chunks[0]).input_ids
         else:
-            ids = builder.build(document.doc_id, document.chunks, document.thoughts).input_ids
+            doc = builder.build(document.doc_id, document.chunks, document.thoughts)
+            ids = doc.input_ids
+            if pieces is not None:
+                text = np.zeros(len(doc.layouts), dtype=np.int32)
+                thought = np.asarray([-1 if layout is Layout.RAW else 0 for layout in doc.layouts], np.int32)
+                for span in doc.spans:
+                    if span.kind == "text":
+                        text[span.chunk] += span.end - span.start
+                    elif span.kind == "thought":
+                        thought[span.chunk] += span.end - span.start
+                pieces.append((document.doc_id, text, thought))
         built.append(np.asarray(ids, dtype=np.int32))
     return built
+
+
+class LayoutRedraw:
+    """A thoughts source's documents with the layouts of any pass over the source (``redraw_layouts``).
+
+    A document is built (tokenized) once, with pass 0's layouts; another pass's version is cut from
+    those ids, with no tokenizer: only the special tokens around each chunk's text and thought change
+    (the prior layout ``SOL PRIOR z EOL x`` has two fewer than the posterior ``SOL EOL x SOL POST z
+    EOL``), so it is exactly what :meth:`~latent_thoughts.format.DocumentBuilder.build` gives for
+    that pass. Holds two int32 counts per chunk and, per pass asked for, one byte per chunk (which
+    chunks are in the posterior layout).
+    """
+
+    def __init__(
+        self,
+        builder: DocumentBuilder,
+        pieces: Sequence[tuple[str, np.ndarray, np.ndarray]],
+        lengths: np.ndarray,
+    ) -> None:
+        self.builder = builder
+        self.doc_ids = [doc_id for doc_id, _, _ in pieces]
+        counts = np.fromiter((len(text) for _, text, _ in pieces), dtype=np.int64, count=len(pieces))
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        empty = np.zeros(0, dtype=np.int32)
+        self.text = np.concatenate([text for _, text, _ in pieces] or [empty])
+        self.thought = np.concatenate([thought for _, _, thought in pieces] or [empty])
+        self.base_lengths = np.asarray(lengths, dtype=np.int64)
+        special = builder.special
+        self.head = 1 if builder.config.add_bos and special.bos is not None else 0
+        self._prior = np.asarray([special.sol, special.prior], dtype=np.int32)
+        self._post = np.asarray([special.sol, special.post], dtype=np.int32)
+        self._open = np.asarray([special.sol, special.eol], dtype=np.int32)
+        self._eol = np.asarray([special.eol], dtype=np.int32)
+        self._posterior: dict[int, np.ndarray] = {}
+
+    def posterior(self, pass_index: int) -> np.ndarray:
+        """Which chunks (all documents' chunks, flat) are in the posterior layout in pass ``pass_index``."""
+        flags = self._posterior.get(pass_index)
+        if flags is None:
+            flags = np.zeros(len(self.text), dtype=bool)
+            latent = self.thought >= 0
+            layout = self.builder.layout
+            for index, doc_id in enumerate(self.doc_ids):
+                start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+                for chunk in np.flatnonzero(latent[start:end]).tolist():
+                    flags[start + chunk] = layout(doc_id, chunk, pass_index) is Layout.POSTERIOR
+            self._posterior[pass_index] = flags
+        return flags
+
+    def lengths(self, pass_index: int) -> np.ndarray:
+        """Tokens of every document in pass ``pass_index`` (int64): two more per chunk that is in the
+        posterior layout in that pass and was not in pass 0, two fewer for the reverse."""
+        if pass_index == 0:
+            return self.base_lengths
+        change = self.posterior(pass_index).astype(np.int64) - self.posterior(0)
+        running = np.concatenate([[0], np.cumsum(change)])
+        return self.base_lengths + 2 * (running[self.offsets[1:]] - running[self.offsets[:-1]])
+
+    def document(self, ids: np.ndarray, index: int, pass_index: int) -> np.ndarray:
+        """Document ``index`` (whose pass-0 token ids are ``ids``) with the layouts of pass ``pass_index``."""
+        if pass_index == 0:
+            return ids
+        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
+        before = self.posterior(0)[start:end]
+        after = self.posterior(pass_index)[start:end]
+        if np.array_equal(before, after):
+            return ids
+        was, now = before.tolist(), after.tolist()
+        parts = [ids[: self.head]]
+        offset = self.head
+        texts, thoughts = self.text[start:end].tolist(), self.thought[start:end].tolist()
+        for chunk, (x, z) in enumerate(zip(texts, thoughts, strict=True)):
+            if z < 0:  # raw: its text only
+                size = x
+            elif was[chunk]:  # SOL EOL x SOL POST z EOL
+                size = 5 + x + z
+                text, thought = ids[offset + 2 : offset + 2 + x], ids[offset + 4 + x : offset + 4 + x + z]
+            else:  # SOL PRIOR z EOL x
+                size = 3 + z + x
+                thought, text = ids[offset + 2 : offset + 2 + z], ids[offset + 3 + z : offset + 3 + z + x]
+            if z < 0 or was[chunk] == now[chunk]:
+                parts.append(ids[offset : offset + size])
+            elif now[chunk]:
+                parts += [self._open, text, self._post, thought, self._eol]
+            else:
+                parts += [self._prior, thought, self._eol, text]
+            offset += size
+        parts.append(ids[offset:])
+        return np.concatenate(parts)
+
+
+@dataclass
+class BuiltSource:
+    """One source's training documents as token ids (pass 0's layouts), and, for a thoughts source
+    built with ``redraw_layouts``, the :class:`LayoutRedraw` that gives them in later passes."""
+
+    documents: list[np.ndarray]
+    redraw: LayoutRedraw | None = None
+
+
+def build_source(documents: Iterable[SourceDocument], builder: DocumentBuilder) -> BuiltSource:
+    """:func:`build_documents`, with the :class:`LayoutRedraw` of a thoughts source when the format
+    draws layouts anew per pass (``redraw_layouts``); raw and rephrased sources have none."""
+    if not builder.config.redraw_layouts:
+        return BuiltSource(build_documents(documents, builder))
+    pieces: list[tuple[str, np.ndarray, np.ndarray]] = []
+    built = _build(documents, builder, pieces)
+    if len(pieces) != len(built):  # plain documents: nothing to redraw
+        return BuiltSource(built)
+    return BuiltSource(built, LayoutRedraw(builder, pieces, document_lengths(built)))
 
 
 def source_shares(sizes: Sequence[int], weights: Sequence[float | None]) -> list[float]:
@@ -190,24 +322,45 @@ class Mixture:
     """The training order as (source, document) index pairs, and what each source contributed.
 
     ``source`` (int32) and ``document`` (int64) are parallel arrays, one entry per drawn document in
-    training order; a repeated document appears once per draw. ``drawn_tokens`` and
-    ``drawn_documents`` are per source.
+    training order; a repeated document appears once per draw. ``passes`` (int32, parallel, only
+    when the layouts are redrawn per pass) is the pass over its source each draw belongs to.
+    ``drawn_tokens`` and ``drawn_documents`` are per source.
     """
 
     source: np.ndarray
     document: np.ndarray
     drawn_tokens: list[int]
     drawn_documents: list[int]
+    passes: np.ndarray | None = None
 
-    def documents(self, built: Sequence[Sequence[np.ndarray]]) -> Iterator[np.ndarray]:
+    def documents(
+        self,
+        built: Sequence[Sequence[np.ndarray]],
+        redraws: Sequence[LayoutRedraw | None] | None = None,
+    ) -> Iterator[np.ndarray]:
         """The drawn documents' token ids in training order, read from ``built`` (per source) as
-        the stream goes: no drawn document is copied ahead of the packer."""
+        the stream goes: no drawn document is copied ahead of the packer. A source with a
+        :class:`LayoutRedraw` in ``redraws`` gives each draw with the layouts of its pass."""
         step = 1 << 16  # indices turned into Python ints a block at a time
+        redrawn = (
+            self.passes is not None and redraws is not None and any(redraw is not None for redraw in redraws)
+        )
         for start in range(0, len(self.source), step):
             sources = self.source[start : start + step].tolist()
             documents = self.document[start : start + step].tolist()
-            for source, document in zip(sources, documents, strict=True):
-                yield built[source][document]
+            if not redrawn:
+                for source, document in zip(sources, documents, strict=True):
+                    yield built[source][document]
+                continue
+            assert self.passes is not None and redraws is not None
+            passes = self.passes[start : start + step].tolist()
+            for source, document, pass_index in zip(sources, documents, passes, strict=True):
+                redraw = redraws[source]
+                ids = built[source][document]
+                yield ids if redraw is None else redraw.document(ids, document, pass_index)
+
+
+PassLengths = Callable[[int], np.ndarray]
 
 
 def mix_documents(
@@ -215,44 +368,78 @@ def mix_documents(
     shares: Sequence[float],
     total_tokens: int,
     seed: int,
+    pass_lengths: Sequence[PassLengths | None] | None = None,
 ) -> Mixture:
     """Draw whole documents from each source until it reaches its share of ``total_tokens``.
 
     ``lengths`` holds each source's document lengths in tokens. Each source is read in seeded random
     order; when it runs out, a new pass starts with a fresh permutation (so a small source is
     repeated, a pass at a time). The draws of all sources are then shuffled together.
+
+    ``pass_lengths`` (per source, when layouts are redrawn per pass) gives a source's document
+    lengths in a later pass (:meth:`LayoutRedraw.lengths`), so that its draws count the tokens the
+    documents of that pass hold; the mixture then records each draw's pass (``Mixture.passes``).
+    The pass orders are the same either way.
     """
-    sources, documents = [], []
+    sources, documents, passes = [], [], []
     drawn_tokens, drawn_docs = [], []
     for index, (sizes, share) in enumerate(zip(lengths, shares, strict=True)):
-        drawn, tokens = _draw_source(
-            np.asarray(sizes, dtype=np.int64), math.ceil(total_tokens * share), seed, index
+        drawn, tokens, drawn_passes = _draw_source(
+            np.asarray(sizes, dtype=np.int64),
+            math.ceil(total_tokens * share),
+            seed,
+            index,
+            pass_lengths[index] if pass_lengths is not None else None,
+            record_passes=pass_lengths is not None,
         )
         sources.append(np.full(len(drawn), index, dtype=np.int32))
         documents.append(drawn)
+        passes.append(drawn_passes)
         drawn_tokens.append(tokens)
         drawn_docs.append(len(drawn))
     source = np.concatenate(sources) if sources else np.zeros(0, dtype=np.int32)
     document = np.concatenate(documents) if documents else np.zeros(0, dtype=np.int64)
     order = np.random.default_rng([seed, len(lengths), 0xD0C]).permutation(len(source))
-    return Mixture(source[order], document[order], drawn_tokens, drawn_docs)
+    mixture = Mixture(source[order], document[order], drawn_tokens, drawn_docs)
+    if pass_lengths is not None:
+        mixture.passes = (np.concatenate(passes) if passes else np.zeros(0, dtype=np.int32))[order]
+    return mixture
 
 
-def _draw_source(lengths: np.ndarray, target: int, seed: int, index: int) -> tuple[np.ndarray, int]:
+def _draw_source(
+    lengths: np.ndarray,
+    target: int,
+    seed: int,
+    index: int,
+    pass_lengths: PassLengths | None = None,
+    record_passes: bool = False,
+) -> tuple[np.ndarray, int, np.ndarray]:
     """Document indices of source ``index`` in its seeded pass orders until ``target`` tokens are
-    reached (the document that reaches it included), and the tokens drawn."""
+    reached (the document that reaches it included), the tokens drawn, and each draw's pass (int32;
+    empty unless ``record_passes``).
+
+    ``lengths`` are the documents' lengths in pass 0, ``pass_lengths(p)`` those in pass p (the same
+    lengths in every pass without it)."""
     drawn: list[np.ndarray] = []
+    drawn_passes: list[np.ndarray] = []
     tokens = passes = 0
     if not len(lengths) or not lengths.sum():
-        return np.zeros(0, dtype=np.int64), 0
+        return np.zeros(0, dtype=np.int64), 0, np.zeros(0, dtype=np.int32)
     while tokens < target:
+        sizes = lengths if pass_lengths is None or passes == 0 else pass_lengths(passes)
         order = np.random.default_rng([seed, index, passes]).permutation(len(lengths))
-        running = tokens + np.cumsum(lengths[order])
+        running = tokens + np.cumsum(sizes[order])
         taken = int(np.searchsorted(running, target)) + 1  # up to the first document reaching it
         drawn.append(order[:taken])
+        if record_passes:
+            drawn_passes.append(np.full(min(taken, len(order)), passes, dtype=np.int32))
         tokens = int(running[min(taken, len(order)) - 1])
         passes += 1
-    return (np.concatenate(drawn) if drawn else np.zeros(0, dtype=np.int64)), tokens
+    return (
+        np.concatenate(drawn) if drawn else np.zeros(0, dtype=np.int64),
+        tokens,
+        np.concatenate(drawn_passes) if drawn_passes else np.zeros(0, dtype=np.int32),
+    )
 
 
 class PackedDataset(Dataset):
@@ -328,21 +515,32 @@ def build_training_data(
     num_windows: int,
     seed: int,
     path: str | Path,
+    redraws: Sequence[LayoutRedraw | None] | None = None,
 ) -> TrainingData:
     """Mix and pack ``num_windows`` training windows into the window file ``path``.
 
     ``built`` holds each source's documents as token ids (:func:`build_documents`), in the order of
     ``sources``; ``builder`` gives the format (window length, position resets) and the pad id. The
     mixture is drawn as document indices and the packer reads the documents from ``built`` as it
-    streams, so no drawn document is held twice.
+    streams, so no drawn document is held twice. ``redraws`` (per source, from :func:`build_source`)
+    redraws a thoughts source's layouts on every pass over it: each draw is cut from its pass-0 ids
+    as the packer reads it, so no pass is held whole either.
     """
     fmt: FormatConfig = builder.config
     lengths = [document_lengths(documents) for documents in built]
     sizes = [int(source_lengths.sum()) for source_lengths in lengths]
     shares = source_shares(sizes, [source.weight for source in sources])
-    mixture = mix_documents(lengths, shares, num_windows * fmt.seq_len, seed)
+    pass_lengths = None
+    if redraws is not None and any(redraw is not None for redraw in redraws):
+        pass_lengths = [None if redraw is None else redraw.lengths for redraw in redraws]
+    mixture = mix_documents(lengths, shares, num_windows * fmt.seq_len, seed, pass_lengths)
     windows = write_windows(
-        path, mixture.documents(built), fmt.seq_len, _pad_id(builder), num_windows, fmt.reset_position_ids
+        path,
+        mixture.documents(built, redraws),
+        fmt.seq_len,
+        _pad_id(builder),
+        num_windows,
+        fmt.reset_position_ids,
     )
     stats = [
         SourceStats(source.label, len(documents), size, share, tokens, count)

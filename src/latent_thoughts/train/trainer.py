@@ -60,7 +60,7 @@ from latent_thoughts.train.config import OptimConfig, SourceConfig, TrainConfig
 from latent_thoughts.train.data import (
     PackedDataset,
     SourceDocument,
-    build_documents,
+    build_source,
     build_training_data,
     build_validation_data,
     data_fingerprint,
@@ -347,9 +347,16 @@ def training_arguments(config: TrainConfig, max_steps: int, has_validation: bool
 
 
 def _data_key(sources: Sequence[SourceConfig], builder: DocumentBuilder, **extra: Any) -> str:
-    """The cache key of windows built from ``sources`` with this format and vocabulary (and ``extra``)."""
+    """The cache key of windows built from ``sources`` with this format and vocabulary (and ``extra``).
+
+    ``redraw_layouts`` enters the key only when on, so windows built before the option existed keep
+    their key.
+    """
+    fmt = builder.config
+    exclude = None if fmt.redraw_layouts else {"redraw_layouts"}
     return data_fingerprint(
-        sources, {"format": builder.config.model_dump(mode="json"), "vocab": len(builder.tokenizer), **extra}
+        sources,
+        {"format": fmt.model_dump(mode="json", exclude=exclude), "vocab": len(builder.tokenizer), **extra},
     )
 
 
@@ -377,14 +384,18 @@ def _load_or_build(
     if cache.exists() and summary_path.exists():
         windows = open_windows(cache)
         return json.loads(summary_path.read_text()), windows, len(windows) // global_batch
-    built = [build_documents(docs, builder) for docs in documents]
+    built_sources = [build_source(docs, builder) for docs in documents]
+    built = [source.documents for source in built_sources]
     if config.budget.tokens is not None:
         steps = steps_for_tokens(config.budget.tokens, fmt.seq_len, global_batch)
     else:
         # Epochs: the windows one pass makes, rounded up to whole optimizer steps.
         assert config.budget.epochs is not None
         steps = max(1, math.ceil(epoch_windows(built, config.budget.epochs, fmt.seq_len) / global_batch))
-    data = build_training_data(config.data.sources, built, builder, steps * global_batch, config.seed, cache)
+    redraws = [source.redraw for source in built_sources]
+    data = build_training_data(
+        config.data.sources, built, builder, steps * global_batch, config.seed, cache, redraws
+    )
     if len(data.windows) < steps * global_batch:
         raise LatentThoughtsError("the training sources produced fewer windows than the budget needs")
     summary = data.summary()
