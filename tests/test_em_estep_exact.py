@@ -5,8 +5,10 @@
   appended after the cut; at temperature 1 and at a tempered proposal (log_softmax(logits / T)).
 - A cut thought's EOL has its position reserved: thought plus layout fit the context exactly.
 - The proposal temperature is in the cache key; at T = 1 closed thoughts score as before.
-- Known gap, measured: the trainer re-tokenizes the selected thought's text, so it trains on other
-  ids than the ones that were weighted.
+- The M-step trains on the ids that were weighted: the samples file carries the selected thought's
+  ids (``thought_ids``) and its tokenizer's fingerprint, and the trainer writes those ids as they are
+  (the text, re-tokenized, would give other ids for most thoughts of a random model); ids of another
+  tokenizer fall back to the text, with a warning.
 
 The models are tiny random Llamas whose output layer gets a bias on EOL: -1e4 makes EOL impossible
 (every thought is cut: its probability is exactly 0 in float32), +4.3 makes it about one draw in six
@@ -16,15 +18,17 @@ training, on the CPU or on the thread count.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from latent_thoughts.cli import main
-from latent_thoughts.corpus import chunk_document, write_chunks
+from latent_thoughts.corpus import chunk_document, read_chunks, write_chunks
 from latent_thoughts.em.estep import estep_chunks, sample_thoughts, score_thoughts
 from latent_thoughts.em.stage import (
     LAYOUT_VERSION,
@@ -42,12 +46,19 @@ from latent_thoughts.engines.base import score_groups
 from latent_thoughts.engines.http_engine import HTTPEngine, HTTPEngineConfig
 from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import DocumentBuilder, EStepLayout, SpecialIds, e_step_layout
+from latent_thoughts.format import (
+    DocumentBuilder,
+    EStepLayout,
+    FormatConfig,
+    SpecialIds,
+    e_step_layout,
+    tokenizer_fingerprint,
+)
 from latent_thoughts.generation.cache import ResultCache
-from latent_thoughts.synthesis.pipeline import read_metadata
+from latent_thoughts.synthesis.pipeline import read_metadata, with_metadata
 from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
 from latent_thoughts.train.config import SourceConfig
-from latent_thoughts.train.data import read_source
+from latent_thoughts.train.data import build_document, build_documents, read_source
 from tests.conftest import tiny_llama
 
 NEVER_EOL = -1e4
@@ -366,7 +377,7 @@ def trained_and_weighted_ids(tiny_model_dir: Path, tmp_path: Path) -> list[tuple
     pairs: list[tuple[list[int], list[int]]] = []
     with ResultCache(out.with_name("samples.cache"), None) as cache:
         for document in read_source(SourceConfig(kind="thoughts", chunks=str(chunk_file), thoughts=str(out))):
-            built = builder.build(document.doc_id, document.chunks, document.thoughts)
+            built = build_document(document, builder)
             spans = {
                 span.chunk: built.input_ids[span.start : span.end]
                 for span in built.spans
@@ -383,25 +394,98 @@ def trained_and_weighted_ids(tiny_model_dir: Path, tmp_path: Path) -> list[tuple
     return pairs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the samples file carries the selected thought as text and the trainer re-tokenizes it: "
-    "sampled byte fragments decode to U+FFFD (3 new byte tokens), special tokens come back as plain "
-    "characters, surrounding whitespace is stripped, non-canonical BPE splits are merged",
-)
 def test_the_trainer_trains_on_the_ids_that_were_weighted(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The M-step should train on the token ids the E-step weighted (sampled from q, scored by p)."""
+    """The M-step trains on the token ids the E-step weighted (sampled from q, scored by p), though
+    their text would tokenize to other ids for most of them (byte fragments decoded to U+FFFD,
+    special tokens drawn inside a thought, stripped whitespace, non-canonical BPE splits)."""
+    from latent_thoughts.tokenizer import load_tokenizer
+
     pairs = trained_and_weighted_ids(tiny_model_dir, tmp_path)
     assert [trained for trained, _ in pairs] == [weighted for _, weighted in pairs]
+    # the measured gap is real: the text path would have trained on other ids for some thoughts
+    tokenizer = load_tokenizer(tiny_model_dir)
+    builder, eol = DocumentBuilder(tokenizer), SpecialIds.from_tokenizer(tokenizer).eol
+    retokenized = [builder.encode_thought(thought_text(tokenizer, ids, eol)) for _, ids in pairs]
+    assert retokenized != [weighted for _, weighted in pairs]
 
 
-@pytest.mark.xfail(strict=True, reason="a thought's text is re-tokenized canonically by the trainer")
-def test_a_non_canonical_tokenization_survives_the_trip_to_the_trainer(tiny_tokenizer: Any) -> None:
-    """The mechanism in one thought: ``the`` drawn as three single-character tokens (a tokenization
-    the model can sample, not the one the tokenizer writes) comes back from the text as its merge."""
-    builder = DocumentBuilder(tiny_tokenizer)
+def samples_file(path: Path, rows: list[dict[str, Any]], tokenizer: str | None) -> Path:
+    """A thoughts file as the E-step writes it (the trainer's columns, the ids, the tokenizer named)."""
+    table = pa.Table.from_pylist(
+        rows,
+        schema=pa.schema(
+            [
+                ("doc_id", pa.string()),
+                ("chunk_index", pa.int64()),
+                ("thought", pa.string()),
+                ("thought_ids", pa.list_(pa.int64())),
+            ]
+        ),
+    )
+    metadata: dict[str, Any] = {"mode": "estep"}
+    if tokenizer is not None:
+        metadata["tokenizer"] = tokenizer
+    pq.write_table(with_metadata(table, metadata), path)
+    return path
+
+
+def the_split(tokenizer: Any) -> tuple[DocumentBuilder, list[int], str]:
+    """``the`` drawn as three single-character tokens (a tokenization the model can sample, not the
+    one the tokenizer writes), and its text."""
+    builder = DocumentBuilder(tokenizer)
     eol = builder.special.eol
     letters = [builder.encode(character)[0] for character in "the"]
     assert builder.encode("the") != letters  # the tokenizer merges them
-    thought = thought_text(tiny_tokenizer, [*letters, eol], eol)
-    assert builder.encode_thought(thought) == letters
+    return builder, letters, thought_text(tokenizer, [*letters, eol], eol)
+
+
+def test_a_non_canonical_tokenization_survives_the_trip_to_the_trainer(
+    tiny_tokenizer: Any, tmp_path: Path
+) -> None:
+    """The mechanism in one thought: the text alone comes back as the merge, the ids the samples file
+    carries come back as they were drawn (whichever layout the chunk is given)."""
+    builder, letters, thought = the_split(tiny_tokenizer)
+    assert builder.encode_thought(thought) != letters  # text cannot carry a tokenization
+    chunks = tmp_path / "chunks.parquet"
+    write_chunks(
+        chunk_document("d", "Some text. More text here.", testbed_chunk_config(TestbedConfig())), chunks
+    )
+    rows = [{"doc_id": "d", "chunk_index": 0, "thought": thought, "thought_ids": letters}]
+    path = samples_file(tmp_path / "samples.parquet", rows, tokenizer_fingerprint(tiny_tokenizer))
+    (document,) = read_source(SourceConfig(kind="thoughts", chunks=str(chunks), thoughts=str(path)))
+    for posterior in (0.0, 1.0):
+        built = build_document(
+            document, DocumentBuilder(tiny_tokenizer, FormatConfig(posterior_probability=posterior))
+        )
+        assert built.ids_of("thought") == [letters]
+
+
+def test_ids_of_another_tokenizer_fall_back_to_the_text_with_one_warning(
+    tiny_tokenizer: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A samples file made with another tokenizer (or naming none): its ids mean other tokens here,
+    so the trainer encodes the thoughts' text, as for a teacher's file, and says so once."""
+    from latent_thoughts.tokenizer import add_latent_tokens, train_bpe_tokenizer
+
+    other = train_bpe_tokenizer(["another tokenizer, trained on other text " * 20], vocab_size=300)
+    add_latent_tokens(other)
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tiny_tokenizer)
+    builder, letters, thought = the_split(tiny_tokenizer)
+    chunks = tmp_path / "chunks.parquet"
+    text = "Some text. More text here. And a third sentence."
+    write_chunks(chunk_document("d", text, testbed_chunk_config(TestbedConfig())), chunks)
+    rows = [
+        {"doc_id": "d", "chunk_index": index, "thought": thought, "thought_ids": letters}
+        for index in range(len(read_chunks(chunks)))
+    ]
+    for name, named in (("other", tokenizer_fingerprint(other)), ("unnamed", None)):
+        path = samples_file(tmp_path / f"{name}.parquet", rows, named)
+        (document,) = read_source(SourceConfig(kind="thoughts", chunks=str(chunks), thoughts=str(path)))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="latent_thoughts.train.data"):
+            built = build_documents([document, document], builder)
+        warnings = [r for r in caplog.records if "thought_ids" in r.getMessage()]
+        assert len(warnings) == 1 and str(path) in warnings[0].getMessage()
+        as_text = builder.build(document.doc_id, document.chunks, document.thoughts)
+        assert [ids.tolist() for ids in built] == [as_text.input_ids] * 2
+        assert as_text.ids_of("thought") == [builder.encode_thought(thought)] * len(rows)

@@ -5,17 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from latent_thoughts.cli import main
 from latent_thoughts.corpus import chunk_document, read_chunks, write_chunks
 from latent_thoughts.em.estep import ThoughtScore, effective_sample_size, log_mean_weight
-from latent_thoughts.em.stage import ChunkSamples, EStepConfig, EStepRequest, run_estep
+from latent_thoughts.em.stage import (
+    SAMPLE_SCHEMA,
+    ChunkSamples,
+    EStepConfig,
+    EStepRequest,
+    merge_sample_shards,
+    run_estep,
+    thought_text,
+)
 from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-from latent_thoughts.format import SpecialIds, tokenize_chunks
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.format import SpecialIds, tokenize_chunks, tokenizer_fingerprint
 from latent_thoughts.generation.cache import ResultCache
+from latent_thoughts.synthesis.pipeline import read_metadata, with_metadata
 from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
+from latent_thoughts.tokenizer import load_tokenizer
 from latent_thoughts.train.config import SourceConfig
 from latent_thoughts.train.data import read_source
 from tests.test_server import serve_subprocess
@@ -128,9 +140,10 @@ def test_shards_merge_into_the_unsharded_output_and_a_rerun_samples_nothing(
         assert main([*common, *flags, "--shard", shard, "--no-progress"]) == 0
     assert main(["merge", "--out", str(out)]) == 0
     merged, reference = pq.read_table(out).to_pylist(), pq.read_table(local_run).to_pylist()
-    assert [(r["doc_id"], r["chunk_index"], r["thought"], r["log_w"]) for r in merged] == [
-        (r["doc_id"], r["chunk_index"], r["thought"], r["log_w"]) for r in reference
+    assert [(r["doc_id"], r["chunk_index"], r["thought"], r["thought_ids"], r["log_w"]) for r in merged] == [
+        (r["doc_id"], r["chunk_index"], r["thought"], r["thought_ids"], r["log_w"]) for r in reference
     ]
+    assert read_metadata(out)["tokenizer"] == read_metadata(local_run)["tokenizer"]
     # the unsharded run finds every chunk in the shards' cache
     assert main([*common, *flags, "--no-progress"]) == 0
     assert f"0 sampled now, {len(reference)} from the cache" in capsys.readouterr().out
@@ -150,6 +163,68 @@ def test_the_trainer_reads_the_samples_as_a_thoughts_source(chunks_file: Path, l
         assert document.thoughts is not None
         for index, thought in enumerate(document.thoughts):
             assert thought == (rows[(document.doc_id, index)] or None)
+
+
+def test_the_samples_carry_the_selected_thoughts_ids_and_their_tokenizer(
+    tiny_model_dir: Path, chunks_file: Path, local_run: Path
+) -> None:
+    """``thought_ids`` is the selected sample's ids as weighted, without the closing EOL, and the
+    metadata names the tokenizer they are ids of; the trainer's reader gives them to each chunk."""
+    tokenizer = load_tokenizer(tiny_model_dir)
+    eol = SpecialIds.from_tokenizer(tokenizer).eol
+    assert read_metadata(local_run)["tokenizer"] == tokenizer_fingerprint(tokenizer)
+    rows = pq.read_table(local_run).to_pylist()
+    with ResultCache(local_run.with_name("samples.cache"), None) as cache:
+        for row in rows:
+            record = cache.get(row["key"])
+            assert record is not None and row["chosen"] >= 0
+            weighted = ChunkSamples.from_record(record).thought_ids[row["chosen"]]
+            assert weighted[-1] == eol and row["thought_ids"] == weighted[:-1]
+            assert len(row["thought_ids"]) == row["sample_tokens"][row["chosen"]]
+            assert row["thought"] == thought_text(tokenizer, weighted, eol)
+    ids = {(r["doc_id"], r["chunk_index"]): r["thought_ids"] for r in rows}
+    documents = read_source(SourceConfig(kind="thoughts", chunks=str(chunks_file), thoughts=str(local_run)))
+    for document in documents:
+        assert document.thought_ids is not None and document.ids_tokenizer == tokenizer_fingerprint(tokenizer)
+        assert document.thought_ids == [ids.get((document.doc_id, i)) for i in range(len(document.chunks))]
+
+
+def shards_of(table: pa.Table, folder: Path, meta: dict[str, Any]) -> list[Path]:
+    """``table`` cut in two shard outputs of an E-step in ``folder`` (as ``--shard i/2`` writes them)."""
+    half = table.num_rows // 2
+    paths = []
+    for index, part in enumerate([table.slice(0, half), table.slice(half)]):
+        path = folder / f"samples.shard-{index}-of-2.parquet"
+        pq.write_table(with_metadata(part, {**meta, "shard": f"{index}/2"}), path)
+        paths.append(path)
+    return paths
+
+
+def test_shards_written_before_thought_ids_merge_with_the_column_null(
+    chunks_file: Path, local_run: Path, tmp_path: Path
+) -> None:
+    """Older shards (no ``thought_ids``, no tokenizer named) still merge: the column is null and the
+    trainer reads their text, as before. An older shard beside a newer one is a one-line error."""
+    table = pq.read_table(local_run)
+    meta = {key: value for key, value in read_metadata(local_run).items() if key != "tokenizer"}
+    older = table.drop_columns(["thought_ids"]).replace_schema_metadata(None)
+    out = tmp_path / "samples.parquet"
+    shards_of(older, tmp_path, meta)
+    assert main(["merge", "--out", str(out)]) == 0
+    merged = pq.read_table(out)
+    assert merged.schema.remove_metadata() == SAMPLE_SCHEMA
+    assert merged.column("thought_ids").null_count == merged.num_rows
+    assert "tokenizer" not in read_metadata(out)
+    assert merged.drop_columns(["thought_ids"]).to_pylist() == older.to_pylist()
+    documents = read_source(SourceConfig(kind="thoughts", chunks=str(chunks_file), thoughts=str(out)))
+    assert all(document.thought_ids is None for document in documents)
+
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    _, second = shards_of(table.replace_schema_metadata(None), mixed, read_metadata(local_run))
+    pq.write_table(with_metadata(older.slice(table.num_rows // 2), {**meta, "shard": "1/2"}), second)
+    with pytest.raises(LatentThoughtsError, match=r"shard-1-of-2\.parquet: written before .*thought_ids"):
+        merge_sample_shards(mixed / "samples.parquet")
 
 
 def test_estep_against_a_served_model_gives_the_in_process_log_w(

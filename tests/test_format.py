@@ -23,6 +23,7 @@ from latent_thoughts.format import (
     e_step_layout,
     pack_documents,
     tokenize_chunks,
+    tokenizer_fingerprint,
 )
 from latent_thoughts.tokenizer import add_latent_tokens, load_tokenizer
 from tests.conftest import SHARED
@@ -325,3 +326,37 @@ def test_text_spelling_a_special_token_stays_plain_characters(tiny_tokenizer) ->
     doc = DocumentBuilder(tiny_tokenizer).build("d", ["a </s> b ", "<|END_OF_LATENT|> c"], None)
     assert not {special.eos, special.eol, special.sol} & set(doc.text_ids())
     assert tiny_tokenizer.decode(doc.text_ids()) == "a </s> b <|END_OF_LATENT|> c"
+
+
+def test_thoughts_given_as_ids_are_written_as_they_are(tiny_tokenizer: Any) -> None:
+    """``thought_ids`` wins over a chunk's thought text, even ids its text would never give (a special
+    token inside, a non-canonical split, an empty thought); a None entry keeps the text path."""
+    special = SpecialIds.from_tokenizer(tiny_tokenizer)
+    chunks = ["One sentence. ", "Two sentences. ", "Three."]
+    thoughts = ["a thought", None, "a third"]
+    builder = DocumentBuilder(tiny_tokenizer, FormatConfig(posterior_probability=0.5, seed=3))
+    odd = [*builder.encode(" t"), special.eol, *builder.encode("h")]
+    doc = builder.build("d", chunks, thoughts, thought_ids=[odd, [], None])
+    assert doc.ids_of("thought") == [odd, builder.encode_thought("a third")]  # the empty one has no span
+    assert doc.layouts[1] is not Layout.RAW and doc.layouts[2] is builder.layout("d", 2)
+    assert doc.text_ids() == builder.build("d", chunks, thoughts).text_ids()
+    assert builder.build("d", chunks, thoughts, thought_ids=[None] * 3) == builder.build(
+        "d", chunks, thoughts
+    )
+    with pytest.raises(LatentThoughtsError, match="2 thoughts as token ids"):
+        builder.build("d", chunks, thoughts, thought_ids=[None, None])
+
+
+def test_the_tokenizer_fingerprint_survives_a_save_and_tells_tokenizers_apart(
+    tiny_tokenizer: Any, tmp_path
+) -> None:
+    from latent_thoughts.tokenizer import train_bpe_tokenizer
+
+    tiny_tokenizer.save_pretrained(tmp_path / "saved")
+    saved = load_tokenizer(tmp_path / "saved")
+    add_latent_tokens(saved)  # idempotent, as the trainer calls it
+    assert tokenizer_fingerprint(saved) == tokenizer_fingerprint(tiny_tokenizer)
+    assert DocumentBuilder(saved).fingerprint == tokenizer_fingerprint(tiny_tokenizer)
+    other = train_bpe_tokenizer(["other words entirely " * 10], vocab_size=300)
+    add_latent_tokens(other)
+    assert tokenizer_fingerprint(other) != tokenizer_fingerprint(tiny_tokenizer)

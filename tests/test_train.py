@@ -25,7 +25,15 @@ from latent_thoughts.cli import main as cli_main
 from latent_thoughts.config import ConfigError
 from latent_thoughts.corpus import ChunkConfig, chunk_document, write_chunks
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import DocumentBuilder, FormatConfig, Layout, SpecialIds, pack_documents
+from latent_thoughts.format import (
+    DocumentBuilder,
+    FormatConfig,
+    Layout,
+    SpecialIds,
+    pack_documents,
+    tokenizer_fingerprint,
+)
+from latent_thoughts.synthesis.pipeline import with_metadata
 from latent_thoughts.testbed import TestbedConfig, TestbedOracle, generate_documents
 from latent_thoughts.tokenizer import train_bpe_tokenizer
 from latent_thoughts.train import (
@@ -434,6 +442,94 @@ def test_the_window_cache_key_names_redrawn_layouts_only_when_on(testbed_data: P
         sources, {"format": before, "vocab": len(tiny_tokenizer), "seed": 0}
     )
     assert _data_key(sources, redraw, seed=0) != _data_key(sources, fixed, seed=0)
+
+
+def thoughts_as_split_ids(data: Path, folder: Path, tokenizer, named: bool = True) -> SourceConfig:
+    """The teacher's thoughts file written as an E-step output: each thought also given as token ids,
+    one (or more) per character (never the tokenizer's own merges), and the tokenizer named."""
+    builder = DocumentBuilder(tokenizer)
+    table = pq.read_table(data / "bootstrap_thoughts.parquet")
+    ids = [
+        None
+        if not thought
+        else [token for character in thought.strip() for token in builder.encode(character)]
+        for thought in table.column("thought").to_pylist()
+    ]
+    table = table.append_column("thought_ids", pa.array(ids, pa.list_(pa.int64())))
+    meta = {"mode": "estep", **({"tokenizer": tokenizer_fingerprint(tokenizer)} if named else {})}
+    path = folder / "samples.parquet"
+    pq.write_table(with_metadata(table, meta), path)
+    return thoughts_source(data).model_copy(update={"thoughts": str(path)})
+
+
+def test_a_text_only_thoughts_file_builds_as_before(
+    testbed_data: Path, tiny_tokenizer, tmp_path: Path
+) -> None:
+    """A teacher's thoughts file (text only): no ids, the thoughts' text encoded, windows and their
+    cache key those of before the ids existed (byte for byte)."""
+    from latent_thoughts.train.data import data_fingerprint, thought_ids_tokenizer
+    from latent_thoughts.train.trainer import _data_key
+
+    sources = [thoughts_source(testbed_data)]
+    assert thought_ids_tokenizer(sources[0].thoughts or "") is None
+    (documents,) = read_sources(sources)
+    assert all(document.thought_ids is None for document in documents)
+    builder = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64))
+    built = build_documents(documents, builder)
+    before = [builder.build(d.doc_id, d.chunks, d.thoughts).input_ids for d in documents]
+    assert [ids.tolist() for ids in built] == before
+    data = build_training_data(sources, [built], builder, 30, seed=0, path=tmp_path / "w.bin")
+    old = old_mix_documents([[np.asarray(ids, np.int32) for ids in before]], [1.0], 30 * 64, seed=0)
+    windows = list(pack_documents(old, 64, tiny_tokenizer.pad_token_id))[:30]
+    assert data.windows.input_ids.tobytes() == np.array([w.input_ids for w in windows], np.int32).tobytes()
+    fmt = builder.config.model_dump(mode="json", exclude={"redraw_layouts"})
+    assert _data_key(sources, builder, seed=0) == data_fingerprint(
+        sources, {"format": fmt, "vocab": len(tiny_tokenizer), "seed": 0}
+    )
+
+
+@pytest.mark.parametrize("redraw", [False, True])
+def test_thoughts_given_as_ids_are_trained_as_those_ids_in_every_pass(
+    testbed_data: Path, tiny_tokenizer, tmp_path: Path, redraw: bool
+) -> None:
+    """An E-step output's ``thought_ids`` of the trainer's tokenizer are the thought spans of every
+    document, in pass 0 and in the layouts redrawn for later passes (the per-chunk thought counts
+    are of the ids); the window cache key then names the tokenizer."""
+    from latent_thoughts.train.data import data_fingerprint
+    from latent_thoughts.train.trainer import _data_key
+
+    source = thoughts_as_split_ids(testbed_data, tmp_path, tiny_tokenizer)
+    (documents,) = read_sources([source])
+    builder = DocumentBuilder(tiny_tokenizer, FormatConfig(seq_len=64, redraw_layouts=redraw))
+    built = build_source(documents, builder)
+    text_path = [builder.build(d.doc_id, d.chunks, d.thoughts).input_ids for d in documents]
+    assert [ids.tolist() for ids in built.documents] != text_path  # the ids are not the text's encoding
+    for pass_index in range(3 if redraw else 1):
+        expected = [
+            builder.build(d.doc_id, d.chunks, d.thoughts, pass_index, thought_ids=d.thought_ids)
+            for d in documents
+        ]
+        for document, doc in zip(documents, expected, strict=True):
+            assert document.thought_ids is not None
+            assert doc.ids_of("thought") == [ids for ids in document.thought_ids if ids is not None]
+        if built.redraw is not None:
+            redrawn = [built.redraw.document(ids, i, pass_index) for i, ids in enumerate(built.documents)]
+            assert [d.tolist() for d in redrawn] == [doc.input_ids for doc in expected]
+            assert built.redraw.lengths(pass_index).tolist() == [len(doc.input_ids) for doc in expected]
+        else:
+            assert [d.tolist() for d in built.documents] == [doc.input_ids for doc in expected]
+    exclude = None if redraw else {"redraw_layouts"}
+    key = {"format": builder.config.model_dump(mode="json", exclude=exclude), "vocab": len(tiny_tokenizer)}
+    assert _data_key([source], builder, seed=0) == data_fingerprint(
+        [source], {**key, "tokenizer": builder.fingerprint, "seed": 0}
+    )
+    # a file that names no tokenizer: its ids are not used, nor is the tokenizer in the key
+    folder = tmp_path / "unnamed"
+    folder.mkdir()
+    unnamed = thoughts_as_split_ids(testbed_data, folder, tiny_tokenizer, named=False)
+    assert _data_key([unnamed], builder, seed=0) == data_fingerprint([unnamed], {**key, "seed": 0})
+    (plain,) = read_sources([unnamed])
+    assert [ids.tolist() for ids in build_documents(plain, builder)] == text_path
 
 
 def test_the_trainer_builds_redrawn_windows_once_and_reuses_them(

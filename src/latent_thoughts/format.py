@@ -24,6 +24,10 @@ surrounding whitespace is stripped, the way the tokenizer starts a text: a Sente
 gives its first word the word-start marker (``▁The``), a byte-level BPE no leading space
 (``The``); decoding the thought span gives back the stripped thought. Text that spells a special
 token (``</s>``, ``<|END_OF_LATENT|>``) is tokenized as plain characters, never as the token.
+A thought may instead come as token ids (an E-step's sampled thought, ``thought_ids`` of
+:meth:`DocumentBuilder.build`): they are written as they are, never decoded and re-tokenized, so the
+model trains on exactly the ids that were weighted. Such ids are only meaningful for the tokenizer
+that made them: :func:`tokenizer_fingerprint` identifies it.
 
 This module knows nothing of engines; the E-step and evaluation build their prompts with the
 functions at the end of this module so that the layout lives in one place: :func:`e_step_layout`
@@ -36,11 +40,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
+import json
 import logging
 import struct
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from enum import Enum
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import Field
@@ -213,6 +219,22 @@ class SpecialIds:
         return cls(sol, eol, prior, post, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id)
 
 
+TOKENIZER_KEY = "tokenizer"
+"""The entry of a file's run metadata that names the tokenizer of the token ids it holds (its
+:func:`tokenizer_fingerprint`): an E-step output's ``thought_ids``."""
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """A short hash of ``tokenizer``'s vocabulary (every token and its id, added tokens included) and
+    of the ids of its special tokens (BOS, EOS and the four latent ones): equal for two tokenizers
+    that give every token the same id, e.g. a tokenizer and its ``save_pretrained`` copy. A file
+    holding token ids records it, so a reader can tell whether the ids are its tokenizer's."""
+    vocab = sorted((str(token), int(index)) for token, index in tokenizer.get_vocab().items())
+    special = asdict(SpecialIds.from_tokenizer(tokenizer))
+    payload = json.dumps({"vocab": vocab, "special": special}, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
 def choose_layout(
     seed: int, doc_id: str, chunk_index: int, posterior_probability: float, pass_index: int = 0
 ) -> Layout:
@@ -236,6 +258,11 @@ class DocumentBuilder:
         self.tokenizer = tokenizer
         self.config = config or FormatConfig()
         self.special = SpecialIds.from_tokenizer(tokenizer)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """:func:`tokenizer_fingerprint` of the builder's tokenizer (computed once)."""
+        return tokenizer_fingerprint(self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` on its own, without any special tokens (see :func:`encode_text`)."""
@@ -262,6 +289,7 @@ class DocumentBuilder:
         chunks: Sequence[str],
         thoughts: Sequence[str | None] | None = None,
         pass_index: int = 0,
+        thought_ids: Sequence[Sequence[int] | None] | None = None,
     ) -> BuiltDocument:
         """Build a document from its chunk texts and, optionally, one thought per chunk.
 
@@ -269,10 +297,18 @@ class DocumentBuilder:
         that text (:func:`tokenize_chunks`). A chunk whose thought is ``None`` (or every chunk, when
         ``thoughts`` is None) is written raw. ``pass_index`` is the pass over the document's source
         the layouts are drawn for (:meth:`layout`; it matters only with ``redraw_layouts``).
+
+        ``thought_ids`` (one entry per chunk) gives thoughts as token ids of this builder's tokenizer,
+        written as they are: a chunk whose entry is not ``None`` has that thought (its text, if any,
+        is not encoded), the others take their thought from ``thoughts`` as above.
         """
         if thoughts is not None and len(thoughts) != len(chunks):
             raise LatentThoughtsError(
                 f"document {doc_id!r}: {len(chunks)} chunks but {len(thoughts)} thoughts"
+            )
+        if thought_ids is not None and len(thought_ids) != len(chunks):
+            raise LatentThoughtsError(
+                f"document {doc_id!r}: {len(chunks)} chunks but {len(thought_ids)} thoughts as token ids"
             )
         tokens = tokenize_chunks(self.tokenizer, chunks)
         doc = BuiltDocument(input_ids=[], straddling=tokens.straddling)
@@ -280,24 +316,25 @@ class DocumentBuilder:
         if self.config.add_bos and s.bos is not None:
             self._append(doc, "special", [s.bos], -1)
         for index, text_ids in enumerate(tokens.ids):
+            given = thought_ids[index] if thought_ids is not None else None
             thought = thoughts[index] if thoughts is not None else None
-            if thought is None:
+            if given is None and thought is None:
                 doc.layouts.append(Layout.RAW)
                 self._append(doc, "text", text_ids, index)
                 continue
             layout = self.layout(doc_id, index, pass_index)
             doc.layouts.append(layout)
-            thought_ids = self.encode_thought(thought)
+            ids = [int(token) for token in given] if given is not None else self.encode_thought(str(thought))
             if layout is Layout.PRIOR:
                 self._append(doc, "special", [s.sol, s.prior], index)
-                self._append(doc, "thought", thought_ids, index)
+                self._append(doc, "thought", ids, index)
                 self._append(doc, "special", [s.eol], index)
                 self._append(doc, "text", text_ids, index)
             else:
                 self._append(doc, "special", [s.sol, s.eol], index)
                 self._append(doc, "text", text_ids, index)
                 self._append(doc, "special", [s.sol, s.post], index)
-                self._append(doc, "thought", thought_ids, index)
+                self._append(doc, "thought", ids, index)
                 self._append(doc, "special", [s.eol], index)
         if self.config.add_eos and s.eos is not None:
             self._append(doc, "special", [s.eos], -1)

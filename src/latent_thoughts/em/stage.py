@@ -20,8 +20,13 @@ from the cached samples, so changing the policy costs no sampling.
 
 The output ``NAME.parquet`` has one row per chunk: ``doc_id, chunk_index, thought`` (the selected
 thought's text, null when the policy kept none) -- the columns the trainer's ``thoughts`` source
-reads, the same as a teacher's thoughts file -- and then every sample with its scores (see
-:data:`SAMPLE_SCHEMA`). ``NAME.summary.json`` holds the run's means. Shards write
+reads, the same as a teacher's thoughts file -- then ``thought_ids``, the selected thought's token
+ids as they were sampled and weighted (its closing EOL left out), and every sample with its scores
+(see :data:`SAMPLE_SCHEMA`). The text is a decoding (whitespace stripped, byte fragments and special
+tokens turned into characters) that would not tokenize back to those ids, so the trainer trains on
+the ids when the file's metadata names its tokenizer (entry ``tokenizer``: the
+:func:`~latent_thoughts.format.tokenizer_fingerprint` of the E-step's tokenizer; absent in outputs
+written before the ids were), on the text otherwise. ``NAME.summary.json`` holds the run's means. Shards write
 ``NAME.shard-i-of-N.parquet``; :func:`merge_sample_shards` (``latent-thoughts merge``) joins them.
 """
 
@@ -46,7 +51,15 @@ from latent_thoughts.em.estep import ThoughtScore, effective_sample_size, estep_
 from latent_thoughts.em.selection import Candidates, get_policy, select
 from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import EStepLayout, SpecialIds, TruncationCounter, e_step_layout, tokenize_chunks
+from latent_thoughts.format import (
+    TOKENIZER_KEY,
+    EStepLayout,
+    SpecialIds,
+    TruncationCounter,
+    e_step_layout,
+    tokenize_chunks,
+    tokenizer_fingerprint,
+)
 from latent_thoughts.generation.cache import CacheRecord, ResultCache, cache_key
 from latent_thoughts.generation.shards import LoadedShard, order_shard_outputs, select_shard, shard_files
 from latent_thoughts.synthesis.pipeline import (
@@ -75,6 +88,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("chunk_index", pa.int64()),
         ("thought", pa.string()),  # the selected thought (null: none kept); what the trainer reads
         ("chosen", pa.int64()),  # its index among the samples, -1 for none
+        ("thought_ids", pa.list_(pa.int64())),  # its token ids as weighted, EOL excluded (null: none)
         ("key", pa.string()),
         ("samples", pa.list_(pa.string())),  # the K thoughts, EOL excluded
         ("sample_tokens", pa.list_(pa.int64())),  # their token counts, EOL excluded
@@ -335,13 +349,17 @@ class ChunkSamples:
         ]
 
 
+def drawn_ids(thought_ids: Sequence[int], eol: int) -> list[int]:
+    """A sampled thought's token ids without its closing EOL: what the trainer writes between
+    ``SOL PRIOR`` (or ``SOL POST``) and the EOL of the training format."""
+    ids = list(thought_ids)
+    return ids[:-1] if ids[-1:] == [eol] else ids
+
+
 def thought_text(tokenizer: Any, thought_ids: Sequence[int], eol: int) -> str:
     """A sampled thought as text: its tokens without the closing EOL, decoded as they are (a special
     token drawn inside a thought stays as its text; the trainer reads it back as plain characters)."""
-    ids = list(thought_ids)
-    if ids[-1:] == [eol]:
-        ids = ids[:-1]
-    return str(tokenizer.decode(ids, skip_special_tokens=False)).strip()
+    return str(tokenizer.decode(drawn_ids(thought_ids, eol), skip_special_tokens=False)).strip()
 
 
 def build_table(
@@ -369,6 +387,7 @@ def build_table(
                 "chunk_index": item.chunk.chunk_index,
                 "thought": texts[chosen] if chosen is not None else None,
                 "chosen": -1 if chosen is None else chosen,
+                "thought_ids": drawn_ids(samples.thought_ids[chosen], eol) if chosen is not None else None,
                 "key": item.key,
                 "samples": texts,
                 "sample_tokens": [len(ids) - (ids[-1:] == [eol]) for ids in samples.thought_ids],
@@ -490,6 +509,7 @@ def run_estep(
         "sampling": sampling_key(config, context_tokens),
         "policy": config.policy,
         "shard": f"{request.shard[0]}/{request.shard[1]}" if request.shard and request.shard[1] > 1 else None,
+        TOKENIZER_KEY: tokenizer_fingerprint(tokenizer),
     }
     write_table(with_metadata(table, metadata), paths.result)
     summary = {
@@ -520,7 +540,10 @@ def is_sample_file(path: str | Path) -> bool:
 def merge_sample_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
     """Join ``NAME.shard-i-of-N.parquet`` E-step outputs into ``out`` (what an unsharded run writes).
 
-    All shards 0..N-1 of one N must be there, from the same chunk file, model, sampling and policy.
+    All shards 0..N-1 of one N must be there, from the same chunk file, model, sampling, policy and
+    tokenizer. Shards written before the ``thought_ids`` column existed (none of them has it) merge
+    with the column null: the trainer reads their thoughts' text, as it did; mixing them with newer
+    shards is an error naming the file.
     """
     inputs = list(inputs) or shard_files(out)
     if not inputs:
@@ -534,7 +557,28 @@ def merge_sample_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any
         ("model", "layout_version", "chunks_fingerprint", "sampling", "policy"),
         accept=lambda meta: meta.get("mode") == MODE,
     )
-    table = pa.concat_tables([pq.read_table(path) for path in ordered]).replace_schema_metadata(None)
+    tables = [pq.read_table(path) for path in ordered]
+    with_ids = ["thought_ids" in table.column_names for table in tables]
+    if any(with_ids) and not all(with_ids):
+        raise LatentThoughtsError(
+            f"{ordered[with_ids.index(False)]}: written before E-step outputs held thought_ids, unlike "
+            f"{ordered[with_ids.index(True)]}; rerun it (its samples come from the cache) and merge again"
+        )
+    for path in ordered[1:]:
+        tokenizer = read_metadata(path).get(TOKENIZER_KEY)
+        if tokenizer != first.get(TOKENIZER_KEY):
+            raise LatentThoughtsError(
+                f"{path}: its thought_ids are of another tokenizer ({tokenizer}) than shard 0's "
+                f"({first.get(TOKENIZER_KEY)})"
+            )
+    if not all(with_ids):  # older shards: the trainer reads the text
+        tables = [
+            table.append_column("thought_ids", pa.nulls(table.num_rows, pa.list_(pa.int64())))
+            for table in tables
+        ]
+    table = pa.concat_tables(
+        [table.select(SAMPLE_SCHEMA.names).replace_schema_metadata(None) for table in tables]
+    )
     write_table(with_metadata(table.cast(SAMPLE_SCHEMA), {**first, "shard": None}), output_paths(out).result)
     summary = {
         **table_summary(table),

@@ -4,9 +4,13 @@ The path from files to tensors, in order:
 
 1. :func:`read_source` reads one source (raw chunks, chunks with thoughts, rephrased documents)
    into :class:`SourceDocument` s: a document id, its chunk texts and (for thoughts) one thought or
-   ``None`` per chunk.
+   ``None`` per chunk. An E-step output also gives each selected thought as the token ids that were
+   sampled and weighted (its ``thought_ids`` column) with the fingerprint of their tokenizer.
 2. :func:`build_documents` turns them into token ids with :class:`~latent_thoughts.format.DocumentBuilder`
-   (prior/posterior layouts for thoughts, plain text otherwise; BOS/EOS around each document).
+   (prior/posterior layouts for thoughts, plain text otherwise; BOS/EOS around each document;
+   :func:`build_document`). A thought given as ids is written as those ids when they are of the
+   builder's tokenizer (the fingerprints match), never re-tokenized from its text; ids of another
+   tokenizer are left aside for the text, with a warning.
    With ``redraw_layouts`` (:func:`build_source`), a thoughts document drawn in a later pass over
    its source is given that pass's layouts (:class:`LayoutRedraw`), cut from its pass-0 ids.
 3. :func:`mix_documents` draws documents from each source until the source's share of the token
@@ -40,8 +44,9 @@ from torch.utils.data import Dataset
 
 from latent_thoughts.corpus import group_by_document, iter_chunks
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.format import DocumentBuilder, FormatConfig, Layout
-from latent_thoughts.tables import read_parquet
+from latent_thoughts.format import TOKENIZER_KEY, BuiltDocument, DocumentBuilder, FormatConfig, Layout
+from latent_thoughts.synthesis.pipeline import read_metadata
+from latent_thoughts.tables import open_parquet, read_parquet
 from latent_thoughts.train.config import SourceConfig
 from latent_thoughts.train.windows import PackedWindows, write_windows
 
@@ -53,12 +58,20 @@ class SourceDocument:
     """One document of a source: its chunk texts and, for a thoughts source, a thought (or None) per chunk.
 
     A plain document (raw or rephrased) has ``plain=True`` and its whole text as the single chunk.
+    A document of an E-step output also has ``thought_ids``: per chunk, the selected thought's token
+    ids as they were weighted (None: none recorded), made by the tokenizer whose
+    :func:`~latent_thoughts.format.tokenizer_fingerprint` is ``ids_tokenizer`` (None: unnamed), read
+    from ``ids_file``; :func:`build_document` uses them in place of the text when the fingerprint is
+    the builder's.
     """
 
     doc_id: str
     chunks: list[str]
     thoughts: list[str | None] | None = None
     plain: bool = False
+    thought_ids: list[list[int] | None] | None = None
+    ids_tokenizer: str | None = None
+    ids_file: str | None = None
 
     def texts(self) -> Iterator[str]:
         """Every text of the document (chunks, then thoughts), for tokenizer training."""
@@ -101,24 +114,59 @@ def read_chunked_documents(path: str | Path) -> dict[str, list[str]]:
     }
 
 
+THOUGHT_IDS_COLUMN = "thought_ids"
+"""The column of an E-step output holding each selected thought's token ids (its closing EOL left out)."""
+
+
+@dataclass
+class ThoughtIds:
+    """The thoughts of a thoughts file as token ids: (doc_id, chunk_index) -> ids for every row whose
+    ``thought_ids`` is not null, and the tokenizer fingerprint the file's metadata names (None: none)."""
+
+    ids: dict[tuple[str, int], list[int]]
+    tokenizer: str | None
+
+
 def read_thoughts(path: str | Path) -> dict[tuple[str, int], str | None]:
     """Map (doc_id, chunk_index) -> thought from a thoughts parquet; a repeated chunk is an error."""
+    return _read_thoughts(Path(path))[0]
+
+
+def thought_ids_tokenizer(path: str | Path) -> str | None:
+    """The tokenizer fingerprint of a thoughts file that holds thoughts as token ids (its metadata's
+    ``tokenizer`` entry), None for a file of text only (a teacher's) or one that names no tokenizer."""
     path = Path(path)
-    table = _read_table(path, ["doc_id", "chunk_index", "thought"], "thoughts")
+    if THOUGHT_IDS_COLUMN not in open_parquet(path, "thoughts").schema_arrow.names:
+        return None
+    tokenizer = read_metadata(path).get(TOKENIZER_KEY)
+    return str(tokenizer) if tokenizer else None
+
+
+def _read_thoughts(path: Path) -> tuple[dict[tuple[str, int], str | None], ThoughtIds | None]:
+    """:func:`read_thoughts`, and the thoughts as token ids when the file has them (None when it has
+    no ``thought_ids`` column or the column is all null: an older E-step output)."""
+    with_ids = THOUGHT_IDS_COLUMN in open_parquet(path, "thoughts").schema_arrow.names
+    columns = ["doc_id", "chunk_index", "thought", *([THOUGHT_IDS_COLUMN] if with_ids else [])]
+    table = _read_table(path, columns, "thoughts")
+    doc_ids = table.column("doc_id").to_pylist()
+    indices = table.column("chunk_index").to_pylist()
+    texts = table.column("thought").to_pylist()
+    id_lists = table.column(THOUGHT_IDS_COLUMN).to_pylist() if with_ids else [None] * len(doc_ids)
     thoughts: dict[tuple[str, int], str | None] = {}
-    for doc_id, index, thought in zip(
-        table.column("doc_id").to_pylist(),
-        table.column("chunk_index").to_pylist(),
-        table.column("thought").to_pylist(),
-        strict=True,
-    ):
+    ids: dict[tuple[str, int], list[int]] = {}
+    for doc_id, index, thought, thought_ids in zip(doc_ids, indices, texts, id_lists, strict=True):
         key = (str(doc_id), int(index))
         if key in thoughts:
             raise LatentThoughtsError(
                 f"{path}: more than one thought for chunk {index} of document {doc_id!r}"
             )
         thoughts[key] = thought if thought else None
-    return thoughts
+        if thought_ids is not None:
+            ids[key] = [int(token) for token in thought_ids]
+    if not ids:
+        return thoughts, None
+    tokenizer = read_metadata(path).get(TOKENIZER_KEY)
+    return thoughts, ThoughtIds(ids, str(tokenizer) if tokenizer else None)
 
 
 def read_source(source: SourceConfig) -> list[SourceDocument]:
@@ -138,24 +186,75 @@ def read_source(source: SourceConfig) -> list[SourceDocument]:
     if source.kind == "raw":
         return [SourceDocument(doc_id, ["".join(chunks)], plain=True) for doc_id, chunks in documents.items()]
     assert source.thoughts is not None
-    thoughts = read_thoughts(source.thoughts)
+    thoughts, as_ids = _read_thoughts(Path(source.thoughts))
+    ids = as_ids.ids if as_ids is not None else {}
+    # a chunk has a thought when the file gives it a text or token ids (an empty sampled thought)
+    present = {key for key, thought in thoughts.items() if thought is not None or key in ids}
     out = []
     matched = 0
     for doc_id, chunks in documents.items():
-        doc_thoughts = [thoughts.get((doc_id, index)) for index in range(len(chunks))]
-        matched += sum(thought is not None for thought in doc_thoughts)
-        out.append(SourceDocument(doc_id, chunks, doc_thoughts))
+        keys = [(doc_id, index) for index in range(len(chunks))]
+        document = SourceDocument(doc_id, chunks, [thoughts.get(key) for key in keys])
+        if as_ids is not None:
+            document.thought_ids = [ids.get(key) for key in keys]
+            document.ids_tokenizer = as_ids.tokenizer
+            document.ids_file = str(source.thoughts)
+        matched += sum(key in present for key in keys)
+        out.append(document)
     if thoughts and matched == 0:
         raise LatentThoughtsError(
             f"{source.thoughts}: none of its thoughts belongs to a chunk of {source.chunks} (wrong pairing?)"
         )
-    unmatched = sum(thought is not None for thought in thoughts.values()) - matched
+    unmatched = len(present) - matched
     if unmatched:
         logger.warning("%s: %d thoughts have no chunk in %s", source.thoughts, unmatched, source.chunks)
     return out
 
 
 # --- building and mixing ---------------------------------------------------------------------------
+
+
+_WARNED: set[tuple[str, str | None, str]] = set()
+"""(file, its tokenizer, the builder's) of thought ids already warned about as another tokenizer's."""
+
+
+def usable_thought_ids(document: SourceDocument, builder: DocumentBuilder) -> list[list[int] | None] | None:
+    """``document``'s thoughts as token ids when they are of ``builder``'s tokenizer (the fingerprint
+    its file names is the builder's), else None: the thoughts' text is encoded instead, with one
+    warning per file and tokenizer."""
+    if document.thought_ids is None:
+        return None
+    if document.ids_tokenizer == builder.fingerprint:
+        return document.thought_ids
+    key = (str(document.ids_file), document.ids_tokenizer, builder.fingerprint)
+    if key not in _WARNED:
+        _WARNED.add(key)
+        named = (
+            f"were made by another tokenizer ({document.ids_tokenizer}, not the trainer's {builder.fingerprint})"
+            if document.ids_tokenizer
+            else "name no tokenizer"
+        )
+        logger.warning(
+            "%s: its thoughts' token ids (thought_ids) %s; training on the thoughts' text, re-tokenized",
+            document.ids_file,
+            named,
+        )
+    return None
+
+
+def build_document(document: SourceDocument, builder: DocumentBuilder, pass_index: int = 0) -> BuiltDocument:
+    """One training document: a plain one's whole text, or a thoughts document's chunks and thoughts
+    with the layouts of pass ``pass_index``; thoughts given as token ids of the builder's tokenizer
+    are written as those ids (:func:`usable_thought_ids`), the others encoded from their text."""
+    if document.plain:
+        return builder.build_plain(document.chunks[0])
+    return builder.build(
+        document.doc_id,
+        document.chunks,
+        document.thoughts,
+        pass_index,
+        thought_ids=usable_thought_ids(document, builder),
+    )
 
 
 def build_documents(documents: Iterable[SourceDocument], builder: DocumentBuilder) -> list[np.ndarray]:
@@ -172,21 +271,18 @@ def _build(
     per chunk (thought -1: a chunk without one) to ``pieces`` when given."""
     built = []
     for document in documents:
-        if document.plain:
-            ids = builder.build_plain(document.chunks[0]).input_ids
-        else:
-            doc = builder.build(document.doc_id, document.chunks, document.thoughts)
-            ids = doc.input_ids
-            if pieces is not None:
-                text = np.zeros(len(doc.layouts), dtype=np.int32)
-                thought = np.asarray([-1 if layout is Layout.RAW else 0 for layout in doc.layouts], np.int32)
-                for span in doc.spans:
-                    if span.kind == "text":
-                        text[span.chunk] += span.end - span.start
-                    elif span.kind == "thought":
-                        thought[span.chunk] += span.end - span.start
-                pieces.append((document.doc_id, text, thought))
-        built.append(np.asarray(ids, dtype=np.int32))
+        doc = build_document(document, builder)
+        if pieces is not None and not document.plain:
+            # the thought counts are of the ids written (a thought's own ids, or its text's encoding)
+            text = np.zeros(len(doc.layouts), dtype=np.int32)
+            thought = np.asarray([-1 if layout is Layout.RAW else 0 for layout in doc.layouts], np.int32)
+            for span in doc.spans:
+                if span.kind == "text":
+                    text[span.chunk] += span.end - span.start
+                elif span.kind == "thought":
+                    thought[span.chunk] += span.end - span.start
+            pieces.append((document.doc_id, text, thought))
+        built.append(np.asarray(doc.input_ids, dtype=np.int32))
     return built
 
 

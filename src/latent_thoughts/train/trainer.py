@@ -66,6 +66,7 @@ from latent_thoughts.train.data import (
     data_fingerprint,
     epoch_windows,
     read_sources,
+    thought_ids_tokenizer,
 )
 from latent_thoughts.train.muon import MuonWithAdamW, split_parameters
 from latent_thoughts.train.sharding import (
@@ -350,14 +351,19 @@ def _data_key(sources: Sequence[SourceConfig], builder: DocumentBuilder, **extra
     """The cache key of windows built from ``sources`` with this format and vocabulary (and ``extra``).
 
     ``redraw_layouts`` enters the key only when on, so windows built before the option existed keep
-    their key.
+    their key. The tokenizer's fingerprint enters it only when a thoughts file holds thoughts as
+    token ids of a named tokenizer (an E-step output), since whether those ids are written as they
+    are or the text is encoded depends on it; windows of text-only sources keep their key.
     """
     fmt = builder.config
     exclude = None if fmt.redraw_layouts else {"redraw_layouts"}
-    return data_fingerprint(
-        sources,
-        {"format": fmt.model_dump(mode="json", exclude=exclude), "vocab": len(builder.tokenizer), **extra},
-    )
+    key: dict[str, Any] = {
+        "format": fmt.model_dump(mode="json", exclude=exclude),
+        "vocab": len(builder.tokenizer),
+    }
+    if any(source.kind == "thoughts" and thought_ids_tokenizer(source.thoughts or "") for source in sources):
+        key["tokenizer"] = builder.fingerprint
+    return data_fingerprint(sources, {**key, **extra})
 
 
 def _load_or_build(
