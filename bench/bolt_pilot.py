@@ -10,6 +10,8 @@ fidelity f and the next selection gain g (``latent_thoughts.em.loop.loop_dynamic
   the reference does, instead of one layout per chunk for the whole run;
 - ``t0.7_k4``: the E-step proposes at temperature 0.7 (``estep.temperature``; log q under the same
   tempered law, so the weights stay exact);
+- ``tokens8m_k4``: the M-step at 8 M tokens (4x the warm start's) instead of 4 M: how fidelity grows
+  with the M-step's budget;
 - ``pretrained_k4``: a base that is not random: pretrained on raw documents of the world's
   validation split (``pretrain.tokens``), from which a new warm start continues; its first E-step
   only (iteration 0 with ``final_estep``), so its g·f at iteration 1 compares with the random base's.
@@ -43,11 +45,13 @@ from latent_thoughts.errors import LatentThoughtsError
 
 ONE_ITERATION = ("seed=0", "estep.seed=0", "iterations=1", "final_estep=true")
 VARIANTS: dict[str, tuple[str, ...]] = {
+    "t0.7_k4": (*ONE_ITERATION, "estep.k=4", "estep.temperature=0.7"),
     "previous_k4": (*ONE_ITERATION, "estep.k=4", "mstep.init=previous"),
     "previous_k1": (*ONE_ITERATION, "estep.k=1", "mstep.init=previous"),
-    "t0.7_k4": (*ONE_ITERATION, "estep.k=4", "estep.temperature=0.7"),
     "redraw_k4": (*ONE_ITERATION, "estep.k=4", "mstep.redraw_layouts=true"),
+    "tokens8m_k4": (*ONE_ITERATION, "estep.k=4", "mstep.tokens=8M"),
 }
+"""The variants in the order they start (the pretrained base's comes third)."""
 PRETRAINED = ("pretrain.tokens=2M", "testbed.world.validation_documents=500")
 """The pretrained base: 2 M raw tokens (the warm start's budget) over 500 documents of the validation split."""
 
@@ -78,6 +82,10 @@ def table(runs: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _variant_folders(out: Path) -> list[tuple[str, str]]:
+    return [(name, str(out / name)) for name in [*VARIANTS, "pretrained_k4"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,7 +93,9 @@ def main() -> None:
     parser.add_argument("--warm-start", help="the warm-start folder of a finished bench/bolt.py")
     parser.add_argument("--reference", help="that bench's seed0_k4 run folder (the random base at T = 1)")
     parser.add_argument("--out", default="runs/bench/bolt_pilot")
-    parser.add_argument("--report", metavar="OUT", help="print the table of a finished pilot and stop")
+    parser.add_argument(
+        "--report", metavar="OUT", help="print the table of a pilot (done or running) and stop"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="plumbing only (with a --quick bolt.py warm start)"
     )
@@ -94,8 +104,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     out = Path(args.report or args.out)
-    if args.report:
-        print("\n".join(table(json.loads((out / "results.json").read_text())["runs"])))
+    if args.report:  # from the run folders, so a pilot still running shows what it has
+        runs = {
+            name: read_summary(folder)
+            for name, folder in [("base_k4 (bench/bolt.py seed0_k4)", args.reference), *_variant_folders(out)]
+            if folder and (Path(folder) / "manifest.json").is_file()
+        }
+        print("\n".join(table(runs)))
         return
     if not args.warm_start:
         parser.error("--warm-start is required")
@@ -117,7 +132,9 @@ def main() -> None:
             "pretrained_k4",
             ("seed=0", "estep.seed=0", "estep.k=4", "iterations=0", "final_estep=true"),
         )
-    order = sorted(jobs, key=lambda name: name != "pretrained_k4")  # the longest first
+    order = [name for name in jobs if name != "pretrained_k4"]
+    if "pretrained_k4" in jobs:
+        order.insert(min(2, len(order)), "pretrained_k4")
     with ProcessPoolExecutor(max(args.parallel, 1), mp_context=get_context("spawn")) as pool:
         futures = {name: pool.submit(run_one, *jobs[name], args.threads) for name in order}
         runs = {name: futures[name].result() for name in order}
