@@ -19,7 +19,9 @@ from latent_thoughts.tokenizer import load_tokenizer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("samples", type=Path, help="an E-step samples.parquet with its NAME.cache/ beside it")
     parser.add_argument("--tokenizer", type=Path, required=True)
     args = parser.parse_args()

@@ -101,3 +101,12 @@ def test_redrawn_layouts_change_with_the_iteration_and_leave_the_warm_start_alon
     assert not warm.redraw_layouts and warm.seed == 5
     assert one.redraw_layouts and two.redraw_layouts
     assert one.seed != two.seed != warm.seed
+
+
+def test_the_shipped_bolt_design_gives_the_m_step_twice_the_warm_starts_tokens_and_data() -> None:
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "em" / "testbed-bolt-cpu.yaml"
+    config = load_em_config(shipped)
+    world = config.testbed.world
+    assert config.mstep.tokens == 2 * config.testbed.tokens
+    assert world.bootstrap_documents == 2 * world.warm_start_documents
+    assert config.mstep.init == "base" and config.estep.k == 4 and config.iterations == 3

@@ -2,7 +2,10 @@
 
 Every module in this package that defines ``register(subparsers)`` contributes a verb. A verb's
 module keeps heavy imports (torch, transformers) inside its handler so that ``--help`` stays fast.
-Handlers receive the parsed arguments and return an exit status. A user's mistake never ends in a
+Handlers receive the parsed arguments and return an exit status. Every verb also declares, once,
+what a run reads and writes: ``set_defaults(run_paths=FUNCTION)``, a function of the parsed
+arguments returning :class:`~latent_thoughts.outputs.RunPaths`; :func:`main` checks it with the one
+guard, :func:`~latent_thoughts.outputs.check_run`, before the handler does any work. A user's mistake never ends in a
 traceback: a :class:`LatentThoughtsError` becomes ``latent-thoughts: error: <one line>`` on stderr
 and exit status 2; an operating-system error on a named file (a full disk, no permission, a missing
 or read-only path) becomes the same kind of line and exit status 1. ``--verbose`` adds the
@@ -22,6 +25,7 @@ from collections.abc import Sequence
 from latent_thoughts import __version__
 from latent_thoughts.atomic import disk_error
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.outputs import check_run
 
 PROG = "latent-thoughts"
 
@@ -72,7 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 1
+    run_paths = getattr(args, "run_paths", None)
+    if run_paths is None:  # a bug: every verb declares what it reads and writes
+        raise RuntimeError(f"{args.verb}: the verb declares no run_paths (its inputs and outputs)")
     try:
+        check_run(run_paths(args))
         return int(handler(args) or 0)
     except LatentThoughtsError as exc:
         return _fail(str(exc), exc.exit_status, args.verbose)

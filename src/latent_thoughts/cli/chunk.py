@@ -10,6 +10,7 @@ from typing import Any
 
 from latent_thoughts.config import load_config
 from latent_thoughts.corpus import ChunkStageConfig
+from latent_thoughts.outputs import RunPaths
 
 
 def register(subparsers: Any) -> None:
@@ -27,7 +28,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record")
     parser.add_argument("--tokenizer", help="tokenizer folder; adds token counts to the statistics")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="option overrides")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """What a run reads (the inputs, a file of an input folder included) and writes."""
+    return RunPaths(inputs=[*args.inputs, args.config, args.tokenizer], files=[args.out])
 
 
 @dataclass
@@ -70,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
         split_document,
         write_chunks,
     )
-    from latent_thoughts.outputs import check_outputs
 
     overrides = list(args.set)
     if args.text_field:
@@ -88,7 +93,6 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     files = corpus_files(args.inputs)
-    check_outputs(inputs=[*args.inputs, *files, args.config, args.tokenizer], files=[args.out])
     report = SkipReport()
     notes = SplitNotes()
     stats = CorpusStatistics()

@@ -2,7 +2,8 @@
 
 Reads training files (chunks, thoughts, rephrasings), reports the rows sharing a long n-gram with an
 evaluation set (:mod:`latent_thoughts.evaluate.decontamination`) in ``DIR/contamination.jsonl`` and
-writes a filtered copy of each file, under its own name, in ``DIR``.
+writes a filtered copy of each file, under its own name, in ``DIR`` (two files of one name, from
+two folders, are refused: their copies would land on one path).
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.outputs import RunPaths
+
+REPORT = "contamination.jsonl"
 
 
 def register(subparsers: Any) -> None:
@@ -40,7 +45,25 @@ def register(subparsers: Any) -> None:
         "--columns", help="comma-separated text columns (default: text and thought, if present)"
     )
     parser.add_argument("--out", required=True, help="folder for contamination.jsonl and the filtered copies")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """The training files read; the report and one filtered copy per file written, in ``--out``.
+
+    Each copy keeps its file's name, so two files of one name (``a/chunks.parquet`` and
+    ``b/chunks.parquet``) are a one-line error naming both, as is a file named like the report."""
+    out = Path(args.out)
+    owners: dict[str, str] = {REPORT: "the contamination report"}
+    for name in args.files:
+        target = Path(name).name
+        if target in owners:
+            raise LatentThoughtsError(
+                f"{owners[target]} and {name}: both would be written to {out / target}; "
+                "give files of distinct names (or run them into separate --out folders)"
+            )
+        owners[target] = name
+    return RunPaths(inputs=args.files, files=[out / target for target in owners], folders=[out])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from latent_thoughts.atomic import atomic_write
-    from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.evaluate.decontamination import (
         BenchmarkIndex,
         filter_table,
@@ -56,20 +78,14 @@ def run(args: argparse.Namespace) -> int:
         text_columns,
     )
     from latent_thoughts.evaluate.tasks import read_task, task_path
-    from latent_thoughts.outputs import check_outputs
     from latent_thoughts.tables import read_parquet
 
     out = Path(args.out)
-    check_outputs(
-        inputs=args.files,
-        files=[out / "contamination.jsonl", *(out / Path(name).name for name in args.files)],
-        folders=[out],
-    )
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     problems = [problem for task in tasks for problem in read_task(task, task_path(task, args.data_dir))]
     index = BenchmarkIndex(problems, args.ngram)
     columns = [name.strip() for name in args.columns.split(",")] if args.columns else None
-    with atomic_write(out / "contamination.jsonl") as partial, partial.open("w", encoding="utf-8") as report:
+    with atomic_write(out / REPORT) as partial, partial.open("w", encoding="utf-8") as report:
         for name in args.files:
             path = Path(name)
             table = read_parquet(path, "training")

@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from latent_thoughts.atomic import write_text
+from latent_thoughts.outputs import RunPaths
 
 RECIPE_WORLD = ["bootstrap_documents=2000"]
 """The testbed recipe's world (``TestbedRecipe().world``): the default world with more documents."""
@@ -54,7 +55,12 @@ def register(subparsers: Any) -> None:
         "--tokens", default=DEFAULT_TOKENS, help=f"training tokens per model (default: {DEFAULT_TOKENS})"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """The run folder it writes (each step, a verb of its own, is checked again when it runs)."""
+    return RunPaths(folders=[args.out])
 
 
 def _step(title: str, argv: list[str]) -> None:
@@ -98,11 +104,9 @@ def shared_tokenizer(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run every step of the demo and print a results table."""
-    from latent_thoughts.outputs import check_outputs
     from latent_thoughts.report.plots import plot_accuracy
 
     out = Path(args.out)
-    check_outputs(folders=[out])
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     seed = [f"seed={args.seed}"]

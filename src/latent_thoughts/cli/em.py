@@ -12,6 +12,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.outputs import RunPaths
+
 
 def register(subparsers: Any) -> None:
     """Add the ``em`` verb."""
@@ -36,20 +38,32 @@ def register(subparsers: Any) -> None:
         help="redo STAGE and every later one (data, warm_start, eval_0, estep_1, mstep_1, eval_1, ...)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run or resume the EM loop; print the per-iteration table."""
+def _config(args: argparse.Namespace) -> Any:
     from latent_thoughts.em.config import load_em_config
-    from latent_thoughts.em.loop import run_em, summary_table
 
     overrides = list(args.set)
     if args.out:
         overrides.append(f"out={args.out}")
     if args.no_progress:
         overrides.append("progress=false")
-    config = load_em_config(args.config, overrides)
+    return load_em_config(args.config, overrides)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """The configuration and a warm start's run folder read; the run folder written."""
+    config = _config(args)
+    flag = "--out" if args.out else "out"
+    return RunPaths(inputs=[args.config, config.warm_start_from], folders=[config.out], flag=flag)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run or resume the EM loop; print the per-iteration table."""
+    from latent_thoughts.em.loop import run_em, summary_table
+
+    config = _config(args)
     summary = run_em(config, args.force_from, say=lambda line: print(line, flush=True))
     print()
     for line in summary_table(summary):

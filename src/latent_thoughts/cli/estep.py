@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.cli.executors import add_executor_options
+from latent_thoughts.outputs import RunPaths
 
 
 def register(subparsers: Any) -> None:
@@ -94,7 +95,21 @@ def register(subparsers: Any) -> None:
     served.add_argument("--concurrency", type=int, help="requests in flight at once (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_executor_options(parser)
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """The model, chunk file and options file read; the samples, summary and cache written."""
+    from latent_thoughts.generation.shards import parse_shard
+    from latent_thoughts.synthesis.pipeline import output_paths
+
+    paths = output_paths(args.out, parse_shard(args.shard) if args.shard else None)
+    return RunPaths(
+        inputs=[args.chunks, args.model, args.config],
+        models=[args.model],
+        files=[paths.result, paths.summary],
+        folders=[paths.cache_dir],
+    )
 
 
 def options(args: argparse.Namespace) -> list[str]:

@@ -5,8 +5,10 @@ GSM8K (8-shot), MATH and MATH-500 (4-shot) with latent-aware prompting and symbo
 :mod:`latent_thoughts.evaluate.testbed`), all through one engine: MODEL is a model folder or an engine
 file (:mod:`latent_thoughts.engines.spec`: a model served over HTTP, or a local one with engine
 options); ``--base-url URL`` with a model folder is short for an http engine file. With benchmark tasks ``--out`` is a folder receiving, per task, ``TASK_MODE.jsonl``
-(one graded record per problem) and ``TASK_MODE.json`` (the aggregate); with the testbed task alone it
-is the JSON file of accuracy and generations, as before.
+(one graded record per problem) and ``TASK_MODE.json`` (the aggregate), both written under temporary
+names and renamed when the task is done, while the run holds a lock on the folder (a second evaluate
+into it fails at once); with the testbed task alone it is the JSON file of accuracy and generations,
+as before.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import argparse
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from latent_thoughts.atomic import write_text
+from latent_thoughts.outputs import RunPaths
 
 DEFAULT_DATA_DIR = "../shared/data"
 """Where the benchmark files are looked for when neither --data-dir nor LATENT_THOUGHTS_DATA is set."""
@@ -91,7 +94,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--out", help="output folder (benchmark tasks) or JSON file (testbed task alone)")
     parser.add_argument("--show", type=int, default=3, help="print this many testbed generations (default 3)")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
 
 
 def _tasks(args: argparse.Namespace) -> list[str]:
@@ -130,11 +133,14 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate every task asked for, print one line per task and write the outputs.
 
     Every task's problems are read before the model is loaded, so a wrong path fails at once."""
+    from latent_thoughts.outputs import folder_lock
+
     tasks = _tasks(args)
     benchmarks = {task: _benchmark_problems(args, task) for task in tasks if task != "testbed"}
     testbed = _testbed_problems(args) if "testbed" in tasks else None
-    _check_out(args, benchmarks, testbed is not None)
-    with _engine(args) as (engine, tokenizer):
+    # Two runs writing one --out folder would interleave their logs: the second fails at once.
+    lock = folder_lock(args.out, "evaluate") if args.out and benchmarks else nullcontext()
+    with lock, _engine(args) as (engine, tokenizer):
         for task, (path, problems) in benchmarks.items():
             _run_benchmark(args, task, path, problems, engine, tokenizer)
         if testbed is not None:
@@ -145,19 +151,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_out(args: argparse.Namespace, benchmarks: dict[str, Any], testbed: bool) -> None:
-    """Before any work: --out must be writable and must not be one of the inputs."""
-    from latent_thoughts.outputs import check_outputs
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """The model and the task files read; with --out, the logs and aggregates (or the testbed's JSON
+    file) written."""
+    from latent_thoughts.evaluate.tasks import task_path
 
+    tasks = _tasks(args)
+    benchmarks = [task for task in tasks if task != "testbed"]
+    paths = [task_path(task, args.data_dir, getattr(args, f"{task}_file")) for task in benchmarks]
+    inputs = [args.model, args.problems, *paths]
     if not args.out:
-        return
+        return RunPaths(inputs=inputs)
     out = Path(args.out)
-    names = [f"{task}_{args.mode}{suffix}" for task in benchmarks for suffix in (".jsonl", ".json")]
-    files = [out / name for name in names]
-    if testbed:
+    files = [out / f"{task}_{args.mode}{suffix}" for task in benchmarks for suffix in (".jsonl", ".json")]
+    if "testbed" in tasks:
         files.append(out / f"testbed_{args.mode}.json" if benchmarks else out)
-    inputs = [args.model, args.problems, *(path for path, _ in benchmarks.values())]
-    check_outputs(inputs=inputs, files=files, folders=[out] if benchmarks else [])
+    return RunPaths(inputs=inputs, models=[args.model], files=files, folders=[out] if benchmarks else [])
 
 
 def _benchmark_problems(args: argparse.Namespace, task: str) -> tuple[Path, list[Any]]:

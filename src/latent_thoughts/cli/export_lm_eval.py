@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.outputs import RunPaths
 
 
 def register(subparsers: Any) -> None:
@@ -41,7 +42,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-gen-toks", type=int, default=384, help="longest answer in tokens (default 384)"
     )
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """The benchmark files read (their paths go into the YAMLs); one YAML per task written."""
+    from pathlib import Path
+
+    from latent_thoughts.evaluate.lm_eval_export import TASK_NAMES
+    from latent_thoughts.evaluate.tasks import task_path
+
+    tasks = [task.strip() for task in args.tasks.split(",") if task.strip() in TASK_NAMES]
+    out = Path(args.out)
+    return RunPaths(
+        inputs=[task_path(task, args.data_dir, getattr(args, f"{task}_file")) for task in tasks],
+        files=[out / f"{TASK_NAMES[task]}.yaml" for task in tasks],
+        folders=[out],
+    )
 
 
 def run(args: argparse.Namespace) -> int:

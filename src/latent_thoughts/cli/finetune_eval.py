@@ -4,15 +4,22 @@ The protocol of :mod:`latent_thoughts.evaluate.finetune`: a copy of MODEL (a fol
 of kind transformers) is fine-tuned on the task's training problems with the loss on the answer only,
 in raw or latent format, saved to ``DIR/model``, and evaluated zero-shot in the same format by the
 ``evaluate`` code: ``DIR/eval/TASK_MODE.jsonl`` and ``.json``. ``DIR/finetune.json`` records the run.
+``DIR`` may not hold MODEL (the copy's weights would go over it); the run locks ``DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.outputs import RunPaths
+
+if TYPE_CHECKING:
+    from latent_thoughts.evaluate.finetune import FinetuneSplit
+    from latent_thoughts.evaluate.tasks import EvalProblem
 
 
 def register(subparsers: Any) -> None:
@@ -71,18 +78,34 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per MATH comparison")
     parser.add_argument("--device", help="evaluation: auto (a GPU when there is one; the default), cpu, cuda")
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="evaluation: compute dtype")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """MODEL (and the model folder an engine file names) and the task files read; the fine-tuned
+    copy (``model/``, ``checkpoints/``), ``eval/`` and ``finetune.json`` written in --out."""
+    from latent_thoughts.engines.spec import is_engine_file, local_model_dir, read_engine_spec
+
+    out = Path(args.out)
+    engine_file = is_engine_file(args.model)
+    model_dir = local_model_dir(read_engine_spec(args.model), "finetune-eval") if engine_file else None
+    return RunPaths(
+        inputs=[args.model, model_dir, args.train_file, args.eval_file],
+        models=[args.model, model_dir],
+        files=[out / "finetune.json"],
+        folders=[out, out / "eval"],
+        replaced=[out / "model", out / "checkpoints"],
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Fine-tune, evaluate, print the training loss and the accuracy line."""
-    from pathlib import Path
-
-    from latent_thoughts.engines.spec import local_model_dir, open_engine, read_engine_spec
+    from latent_thoughts.engines.spec import local_model_dir, read_engine_spec
     from latent_thoughts.errors import LatentThoughtsError
-    from latent_thoughts.evaluate.benchmark import BenchmarkSettings, evaluate_to_files, summary_line
+    from latent_thoughts.evaluate.benchmark import summary_line
     from latent_thoughts.evaluate.finetune import FinetuneSettings, finetune, finetune_split, select_training
     from latent_thoughts.evaluate.tasks import read_task, select_problems
+    from latent_thoughts.outputs import folder_lock
 
     for name in ("limit", "steps", "train_batch_size", "max_length"):
         value = getattr(args, name)
@@ -108,15 +131,32 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     out = Path(args.out)
-    metrics = finetune(model_dir, args.task, train, args.mode, out, settings)
-    print(
-        f"fine-tuned on {metrics['examples']} {args.task} problems ({metrics['skipped_too_long']} too long), "
-        f"{metrics['steps']} steps: loss {metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}; "
-        f"model in {out / 'model'}"
-    )
+    with folder_lock(out, "finetune-eval"):  # a second run into --out fails at once
+        metrics = finetune(model_dir, args.task, train, args.mode, out, settings)
+        print(
+            f"fine-tuned on {metrics['examples']} {args.task} problems ({metrics['skipped_too_long']} too long), "
+            f"{metrics['steps']} steps: loss {metrics['first_loss']:.3f} -> {metrics['last_loss']:.3f}; "
+            f"model in {out / 'model'}"
+        )
+        summary = _evaluate_copy(args, base.transformers, model_dir, split, problems, out)
+    print(summary_line(summary))
+    return 0
+
+
+def _evaluate_copy(
+    args: argparse.Namespace,
+    base_options: dict[str, Any],
+    model_dir: Path,
+    split: FinetuneSplit,
+    problems: list[EvalProblem],
+    out: Path,
+) -> dict[str, Any]:
+    """Evaluate the fine-tuned copy in ``out/model`` into ``out/eval``; returns the aggregate."""
+    from latent_thoughts.engines.spec import open_engine, read_engine_spec
+    from latent_thoughts.evaluate.benchmark import BenchmarkSettings, evaluate_to_files
 
     # The copy runs in the base engine's options (device, dtype), with the command line's on top.
-    options = {key: value for key, value in base.transformers.items() if key not in ("model", "tokenizer")}
+    options = {key: value for key, value in base_options.items() if key not in ("model", "tokenizer")}
     tuned = read_engine_spec(out / "model", {**options, "device": args.device, "dtype": args.dtype})
     evaluation = BenchmarkSettings(
         max_thought_tokens=args.max_thought_tokens,
@@ -144,5 +184,4 @@ def run(args: argparse.Namespace) -> int:
             grading_timeout=args.grading_timeout,
             info=info,
         )
-    print(summary_line(summary))
-    return 0
+    return summary

@@ -11,6 +11,8 @@ import itertools
 import json
 from typing import Any
 
+from latent_thoughts.outputs import RunPaths
+
 
 def register(subparsers: Any) -> None:
     """Add the ``likelihood`` verb."""
@@ -40,7 +42,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="compute dtype")
     parser.add_argument("--out", help="write the metrics to this JSON file")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """The model and the documents read; the metrics file written (with --out)."""
+    return RunPaths(inputs=[args.model, *args.documents], models=[args.model], files=[args.out])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,11 +58,9 @@ def run(args: argparse.Namespace) -> int:
     from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
     from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.evaluate.likelihood import elbo, raw_nll, uniform_chunks
-    from latent_thoughts.outputs import check_outputs
 
     if args.limit is not None and args.limit <= 0:
         raise LatentThoughtsError(f"--limit must be a positive number of documents, got {args.limit}")
-    check_outputs(inputs=[args.model, *args.documents], files=[args.out])
     try:
         ks = [int(k) for k in args.k.split(",") if k.strip() and int(k) > 0]
     except ValueError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from latent_thoughts.outputs import RunPaths
+
 
 def register(subparsers: Any) -> None:
     """Add the ``serve`` verb."""
@@ -50,7 +52,17 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--config", help="YAML file of engine options")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="engine option overrides")
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """The model and the engine options read; the state folder (uploads, batches) written."""
+    return RunPaths(
+        inputs=[args.model_dir, args.config],
+        models=[args.model_dir],
+        folders=[args.state_dir],
+        flag="--state-dir",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.cli.executors import add_executor_options
+from latent_thoughts.outputs import RunPaths
 
 
 def register(subparsers: Any) -> None:
@@ -66,7 +67,7 @@ def register(subparsers: Any) -> None:
         help="teacher overrides, e.g. sampling.max_new_tokens=512",
     )
     add_executor_options(parser)
-    parser.set_defaults(handler=run_synthesize)
+    parser.set_defaults(handler=run_synthesize, run_paths=synthesize_paths)
 
     merge = subparsers.add_parser(
         "merge",
@@ -82,7 +83,7 @@ def register(subparsers: Any) -> None:
     merge.add_argument(
         "shards", nargs="*", type=Path, help="shard outputs (default: all NAME.shard-*-of-N.parquet)"
     )
-    merge.set_defaults(handler=run_merge)
+    merge.set_defaults(handler=run_merge, run_paths=merge_paths)
 
     view = subparsers.add_parser(
         "thoughts",
@@ -93,7 +94,44 @@ def register(subparsers: Any) -> None:
     view.add_argument("--thoughts", required=True, type=Path, help="thoughts file from synthesize or merge")
     view.add_argument("--doc", help="document id (default: the first document)")
     view.add_argument("--width", type=int, default=100, help="wrap thoughts at this width (0: no wrapping)")
-    view.set_defaults(handler=run_thoughts)
+    view.set_defaults(handler=run_thoughts, run_paths=thoughts_paths)
+
+
+def thoughts_paths(args: argparse.Namespace) -> RunPaths:
+    """The chunk and thoughts files read; nothing written."""
+    return RunPaths(inputs=[args.chunks, args.thoughts])
+
+
+def synthesize_paths(args: argparse.Namespace) -> RunPaths:
+    """The chunk file and the teacher read; the thoughts, failures, summary and cache written (a dry
+    run writes nothing)."""
+    from latent_thoughts.generation.shards import parse_shard
+    from latent_thoughts.synthesis.pipeline import output_paths
+
+    inputs = [args.chunks, args.teacher]
+    if args.dry_run:
+        return RunPaths(inputs=inputs)
+    paths = output_paths(args.out, parse_shard(args.shard) if args.shard else None)
+    return RunPaths(
+        inputs=inputs,
+        files=[paths.result, paths.failures, paths.summary, paths.batch_state],
+        folders=[paths.cache_dir],
+    )
+
+
+def merge_paths(args: argparse.Namespace) -> RunPaths:
+    """The shard outputs (with their failures and summary files) read; the merged files written."""
+    from latent_thoughts.generation.shards import shard_files
+    from latent_thoughts.synthesis.pipeline import output_paths
+
+    shards = list(args.shards) or shard_files(args.out)
+    companions = [
+        Path(shard).with_name(Path(shard).name.replace(".parquet", suffix))
+        for shard in shards
+        for suffix in (".failures.parquet", ".summary.json")
+    ]
+    paths = output_paths(args.out)
+    return RunPaths(inputs=[*shards, *companions], files=[paths.result, paths.failures, paths.summary])
 
 
 def _request(args: argparse.Namespace) -> Any:

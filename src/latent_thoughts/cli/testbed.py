@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.outputs import RunPaths
 from latent_thoughts.report.thought_checks import CHUNK_COLUMNS, THOUGHT_COLUMNS
 
 
@@ -34,7 +35,7 @@ def register(subparsers: Any) -> None:
     generate.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="option overrides, e.g. digits=3 steps=3 seed=1"
     )
-    generate.set_defaults(handler=run_generate)
+    generate.set_defaults(handler=run_generate, run_paths=generate_paths)
 
     check = actions.add_parser(
         "check",
@@ -61,7 +62,21 @@ def register(subparsers: Any) -> None:
         "--no-coverage", action="store_true", help="check the claims only, not coverage of the chunk"
     )
     check.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    check.set_defaults(handler=run_check)
+    check.set_defaults(handler=run_check, run_paths=check_paths)
+
+
+def generate_paths(args: argparse.Namespace) -> RunPaths:
+    """The configuration read; the world's files written into --out."""
+    from latent_thoughts.testbed.world import DOCUMENT_SPLITS
+
+    out = Path(args.out)
+    names = ["config.yaml", "chunk.yaml", *(f"{split}.jsonl" for split in DOCUMENT_SPLITS), "eval.jsonl"]
+    return RunPaths(inputs=[args.config], files=[out / name for name in names], folders=[out])
+
+
+def check_paths(args: argparse.Namespace) -> RunPaths:
+    """The thoughts (and chunk) file read; nothing written."""
+    return RunPaths(inputs=[args.path, args.chunks])
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -70,7 +85,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from latent_thoughts.atomic import write_text
     from latent_thoughts.config import dump_config, load_config
-    from latent_thoughts.outputs import check_outputs
     from latent_thoughts.testbed.task import make_eval_problems, write_problems
     from latent_thoughts.testbed.world import (
         DOCUMENT_SPLITS,
@@ -83,8 +97,6 @@ def run_generate(args: argparse.Namespace) -> int:
 
     config = load_config(TestbedConfig, args.config, args.overrides)
     out = Path(args.out)
-    names = ["config.yaml", "chunk.yaml", *(f"{split}.jsonl" for split in DOCUMENT_SPLITS), "eval.jsonl"]
-    check_outputs(inputs=[args.config], files=[out / name for name in names], folders=[out])
     write_text(out / "config.yaml", dump_config(config))
     # The chunking the testbed needs (a posing and a resolving sentence in separate chunks), as a
     # chunk-stage config file holding the three chunking.* keys of the recommendation.

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.outputs import RunPaths
+
 
 def register(subparsers: Any) -> None:
     """Add the ``train`` verb."""
@@ -34,25 +36,41 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR"
     )
-    parser.set_defaults(handler=run)
+    parser.set_defaults(handler=run, run_paths=run_paths)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Load the configuration, train, and print where the model went."""
-    from latent_thoughts.outputs import check_outputs
-    from latent_thoughts.train import load_train_config, train
+def _config(args: argparse.Namespace) -> Any:
+    from latent_thoughts.train import load_train_config
 
     overrides = [*args.overrides, *args.set]
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    config = load_train_config(args.config, overrides)
+    return load_train_config(args.config, overrides)
+
+
+def run_paths(args: argparse.Namespace) -> RunPaths:
+    """The configuration, the model, tokenizer and data it names read; OUTPUT_DIR written, its
+    ``model/`` and ``checkpoints/`` filled with model files (so no input may lie there, and OUTPUT_DIR
+    may not lie in the input model's folder)."""
+    from latent_thoughts.train.trainer import CHECKPOINT_DIR, MODEL_DIR
+
+    config = _config(args)
     out = Path(config.output_dir)
-    check_outputs(
+    return RunPaths(
         inputs=[args.config, *_input_paths(config.model_dump())],
+        models=[config.model.path, config.model.tokenizer],
         files=[out / "train_config.yaml", out / "metrics.json"],
         folders=[out],
+        replaced=[out / MODEL_DIR, out / CHECKPOINT_DIR],
         flag="output_dir",
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the configuration, train, and print where the model went."""
+    from latent_thoughts.train import train
+
+    config = _config(args)
     result = train(config, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under a launcher, only the first process reports

@@ -18,6 +18,7 @@ GSM8K is graded strictly (the record also keeps the flexible verdict); MATH with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections import Counter
@@ -28,7 +29,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from latent_thoughts.atomic import write_text
+from latent_thoughts.atomic import atomic_write
 from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.evaluate.grading import MathGrader, grade_gsm8k, parse_number
@@ -293,29 +294,30 @@ def evaluate_to_files(
     """:func:`evaluate_benchmark` on one task, writing ``out_dir/TASK_MODE.jsonl`` (a record per problem,
     appended as it is graded) and ``out_dir/TASK_MODE.json`` (``info`` plus :func:`aggregate`).
 
-    Returns the aggregate (with ``info``); nothing is written when ``out_dir`` is None."""
+    Both are written under temporary names and renamed when the task is done, the log first: a run
+    that fails or is killed midway leaves an earlier run's files as they were. Returns the aggregate
+    (with ``info``); nothing is written when ``out_dir`` is None."""
     task = problems[0].task if problems else "?"
-    log = None
-    if out_dir is not None:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        log = (Path(out_dir) / f"{task}_{mode}.jsonl").open("w", encoding="utf-8")
+    with contextlib.ExitStack() as stack:
+        log, aggregate_partial = None, None
+        if out_dir is not None:
+            # Entered in this order, the files are renamed in the other: the log, then the aggregate.
+            aggregate_partial = stack.enter_context(atomic_write(Path(out_dir) / f"{task}_{mode}.json"))
+            log_partial = stack.enter_context(atomic_write(Path(out_dir) / f"{task}_{mode}.jsonl"))
+            log = stack.enter_context(log_partial.open("w", encoding="utf-8"))
 
-    def write(record: ProblemRecord) -> None:
-        if log is not None:
-            log.write(json.dumps(record.to_json()) + "\n")
-            log.flush()
+        def write(record: ProblemRecord) -> None:
+            if log is not None:
+                log.write(json.dumps(record.to_json()) + "\n")
+                log.flush()
 
-    try:
         with MathGrader(grading_timeout) as grader:
             records = evaluate_benchmark(
                 engine, tokenizer, problems, mode, settings, grader=grader, on_record=write
             )
-    finally:
-        if log is not None:
-            log.close()
-    summary = {**(info or {}), **aggregate(records, mode, settings.samples)}
-    if out_dir is not None:
-        write_text(Path(out_dir) / f"{task}_{mode}.json", json.dumps(summary, indent=2) + "\n")
+        summary = {**(info or {}), **aggregate(records, mode, settings.samples)}
+        if aggregate_partial is not None:
+            aggregate_partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from latent_thoughts.atomic import write_text
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.evaluate.prompting import (
     PromptMode,
@@ -288,5 +289,5 @@ def finetune(
         "last_loss": losses[-1] if losses else None,
         "runtime_s": round(output.metrics.get("train_runtime", 0.0), 2),
     }
-    (out / "finetune.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text(out / "finetune.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

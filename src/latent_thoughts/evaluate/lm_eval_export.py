@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from latent_thoughts.atomic import write_text
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.evaluate.grading import NUMBER_RE, STRICT_RE
 from latent_thoughts.evaluate.prompting import style_of
@@ -111,8 +112,6 @@ def export_tasks(paths: dict[str, Path], out_dir: str | Path, *, max_gen_toks: i
         text = yaml.safe_dump(
             task_config(task, path, max_gen_toks=max_gen_toks), sort_keys=False, allow_unicode=True
         )
-        target.write_text(
-            f"# lm-eval task written by `latent-thoughts export-lm-eval`\n{text}", encoding="utf-8"
-        )
+        write_text(target, f"# lm-eval task written by `latent-thoughts export-lm-eval`\n{text}")
         written.append(target)
     return written
