@@ -45,3 +45,31 @@ def test_wrong_option_is_a_one_line_error(tmp_path: Path, capsys: pytest.Capture
     corpus.write_text('{"text": "x."}\n')
     assert main(["chunk", str(corpus), "--out", str(tmp_path / "o.parquet"), "--set", "chunking.sed=1"]) == 2
     assert "did you mean 'chunking.seed'" in capsys.readouterr().err
+
+
+def test_files_of_one_name_in_two_subfolders_are_two_documents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "c"
+    for part in ("A", "B"):
+        (corpus / part).mkdir(parents=True)
+        (corpus / part / "intro.tex").write_text(f"Introduction of {part}. It has two sentences.\n")
+    (corpus / "A" / "only.md").write_text("A name used once keeps its id.\n")
+    out = tmp_path / "chunks.parquet"
+    assert main(["chunk", str(corpus), "--out", str(out)]) == 0
+    assert "repeated id" not in capsys.readouterr().out
+    chunks = read_chunks(out)
+    assert sorted({c.doc_id for c in chunks}) == ["A/intro.tex", "B/intro.tex", "only.md"]
+    for part in ("A", "B"):
+        text = "".join(c.text for c in chunks if c.doc_id == f"{part}/intro.tex")
+        assert text == (corpus / part / "intro.tex").read_text()
+
+
+def test_a_jsonl_file_opening_with_a_byte_order_mark_keeps_its_first_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_bytes(b'\xef\xbb\xbf{"id": "first", "text": "One."}\n{"id": "second", "text": "Two."}\n')
+    out = tmp_path / "chunks.parquet"
+    assert main(["chunk", str(corpus), "--out", str(out), "--strict"]) == 0
+    assert [c.doc_id for c in read_chunks(out)] == ["first", "second"]

@@ -381,10 +381,53 @@ def test_testbed_check_on_invalid_utf8(tmp_path: Path, capsys: pytest.CaptureFix
     assert_one_line_error(status, err, f"{bad}:2", "UTF-8")
 
 
+def test_testbed_check_on_a_number_over_4300_digits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Python reads at most 4,300 digits as an int: a claim with a longer number is false, not a crash.
+    huge = "7" * 5000
+    thoughts = tmp_path / "thoughts.jsonl"
+    thoughts.write_text(json.dumps({"thought": f"3 x 4 = 12 and 1 + {huge} = 5"}) + "\n")
+    status, out = main(["testbed", "check", str(thoughts), "--json"]), capsys.readouterr().out
+    summary = json.loads(out)
+    assert status == 0 and (summary["claims"], summary["true_claims"], summary["valid"]) == (2, 1, 0)
+    number = tmp_path / "number.jsonl"
+    number.write_text(f'{{"thought": {huge}}}\n')
+    status, err = run_cli(["testbed", "check", str(number)], capsys)
+    assert_one_line_error(status, err, f"{number}:1", "too long")
+
+
 def test_serve_refuses_a_port_out_of_range(world: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (world / "config.json").write_text("{}")
     status, err = run_cli(["serve", str(world), "--port", "70000"], capsys)
     assert_one_line_error(status, err, "--port 70000")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_serve_refuses_a_body_limit_that_is_not_a_finite_number(
+    world: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (world / "config.json").write_text("{}")
+    status, err = run_cli(["serve", str(world), "--port", "0", "--max-body-mb", value], capsys)
+    assert_one_line_error(status, err, f"--max-body-mb {value}")
+
+
+@pytest.mark.parametrize("cut", [0, 100, 0.5])
+def test_a_damaged_model_safetensors_is_one_line_naming_the_folder(
+    tiny_model_dir: Path, tmp_path: Path, cut: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Every verb that loads a model (serve, evaluate, estep, likelihood) goes through this loader.
+    from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from latent_thoughts.errors import LatentThoughtsError
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: int(len(data) * cut) if cut < 1 else int(cut)])
+    status, err = run_cli(["serve", str(model), "--port", "0", "--device", "cpu"], capsys)
+    assert_one_line_error(status, err, str(model), "cannot load the model")
+    with pytest.raises(LatentThoughtsError, match="damaged"):
+        TransformersEngine(TransformersEngineConfig(model=str(model), device="cpu", dtype="fp32"))
 
 
 def test_serve_refuses_a_public_address_without_a_key(

@@ -162,3 +162,57 @@ def test_evaluate_gsm8k_on_a_served_model_matches_the_local_one(
         return [json.loads(line)["generations"] for line in lines]
 
     assert generations("remote") == generations("local")
+
+
+def _bad_file(tmp_path: Path, name: str, content: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(content)
+    return str(path)
+
+
+# Each case once ended in a traceback or ran on without a sound; the model folder is never loaded.
+BAD_INPUTS = {
+    "a JSON array line": lambda t: (
+        [
+            "--tasks",
+            "math",
+            "--math-file",
+            _bad_file(t, "m.jsonl", b'{"problem": "1+1", "answer": "2"}\n[1, 2]\n'),
+        ],
+        ["m.jsonl:2", "not an object"],
+    ),
+    "invalid UTF-8 in --gsm8k-file": lambda t: (
+        [
+            "--tasks",
+            "gsm8k",
+            "--gsm8k-file",
+            _bad_file(t, "g.jsonl", b'{"question": "\xff", "answer": "#### 1"}\n'),
+        ],
+        ["g.jsonl:1", "UTF-8"],
+    ),
+    "invalid UTF-8 in --problems": lambda t: (
+        ["--problems", _bad_file(t, "p.jsonl", b'{"id": "1"}\n{"id": "\xfe\xff"}\n')],
+        ["p.jsonl:2", "UTF-8"],
+    ),
+    "--batch-size 0": lambda t: (["--tasks", "gsm8k", "--batch-size", "0"], ["--batch-size", "0"]),
+    "--grading-timeout nan": lambda t: (
+        ["--tasks", "math", "--grading-timeout", "nan"],
+        ["--grading-timeout"],
+    ),
+    "--shots -1": lambda t: (["--tasks", "gsm8k", "--shots", "-1"], ["--shots", "-1"]),
+    "--tasks ,": lambda t: (["--tasks", ","], ["--tasks", "no task"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_evaluate_inputs_are_one_line_errors(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra, culprits = BAD_INPUTS[case](tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    assert main(["evaluate", str(model), "--data-dir", str(DATA), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("latent-thoughts: error:") and "\n" not in err, err
+    for culprit in culprits:
+        assert culprit in err, err

@@ -46,6 +46,11 @@ def test_finetune_then_evaluate(
         (["--limit-train", "0"], "--limit-train"),
         (["--limit", "-1"], "--limit"),
         (["--train-file", "/nowhere/train.jsonl"], "/nowhere/train.jsonl"),
+        (["--lr", "nan"], "--lr"),
+        (["--epochs", "inf"], "--epochs"),
+        # an evaluation setting is checked before training, not after it
+        (["--grading-timeout", "nan"], "--grading-timeout"),
+        (["--batch-size", "0"], "--batch-size"),
     ],
 )
 def test_finetune_eval_errors_are_one_line(
@@ -55,6 +60,7 @@ def test_finetune_eval_errors_are_one_line(
     assert main([*argv, "--data-dir", str(DATA)]) == 2
     err = capsys.readouterr().err.strip()
     assert culprit in err and "\n" not in err
+    assert not (tmp_path / "model").exists()  # nothing was trained
 
 
 def test_a_served_model_cannot_be_finetuned(

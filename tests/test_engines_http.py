@@ -386,3 +386,24 @@ def test_bad_input_is_a_one_line_error(fake: tuple[str, Script]) -> None:
             engine.score([[1], [2]], [[3]])
     with _engine(url, vllm_extras=False) as engine, pytest.raises(LatentThoughtsError, match="vllm_extras"):
         engine.sample([[1]], stop=[5])
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 3, "completion_tokens": 1e300},
+        {"prompt_tokens": -3, "completion_tokens": 2},
+        {"prompt_tokens": "many", "completion_tokens": 2},
+        "abc",
+    ],
+)
+def test_impossible_usage_is_a_malformed_reply_retried(fake: tuple[str, Script], usage: object) -> None:
+    """A teacher claiming 1e300 or negative tokens must not be cached, priced or written to Parquet."""
+    url, script = fake
+    choice = {"index": 0, "message": {"role": "assistant", "content": "four"}, "finish_reason": "stop"}
+    script.actions.append(("raw", json.dumps({"choices": [choice], "usage": usage}).encode()))
+    with _engine(url) as engine:
+        replies = engine.chat([[{"role": "user", "content": "2 + 2?"}]])
+    assert replies[0][0].text == "four" and replies[0][0].completion_tokens == 2
+    assert engine.usage.failures == {"malformed": 1}
+    assert engine.usage.prompt_tokens == 3 and engine.usage.completion_tokens == 2

@@ -87,3 +87,16 @@ def test_decontaminate_will_not_overwrite_its_input(
     argv = ["decontaminate", str(chunks), "--tasks", "gsm8k", "--data-dir", str(DATA), "--out", str(tmp_path)]
     assert main(argv) == 2
     assert "overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("columns", ["chunk_index", "text,chunk_index"])
+def test_decontaminate_refuses_a_column_that_is_not_text(
+    columns: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chunks, _ = _write_files(tmp_path, [])
+    out = tmp_path / "clean"
+    argv = ["decontaminate", str(chunks), "--tasks", "gsm8k", "--columns", columns]
+    assert main([*argv, "--data-dir", str(DATA), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("latent-thoughts: error:") and "\n" not in err
+    assert str(chunks) in err and "chunk_index" in err and "not text" in err

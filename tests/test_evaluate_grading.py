@@ -80,6 +80,13 @@ MATH_CASES = [
     ("7", "x = 6<|END_OF_LATENT|>The final answer is $7$.", True),
     ("\\frac{9}{7}", "The final answer is $1\\frac{2}{7}$.", True),
     ("1,000", "The final answer is $1000$.", True),
+    # A final answer without `$` is still LaTeX math, not a calculator expression cut short.
+    ("3", "The final answer is 3\\sqrt{7}.", False),
+    ("3\\sqrt{7}", "The final answer is 3\\sqrt{7}.", True),
+    ("\\frac{9}{7}", "The final answer is 9/7.", True),
+    ("\\frac{9}{7}", "The final answer is 9/7. I hope it is correct.", True),
+    ("x^2+2x+1", "The final answer is (x+1)^2.", True),
+    ("0.5", "The final answer is 0.5.", True),
 ]
 
 GSM8K_CASES = [

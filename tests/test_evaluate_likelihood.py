@@ -129,3 +129,17 @@ def test_the_likelihood_verb(
         "bits_per_byte",
     } <= set(record)
     assert main([*argv, "--limit", "0"]) == 2
+
+
+@pytest.mark.parametrize(("k", "culprit"), [("-1", "-1"), ("1,-2", "-2"), ("1000000", "1024"), ("x", "'x'")])
+def test_the_likelihood_verb_refuses_a_k_out_of_range(
+    k: str, culprit: str, tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from latent_thoughts.cli import main
+
+    documents = tmp_path / "val.jsonl"
+    documents.write_text('{"text": "One document. Two sentences."}\n')
+    argv = ["likelihood", str(tiny_model_dir), "--documents", str(documents), "--k", k, "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("latent-thoughts: error: --k") and "\n" not in err and culprit in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,24 @@ def test_a_missing_file_and_a_bad_row_are_named(tmp_path: Path) -> None:
     bad.write_text('{"question": "Q"}\n')
     with pytest.raises(LatentThoughtsError, match=r"bad\.jsonl:1"):
         read_task("gsm8k", bad)
+
+
+def test_a_level_matches_written_as_a_number_or_as_in_the_original_math_files(tmp_path: Path) -> None:
+    path = tmp_path / "math.jsonl"
+    rows = [
+        {"problem": "P1", "answer": "1", "subject": "Algebra", "level": "Level 2"},
+        {"problem": "P2", "answer": "2", "subject": "Algebra", "level": "3"},
+        {"problem": "P3", "answer": "3", "subject": "Algebra", "level": "Level 3"},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    problems = read_task("math", path)
+    assert [p.question for p in select_problems(problems, levels=["2"])] == ["P1"]
+    assert [p.question for p in select_problems(problems, levels=["3"])] == ["P2", "P3"]
+    assert [p.question for p in select_problems(problems, levels=["Level 3"])] == ["P2", "P3"]
+
+
+def test_a_byte_order_mark_keeps_the_first_problem(tmp_path: Path) -> None:
+    path = tmp_path / "gsm8k.jsonl"
+    rows = [{"question": "Q1", "answer": "#### 1"}, {"question": "Q2", "answer": "#### 2"}]
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(row) + "\n" for row in rows).encode())
+    assert [p.answer for p in read_task("gsm8k", path)] == ["1", "2"]

@@ -4,8 +4,10 @@ damaged state folder that does not stop the server. A real server runs in a subp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from tests.test_server import serve_subprocess
+from tests.test_server import free_port, serve_subprocess
 
 KEY = "test-key-0123456789"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -185,3 +187,93 @@ def test_one_bad_batch_line_fails_alone(server: str, tiny_model_dir: Path) -> No
     reasons = {e["custom_id"]: e["response"]["body"]["error"] for e in errors}
     assert sorted(reasons) == ["req-2", "req-4"]
     assert reasons["req-2"]["param"] == "stop" and reasons["req-4"]["param"] == "temperature"
+
+
+# --- issue 22: bounds applied before the work (a few MB at most here) ----------------------------------
+
+
+def test_a_text_prompt_too_long_for_the_token_limit_is_refused_before_tokenising(server: str) -> None:
+    # --max-prompt-tokens 600 allows 16 characters a token: 9,600 characters.
+    response = post(server, "/completions", {"prompt": "a" * 9_601, "max_tokens": 1})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
+    assert "9,601 characters" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("content", "culprit"), [(" 7" * 1_000, "tokens"), ("a" * 9_601, "characters")])
+def test_chat_has_the_prompt_token_limit_too(server: str, content: str, culprit: str) -> None:
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 1}
+    response = post(server, "/chat/completions", body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages" and culprit in error["message"] and "600" in error["message"]
+    short = post(server, "/chat/completions", {**body, "messages": [{"role": "user", "content": " 7" * 20}]})
+    assert short.status_code == 200, short.text
+
+
+@contextlib.contextmanager
+def _serve_in_thread(app: object) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in this process (to trace its memory)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{server.config.port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _multipart(boundary: str, size: int, piece: bytes) -> Iterator[bytes]:
+    """A multipart upload of ``size`` bytes of ``piece`` repeated, sent piece by piece."""
+    yield (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.jsonl"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    for _ in range(size // len(piece)):
+        yield piece
+    yield f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_an_upload_is_streamed_to_disk_within_the_limit(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import tracemalloc
+
+    from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from latent_thoughts.server import create_app
+    from latent_thoughts.server.wire import Limits
+
+    engine = TransformersEngine(
+        TransformersEngineConfig(model=str(tiny_model_dir), dtype="fp32", device="cpu")
+    )
+    app = create_app(engine, "tiny", tmp_path / "store", limits=Limits(max_upload_bytes=6 * 2**20))
+    boundary, piece, size = "b0undary", b"0123456789abcdef" * 4096, 5 * 2**20  # 64 KiB pieces, 5 MiB
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    with _serve_in_thread(app) as base_url:
+        tracemalloc.start()
+        try:
+            response = httpx.post(
+                f"{base_url}/files", content=_multipart(boundary, size, piece), headers=headers, timeout=60
+            )
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert response.status_code == 200, response.text
+        meta = response.json()
+        assert meta["bytes"] == size and meta["filename"] == "big.jsonl" and meta["purpose"] == "batch"
+        assert peak < 2 * 2**20, f"{peak:,} bytes traced while receiving a {size:,}-byte upload"
+        stored = tmp_path / "store" / "files" / f"{meta['id']}.data"
+        assert stored.stat().st_size == size and stored.read_bytes()[:16] == piece[:16]
+
+        too_big = httpx.post(
+            f"{base_url}/files", content=_multipart(boundary, 7 * 2**20, piece), headers=headers, timeout=60
+        )
+        assert too_big.status_code == 400 and "limit" in too_big.json()["error"]["message"]
+    assert sorted(p.name for p in (tmp_path / "store" / "files").iterdir()) == sorted(
+        [f"{meta['id']}.data", f"{meta['id']}.json"]
+    )  # nothing left of the refused upload

@@ -477,3 +477,80 @@ def test_a_cache_line_cut_short_with_a_newline_is_redone_by_the_rerun(
     rerun = synthesize(testbed_chunks, out)
     assert rerun["output"]["missing"] == 0 and rerun["run"]["requests"] == 1
     assert rerun["output"]["rows"] == first["output"]["rows"]
+
+
+# --- issue 22: malformed Batch API lines and impossible token counts ----------------------------------
+
+
+class _FakeBatchClient:
+    """The few ``openai.OpenAI`` calls of the Batch API path, answering from a prepared output file."""
+
+    def __init__(self, output: str) -> None:
+        from types import SimpleNamespace
+
+        self.output = output
+        batch = SimpleNamespace(
+            id="batch_1", status="completed", input_file_id="file_in", output_file_id="file_out",
+            error_file_id=None, errors=None,
+        )  # fmt: skip
+        self.files = SimpleNamespace(
+            create=lambda **_: SimpleNamespace(id="file_in"),
+            content=lambda file_id: SimpleNamespace(text=self.output),
+        )
+        self.batches = SimpleNamespace(
+            list=lambda **_: [], create=lambda **_: batch, retrieve=lambda batch_id: batch
+        )
+
+
+def _batch_line(key: str, content: object = "a thought", **changes: object) -> str:
+    body: dict = {
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+    }
+    body.update(changes)
+    return json.dumps({"custom_id": key, "response": {"status_code": 200, "body": body}, "error": None})
+
+
+def test_a_malformed_batch_line_fails_alone_and_the_good_answers_are_cached(tmp_path: Path) -> None:
+    from latent_thoughts.synthesis.batch import synthesize_batch
+    from latent_thoughts.synthesis.pipeline import RunStats, Sampling, WorkItem
+
+    items = [WorkItem(f"d{i}", 0, f"key{i}", "", "text", None) for i in range(6)]
+    lines = [
+        _batch_line("key0"),
+        _batch_line("key1", content=123),
+        _batch_line("key2", choices="abc"),
+        _batch_line("key3", usage={"prompt_tokens": "many", "completion_tokens": 1}),
+        _batch_line("key4", usage={"prompt_tokens": 1, "completion_tokens": 1e300}),
+        _batch_line("key5"),
+    ]
+    stats = RunStats()
+    with ResultCache(tmp_path / "cache", "all") as cache:
+        done = synthesize_batch(
+            items, cache, stats, client=_FakeBatchClient("\n".join(lines) + "\n"), model="m",
+            teacher="t", sampling=Sampling(), state_path=tmp_path / "all.batches.json",
+            poll_interval_s=0.01, max_requests_per_batch=100, refusal_patterns=(), progress=False,
+        )  # fmt: skip
+        assert done
+        got = {key: cache.get(key) for key in (item.key for item in items)}
+    assert {key: r.status for key, r in got.items() if r} == {
+        "key0": "ok", "key1": "failed", "key2": "failed", "key3": "failed", "key4": "failed", "key5": "ok"
+    }  # fmt: skip
+    assert stats.succeeded == 2 and stats.failed == 4 and stats.completion_tokens == 10
+    for key, culprit in (
+        ("key1", "content"),
+        ("key2", "choices"),
+        ("key3", "prompt_tokens"),
+        ("key4", "completion"),
+    ):
+        reason = got[key].reason  # type: ignore[union-attr]
+        assert reason.startswith("error: malformed batch result") and culprit in reason, reason
+
+
+@pytest.mark.parametrize("tokens", [10**300, -5], ids=["huge", "negative"])
+def test_a_cache_record_with_impossible_token_counts_is_corrupt(tokens: int) -> None:
+    bad = CacheRecord("k", "ok", "t", "teacher", "v1", "stop", completion_tokens=tokens)
+    with pytest.raises(ValueError, match="completion_tokens"):
+        CacheRecord.from_json(bad.to_json())

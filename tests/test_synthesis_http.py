@@ -55,6 +55,10 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             str(state / "store"),
             "--dtype",
             "fp32",
+            # Textbook chunks make chats of a few thousand ids of the tiny BPE, over the default
+            # limit of four 512-token contexts: let them through to be cut to fit, like in process.
+            "--max-prompt-tokens",
+            "100000",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

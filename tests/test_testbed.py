@@ -39,6 +39,7 @@ from latent_thoughts.testbed.world import (
     split_of,
 )
 
+ORACLE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "teachers" / "oracle.yaml"
 SMALL = TestbedConfig(
     warm_start_documents=20, bootstrap_documents=60, validation_documents=10, eval_problems=50
 )
@@ -454,3 +455,31 @@ def test_cli_check_joins_a_chunk_file_for_coverage(tmp_path: Path, capsys):
     summary = json.loads(capsys.readouterr().out)
     # Posing-only chunks have plan thoughts without claims: valid once the chunk is known.
     assert summary["validity_rate"] == 1.0 and summary["coverage_rate"] == 1.0
+
+
+def test_the_oracle_teacher_refuses_chunks_of_another_corpus_at_once(tmp_path: Path, capsys):
+    from latent_thoughts.corpus import write_chunks
+
+    chunks = tmp_path / "news_chunks.parquet"
+    texts = [f"The council met on day {i}. It voted to fix the bridge." for i in range(40)]
+    write_chunks([c for i, t in enumerate(texts) for c in chunk_document(f"n{i}", t)], chunks)
+    out = tmp_path / "thoughts.parquet"
+    argv = ["synthesize", "--chunks", str(chunks), "--teacher", str(ORACLE_CONFIG), "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("latent-thoughts: error:") and "\n" not in err
+    assert "only knows testbed chunks" in err and str(chunks) in err and "not a testbed sentence" in err
+    assert "rerun" not in err and not out.exists()
+
+
+def test_problems_with_a_byte_order_mark_or_invalid_utf8(tmp_path: Path):
+    from latent_thoughts.testbed.task import read_problems, write_problems
+
+    problems = make_eval_problems(TestbedConfig(eval_problems=3))
+    path = tmp_path / "eval.jsonl"
+    write_problems(problems, path)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert read_problems(path) == problems
+    path.write_bytes(path.read_bytes() + b'{"id": "\xff"}\n')
+    with pytest.raises(LatentThoughtsError, match=rf"{path}:4: invalid UTF-8"):
+        read_problems(path)

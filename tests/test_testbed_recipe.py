@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from latent_thoughts.testbed import TestbedConfig, make_eval_problems
+from latent_thoughts.evaluate.testbed import evaluate_model_dir
+from latent_thoughts.format import LATENT_TOKENS
+from latent_thoughts.testbed import TestbedConfig, TestbedOracle, make_eval_problems
 from latent_thoughts.testbed.recipe import (
     TestbedRecipe,
     evaluate_arm,
@@ -73,7 +76,42 @@ def test_a_short_run_writes_thoughts_the_checker_reads(tmp_path: Path) -> None:
         f"from the question's first factor, accuracy {evaluation.accuracy:.3f}"
     )
     assert evaluation.claims >= evaluation.problems  # it writes derivations, at least one claim a thought
-    assert 0 <= evaluation.true_claims <= evaluation.claims
+    # The checker's counts, against Python's arithmetic on the same (greedy, so identical) thoughts.
+    generations = evaluate_model_dir(result.model_dir, make_eval_problems(recipe.world), "latent").generations
+    assert generations[0] == evaluation.example
+    assert (evaluation.claims, evaluation.true_claims) == _python_claims(generations)
+
+
+def _python_claims(generations: list[str]) -> tuple[int, int]:
+    """(claims, true claims) in the thoughts (text before EOL) of ``generations``, each claim's
+    left side evaluated by Python rather than by the testbed checker."""
+    claims = true_claims = 0
+    for text in generations:
+        thought = text.partition(LATENT_TOKENS.eol)[0]
+        for lhs, rhs in _CLAIM.findall(thought):
+            claims += 1
+            try:
+                value = eval(re.sub("[x×]", "*", lhs), {"__builtins__": {}})  # digits and operators only
+            except ZeroDivisionError:
+                continue
+            true_claims += value == int(rhs)
+    return claims, true_claims
+
+
+_CLAIM = re.compile(r"(?<![\w.])(-?\d+(?:\s*[-+x*×/]\s*\d+)+)\s*=\s*(-?\d+)(?!\.?\d)")
+
+
+def test_thought_arithmetic_agrees_with_python_on_noisy_oracle_thoughts() -> None:
+    """Oracle thoughts with wrong steps (noise) and a claim after EOL that is no thought."""
+    problems = make_eval_problems(TestbedConfig(eval_problems=40))
+    oracle = TestbedOracle(noise=0.6, irrelevant_share=0.0, seed=3)
+    generations = [
+        f"{oracle.thought('', f'{problem.question} It equals {problem.answer}.')}{LATENT_TOKENS.eol}2 x 2 = 5."
+        for problem in problems
+    ]
+    claims, true_claims, _ = thought_arithmetic(problems, generations)
+    assert (claims, true_claims) == _python_claims(generations)
+    assert 0 < true_claims < claims  # the table is not trivial: true and false claims both
 
 
 def test_thought_steps_locate_a_product_without_the_addend() -> None:

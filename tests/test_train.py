@@ -650,6 +650,23 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(
     assert len(losses_a) == 2 and losses_a == pytest.approx(losses_b, abs=1e-5)
 
 
+@pytest.mark.parametrize("damaged", ["model.safetensors", "optimizer.pt", "trainer_state.json"])
+def test_resume_from_a_damaged_checkpoint_is_one_line_naming_the_file(
+    testbed_data: Path, tmp_path: Path, damaged: str
+) -> None:
+    config = tiny_config(
+        testbed_data, tmp_path / "run", budget={"tokens": 8 * 4 * 64}, save_steps=2, stop_after_steps=2
+    )
+    stopped = train(config)
+    assert stopped.last_checkpoint is not None and stopped.last_checkpoint.name == "checkpoint-2"
+    path = stopped.last_checkpoint / damaged
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a copy cut short
+    with pytest.raises(LatentThoughtsError) as info:
+        train(tiny_config(testbed_data, tmp_path / "run", budget={"tokens": 8 * 4 * 64}), resume=True)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "damaged checkpoint" in message
+
+
 def test_non_finite_loss_stops_and_names_the_last_good_checkpoint(
     testbed_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
 import re
 from collections import Counter
@@ -163,19 +164,25 @@ def read_documents(
     """Stream the documents of every input file or folder, skipping (and counting) bad records.
 
     Documents are yielded in file order. Ids missing from a record become ``<file stem>:<line>``;
-    a repeated id is skipped, since chunk keys rely on unique ids.
+    a text file's id is its path relative to the input folder it was found in, or its name when it
+    was named itself (:func:`text_file_ids`: files whose ids would repeat get their paths relative
+    to the folder they share). A repeated id is skipped, since chunk keys rely on unique ids.
     """
     config = config or CorpusConfig()
     report = report if report is not None else SkipReport()
     seen: set[str] = set()
-    for path in corpus_files(inputs):
+    files = corpus_files(inputs)
+    text_ids = text_file_ids(
+        [path for path in files if path.suffix.lower() not in (*JSONL_SUFFIXES, *PARQUET_SUFFIXES)], inputs
+    )
+    for path in files:
         suffix = path.suffix.lower()
         if suffix in JSONL_SUFFIXES:
             records = _read_jsonl(path, config, report)
         elif suffix in PARQUET_SUFFIXES:
             records = _read_parquet(path, config, report)
         else:
-            records = _read_text_file(path, inputs, report, config.strict)
+            records = _read_text_file(path, text_ids[path], report, config.strict)
         for document in records:
             if document.doc_id in seen:
                 _skip(report, document.source, f"repeated id {document.doc_id!r}", config.strict)
@@ -238,7 +245,7 @@ def _read_jsonl(path: Path, config: CorpusConfig, report: SkipReport) -> Iterato
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig")  # a byte-order mark (first line) is no JSON
             except UnicodeDecodeError as exc:
                 _skip(report, location, f"invalid UTF-8 at byte {exc.start}", config.strict)
                 continue
@@ -265,27 +272,43 @@ def _read_parquet(path: Path, config: CorpusConfig, report: SkipReport) -> Itera
                 yield document
 
 
-def _read_text_file(
-    path: Path, inputs: Sequence[str | Path], report: SkipReport, strict: bool
-) -> Iterator[Document]:
+def _read_text_file(path: Path, doc_id: str, report: SkipReport, strict: bool) -> Iterator[Document]:
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark is no text
     except UnicodeDecodeError as exc:
         _skip(report, f"{path}", f"invalid UTF-8 at byte {exc.start}", strict)
         return
     if not text.strip():
         _skip(report, f"{path}", "empty document", strict)
         return
-    yield Document(_relative_id(path, inputs), text, str(path))
+    yield Document(doc_id, text, str(path))
 
 
 def _relative_id(path: Path, inputs: Sequence[str | Path]) -> str:
-    """A text file's id: its path relative to the folder it was found in."""
+    """A text file's id: its path relative to the folder it was found in, else its name."""
     for item in inputs:
         root = Path(item)
         if root.is_dir() and path.is_relative_to(root):
             return path.relative_to(root).as_posix()
     return path.name
+
+
+def text_file_ids(paths: Sequence[Path], inputs: Sequence[str | Path]) -> dict[Path, str]:
+    """The id of each text file: its path relative to the input folder it was found in, or its name
+    when it was an input itself; files whose ids would repeat (``A/intro.tex`` and ``B/intro.tex``
+    given as files, both ``intro.tex``) get their paths relative to the folder they all lie in
+    (``A/intro.tex``, ``B/intro.tex``), so no document is lost as a repeated id."""
+    ids = {path: _relative_id(path, inputs) for path in paths}
+    groups: dict[str, list[Path]] = {}
+    for path, doc_id in ids.items():
+        groups.setdefault(doc_id, []).append(path)
+    for group in groups.values():
+        if len(group) > 1:
+            absolute = [path.resolve() for path in group]
+            common = Path(os.path.commonpath(absolute))
+            for path, full in zip(group, absolute, strict=True):
+                ids[path] = full.relative_to(common).as_posix()
+    return ids
 
 
 # --- sentence units and chunks -----------------------------------------------------------------

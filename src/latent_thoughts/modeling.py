@@ -60,10 +60,14 @@ def load_causal_lm(path: str | Path, **kwargs: Any) -> Any:
     path = Path(path)
     if not (path / "config.json").exists():
         raise LatentThoughtsError(f"{path}: not a model folder (no config.json)")
+    from safetensors import SafetensorError
+
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-    except (OSError, ValueError) as exc:
-        raise LatentThoughtsError(f"{path}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    except (OSError, ValueError, SafetensorError) as exc:  # a missing, corrupt or cut weights file
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        what = "a .safetensors weights file is damaged: " if isinstance(exc, SafetensorError) else ""
+        raise LatentThoughtsError(f"{path}: cannot load the model ({what}{lines[0][:300]})") from None
 
 
 def count_parameters(model: Any) -> int:

@@ -68,6 +68,7 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
 
 def run(args: argparse.Namespace) -> int:
     """Index the evaluation sets, scan every file, write the report and the filtered copies."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from latent_thoughts.atomic import atomic_write
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    if not tasks:
+        raise LatentThoughtsError(f"--tasks {args.tasks!r} names no task; choose from gsm8k, math, math500")
     problems = [problem for task in tasks for problem in read_task(task, task_path(task, args.data_dir))]
     index = BenchmarkIndex(problems, args.ngram)
     columns = [name.strip() for name in args.columns.split(",")] if args.columns else None
@@ -95,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
                 raise LatentThoughtsError(
                     f"{path}: no text column to check ({', '.join(missing) or 'text, thought'})"
                 )
+            for column in checked:
+                kind = table.schema.field(column).type
+                if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)):
+                    raise LatentThoughtsError(
+                        f"{path}: --columns {column} holds {kind}, not text; name text columns "
+                        "(such as text or thought)"
+                    )
             hits = scan_table(table, index, checked)
             for hit in hits:
                 report.write(json.dumps({"file": str(path), **dataclasses.asdict(hit)}) + "\n")

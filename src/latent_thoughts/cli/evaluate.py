@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -104,11 +105,16 @@ def _tasks(args: argparse.Namespace) -> list[str]:
 
     if args.limit is not None and args.limit <= 0:
         raise LatentThoughtsError(f"--limit must be a positive number of problems, got {args.limit}")
+    check_settings(args)
     if args.tasks is None:
         if args.problems is None:
             raise LatentThoughtsError("choose --tasks (gsm8k, math, math500, testbed) or give --problems")
         return ["testbed"]
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
+    if not tasks:
+        raise LatentThoughtsError(
+            f"--tasks {args.tasks!r} names no task; choose from gsm8k, math, math500, testbed"
+        )
     for task in tasks:
         if task not in (*BENCHMARKS, "testbed"):
             raise LatentThoughtsError(
@@ -117,6 +123,23 @@ def _tasks(args: argparse.Namespace) -> list[str]:
     if "testbed" in tasks and args.problems is None:
         raise LatentThoughtsError("--tasks testbed needs --problems (eval.jsonl of the testbed)")
     return tasks
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """The evaluation settings shared with ``finetune-eval``, checked before any work: the batch size
+    and samples positive, shots 0 or more, the grading timeout a positive finite number of seconds."""
+    from latent_thoughts.errors import LatentThoughtsError
+
+    for name in ("batch_size", "samples"):
+        value = getattr(args, name, None)
+        if value is not None and value <= 0:
+            raise LatentThoughtsError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    shots = getattr(args, "shots", None)
+    if shots is not None and shots < 0:
+        raise LatentThoughtsError(f"--shots must be 0 or more few-shot exemplars, got {shots}")
+    timeout = args.grading_timeout
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise LatentThoughtsError(f"--grading-timeout must be a positive number of seconds, got {timeout}")
 
 
 @contextmanager

@@ -10,11 +10,12 @@ in raw or latent format, saved to ``DIR/model``, and evaluated zero-shot in the 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR, check_settings
 from latent_thoughts.outputs import RunPaths
 
 if TYPE_CHECKING:
@@ -111,8 +112,11 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise LatentThoughtsError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.epochs <= 0 or args.lr <= 0:
-        raise LatentThoughtsError(f"--epochs and --lr must be positive, got {args.epochs} and {args.lr}")
+    for name in ("epochs", "lr"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            raise LatentThoughtsError(f"--{name} must be a positive finite number, got {value}")
+    check_settings(args)  # the evaluation's settings, checked before training rather than after
     base = read_engine_spec(args.model)
     model_dir = local_model_dir(base, "finetune-eval")
     # Everything is read before training starts, so a wrong path fails at once.

@@ -13,6 +13,9 @@ from typing import Any
 
 from latent_thoughts.outputs import RunPaths
 
+MAX_K = 1024
+"""The largest K of ELBO(K): K thoughts are drawn and scored for every chunk of every document."""
+
 
 def register(subparsers: Any) -> None:
     """Add the ``likelihood`` verb."""
@@ -30,7 +33,9 @@ def register(subparsers: Any) -> None:
         "--documents", nargs="+", required=True, help="validation documents (files or folders)"
     )
     parser.add_argument(
-        "--k", default="1,2,4", help="comma-separated K for ELBO(K) (default 1,2,4; 0 skips it)"
+        "--k",
+        default="1,2,4",
+        help=f"comma-separated K for ELBO(K), each 1 to {MAX_K} (default 1,2,4; 0 skips it)",
     )
     parser.add_argument(
         "--words-per-chunk", type=int, default=32, help="uniform chunk size in words (default 32)"
@@ -45,8 +50,31 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
+def elbo_ks(text: str) -> list[int]:
+    """The K of ``--k``: comma-separated integers from 1 to :data:`MAX_K`; ``0`` alone asks for none."""
+    from latent_thoughts.errors import LatentThoughtsError
+
+    if text.strip() == "0":
+        return []
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise LatentThoughtsError(f"--k must be comma-separated integers, got {text!r}") from None
+    for k in ks:
+        if not 1 <= k <= MAX_K:
+            raise LatentThoughtsError(
+                f"--k {text}: each K must be from 1 to {MAX_K} (thoughts drawn per chunk), got {k}; "
+                "--k 0 skips the ELBO"
+            )
+    if not ks:
+        raise LatentThoughtsError(f"--k {text!r} names no K; --k 0 skips the ELBO")
+    return ks
+
+
 def run_paths(args: argparse.Namespace) -> RunPaths:
-    """The model and the documents read; the metrics file written (with --out)."""
+    """The model and the documents read; the metrics file written (with --out). A wrong --k fails here,
+    before anything is read."""
+    elbo_ks(args.k)
     return RunPaths(inputs=[args.model, *args.documents], models=[args.model], files=[args.out])
 
 
@@ -61,10 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit <= 0:
         raise LatentThoughtsError(f"--limit must be a positive number of documents, got {args.limit}")
-    try:
-        ks = [int(k) for k in args.k.split(",") if k.strip() and int(k) > 0]
-    except ValueError:
-        raise LatentThoughtsError(f"--k must be comma-separated integers, got {args.k!r}") from None
+    ks = elbo_ks(args.k)
     texts = [document.text for document in itertools.islice(read_documents(args.documents), args.limit)]
     if not texts:
         raise LatentThoughtsError(f"no documents in {' '.join(args.documents)}")

@@ -68,6 +68,7 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
 def run(args: argparse.Namespace) -> int:
     """Load the model and serve it until interrupted."""
     import dataclasses
+    import math
     from pathlib import Path
 
     from latent_thoughts.config import deep_merge, parse_overrides, read_yaml
@@ -85,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
             options[flag] = value
     limits = Limits()
     if args.max_body_mb is not None:
-        if args.max_body_mb <= 0:
-            raise LatentThoughtsError(f"--max-body-mb {args.max_body_mb}: must be positive")
+        if not math.isfinite(args.max_body_mb) or args.max_body_mb <= 0:
+            raise LatentThoughtsError(f"--max-body-mb {args.max_body_mb}: must be a positive finite number")
         limits = dataclasses.replace(limits, max_body_bytes=int(args.max_body_mb * 1024 * 1024))
     for flag, name in (("max_n", "max_n"), ("max_prompt_tokens", "max_prompt_tokens")):
         value = getattr(args, flag)

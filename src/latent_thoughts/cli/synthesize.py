@@ -173,6 +173,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
             print(line)
         return 0
     check_executor(args)
+    _check_oracle_chunks(args)
     if args.batch_api and args.executor != "local":
         raise LatentThoughtsError(
             f"--batch-api and --executor {args.executor} do not mix: the Batch API runs in one process"
@@ -194,6 +195,16 @@ def run_synthesize(args: argparse.Namespace) -> int:
     for line in summary_lines(summary):
         print(line)
     return 0 if not summary["output"]["missing"] else 3
+
+
+def _check_oracle_chunks(args: argparse.Namespace) -> None:
+    """With the testbed oracle as teacher, chunks that are not testbed text fail here, before any work
+    (:func:`latent_thoughts.testbed.oracle.check_testbed_chunks`)."""
+    from latent_thoughts.synthesis.teachers import load_teacher
+    from latent_thoughts.testbed.oracle import check_testbed_chunks
+
+    if load_teacher(args.teacher, list(args.set)).kind == "oracle":
+        check_testbed_chunks(args.chunks)
 
 
 def shard_argv(args: argparse.Namespace) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypedDict, runtime_checkable
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 from latent_thoughts.errors import LatentThoughtsError
 
@@ -66,6 +66,38 @@ class ChatReply:
     finish_reason: FinishReason
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+MAX_USAGE_TOKENS = 10**12
+"""Most tokens one reply may report in one usage field (a larger count is a malformed reply)."""
+
+
+def usage_counts(body: Any) -> tuple[int, int]:
+    """``prompt_tokens`` and ``completion_tokens`` of a response body's ``usage`` (absent: 0).
+
+    Raises ValueError naming the field unless each is a whole number in [0, ``MAX_USAGE_TOKENS``]:
+    a reply claiming ``1e300`` or ``-5`` tokens is malformed, never cached or priced.
+    """
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if usage is None:
+        return 0, 0
+    if not isinstance(usage, dict):
+        raise ValueError(f"usage is {type(usage).__name__}, not an object")
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        value = usage.get(name)
+        if value is None:
+            counts.append(0)
+            continue
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not whole or not 0 <= value <= MAX_USAGE_TOKENS:
+            try:
+                shown = repr(value)[:40]
+            except ValueError:  # an int too long for str()
+                shown = "a number too long to print"
+            raise ValueError(f"usage.{name} must be a whole number from 0 to {MAX_USAGE_TOKENS}, got {shown}")
+        counts.append(int(value))
+    return counts[0], counts[1]
 
 
 @dataclass

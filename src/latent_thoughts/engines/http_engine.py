@@ -46,7 +46,16 @@ import openai
 from pydantic import Field, field_validator
 
 from latent_thoughts.config import StageConfig
-from latent_thoughts.engines.base import ChatMessage, ChatReply, FinishReason, Prompt, Sample, Score, Usage
+from latent_thoughts.engines.base import (
+    ChatMessage,
+    ChatReply,
+    FinishReason,
+    Prompt,
+    Sample,
+    Score,
+    Usage,
+    usage_counts,
+)
 from latent_thoughts.errors import LatentThoughtsError
 
 log = logging.getLogger(__name__)
@@ -305,14 +314,14 @@ class HTTPEngine:
                     body = json.loads(raw.text)
                     if not isinstance(body, dict):
                         raise _Malformed(f"not a JSON object: {raw.text!r:.80}")
+                    prompt_tokens, completion_tokens = usage_counts(body)
                     result = parse(body)
-                except (KeyError, IndexError, TypeError, ValueError, _Malformed) as exc:
+                except (AttributeError, KeyError, IndexError, TypeError, ValueError, _Malformed) as exc:
                     raise _Malformed(f"{type(exc).__name__}: {exc}; body {raw.text!r:.80}") from None
-                usage = body.get("usage") or {}
                 with self._usage_lock:
                     self.usage.requests += 1
-                    self.usage.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-                    self.usage.completion_tokens += int(usage.get("completion_tokens") or 0)
+                    self.usage.prompt_tokens += prompt_tokens
+                    self.usage.completion_tokens += completion_tokens
                 return result
             except openai.APITimeoutError:
                 reason, last = "timeout", f"timed out after {config.timeout_s:g} s"
@@ -683,14 +692,14 @@ class HTTPEngine:
                 return client.chat.completions.with_raw_response.create(**request)
 
             def parse(body: dict[str, Any]) -> list[ChatReply]:
-                usage = body.get("usage") or {}
-                prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                completion_tokens = int(usage.get("completion_tokens") or 0)
+                prompt_tokens, completion_tokens = usage_counts(body)
                 replies = []
                 for choice in self._choices(body, n):
                     content = choice["message"]["content"]
                     if content is None:
                         raise _Malformed("a choice has no message content")
+                    if not isinstance(content, str):
+                        raise _Malformed(f"a choice's message content is {type(content).__name__}, not text")
                     replies.append(
                         ChatReply(
                             text=str(content),

@@ -8,8 +8,11 @@ next few-shot header (``Question:``, ``Problem:``) in case the engine did not st
   *flexible* takes the last number of the text. Numbers are compared as decimals after dropping
   ``$``, thousands commas and a trailing period (``$1,234.`` equals ``1234``).
 - MATH (:class:`MathGrader`): symbolic equivalence with ``math-verify``, the gold answer parsed
-  first and passed first to ``verify``. math-verify's own timeouts use ``signal.alarm``, which works
-  only on a process's main thread, so the grader runs math-verify in a child process of its own
+  first and passed first to ``verify``. A final answer written without math delimiters
+  (``The final answer is 3\\sqrt{7}.``) is read as LaTeX math, as if it were between ``$`` signs
+  (:func:`delimit_math_answer`): math-verify alone would read plain text as a calculator expression,
+  taking ``3`` out of ``3\\sqrt{7}`` and the float ``9/7.0`` out of ``9/7.``. math-verify's own
+  timeouts use ``signal.alarm``, which works only on a process's main thread, so the grader runs math-verify in a child process of its own
   (a plain subprocess) and waits for each verdict at most ``timeout_s`` seconds; a comparison that takes longer (a tower
   of exponents) kills the child, counts as wrong with ``timed_out`` set, and the next call starts a
   fresh child. The grader therefore works from any thread and inside worker processes.
@@ -91,6 +94,29 @@ class MathVerdict:
     timed_out: bool = False
 
 
+_FINAL_ANSWER = "answer is"
+_MATH_DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
+_SENTENCE_END = re.compile(r"\.(?:\s|$)")
+
+
+def delimit_math_answer(answer: str) -> str:
+    """``answer`` with a final answer written without math delimiters put between ``$`` signs.
+
+    The final answer is what follows the last ``answer is`` on its line, up to the end of its sentence
+    (a period followed by a space or the end). When it holds no ``$``, ``\\(``, ``\\[`` or ``\\boxed``,
+    it becomes ``$...$``; otherwise, or without ``answer is``, ``answer`` is returned as it is.
+    """
+    start = answer.lower().rfind(_FINAL_ANSWER)
+    if start < 0:
+        return answer
+    start += len(_FINAL_ANSWER)
+    line = answer[start:].split("\n", 1)[0]
+    final = _SENTENCE_END.split(line, 1)[0].strip().lstrip(":").strip()
+    if not final or any(delimiter in final for delimiter in _MATH_DELIMITERS):
+        return answer
+    return f"{answer[:start]} ${final}$."
+
+
 def verify_math(gold: str, answer: str) -> tuple[str | None, bool]:
     """math-verify's verdict, without timeouts: ``(extracted answer, equivalent)``.
 
@@ -103,7 +129,9 @@ def verify_math(gold: str, answer: str) -> tuple[str | None, bool]:
     gold_parsed = parse(f"${gold}$", parsing_timeout=None)
     if not gold_parsed:
         gold_parsed = parse(gold, parsing_timeout=None)
-    parsed = parse(answer, parsing_timeout=None)
+    parsed = parse(delimit_math_answer(answer), parsing_timeout=None)
+    if not parsed:  # a final answer that is no LaTeX math: math-verify's reading of the text
+        parsed = parse(answer, parsing_timeout=None)
     extracted = str(parsed[-1]) if parsed else None
     if not gold_parsed or not parsed:
         return extracted, False

@@ -62,19 +62,29 @@ def read_jsonl_rows(
     """``parse(row, line number)`` of every non-blank line of a JSONL file, in order.
 
     A missing file is ``missing`` (``{path}`` is filled in) as a one-line error; a line that is not
-    JSON, or that ``parse`` rejects with ``KeyError``/``TypeError``, is ``PATH:LINE: not WHAT (reason)``.
+    UTF-8, not a JSON object, or that ``parse`` rejects with ``KeyError``/``TypeError``/``ValueError``,
+    is ``PATH:LINE: not WHAT (reason)``. A byte-order mark opening the file is dropped.
     """
     path = Path(path)
     if not path.is_file():
         raise LatentThoughtsError(missing.format(path=path))
     parsed = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise LatentThoughtsError(
+                    f"{path}:{number}: not {what} (invalid UTF-8 at byte {exc.start})"
+                ) from None
             if not line.strip():
                 continue
             try:
-                parsed.append(parse(json.loads(line), number))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise TypeError(f"a JSON {type(row).__name__}, not an object")
+                parsed.append(parse(row, number))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as exc:
                 raise LatentThoughtsError(f"{path}:{number}: not {what} ({exc})") from None
     return parsed
 
@@ -102,19 +112,28 @@ def select_problems(
     seed: int | None = None,
 ) -> list[EvalProblem]:
     """A subset: problems of the given ``subjects`` and ``levels`` (all when empty), then ``limit`` of
-    them, the first ones, or a random draw with ``seed`` when a seed is given. ``limit`` must be positive."""
+    them, the first ones, or a random draw with ``seed`` when a seed is given. ``limit`` must be positive.
+    A level is a number, written ``2`` or, as in the original MATH files, ``Level 2``: both match."""
     if limit is not None and limit <= 0:
         raise LatentThoughtsError(f"--limit must be a positive number of problems, got {limit}")
     wanted_subjects = {subject.lower() for subject in subjects}
-    wanted_levels = {str(level) for level in levels}
+    wanted_levels = {_level(str(level)) for level in levels}
     chosen = [
         problem
         for problem in problems
         if (not wanted_subjects or problem.subject.lower() in wanted_subjects)
-        and (not wanted_levels or problem.level in wanted_levels)
+        and (not wanted_levels or _level(problem.level) in wanted_levels)
     ]
     if not chosen:
         raise LatentThoughtsError("no problem matches the chosen subjects and levels")
     if seed is not None:
         chosen = random.Random(seed).sample(chosen, len(chosen))
     return chosen[:limit] if limit is not None else chosen
+
+
+def _level(level: str) -> str:
+    """A MATH level as its number: ``Level 2`` and ``2`` are both ``2``."""
+    level = level.strip()
+    if level.lower().startswith("level"):
+        level = level[len("level") :].strip()
+    return level

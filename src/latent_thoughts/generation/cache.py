@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from latent_thoughts.atomic import disk_error
+from latent_thoughts.engines.base import MAX_USAGE_TOKENS
 from latent_thoughts.errors import LatentThoughtsError
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,9 @@ class CacheRecord:
             kinds = _FIELD_TYPES[name]
             if isinstance(value, bool) or not isinstance(value, kinds):
                 raise ValueError(f"field {name!r} of a cache record holds {type(value).__name__}")
+        for name in ("prompt_tokens", "completion_tokens"):
+            if not 0 <= known.get(name, 0) <= MAX_USAGE_TOKENS:
+                raise ValueError(f"field {name!r} of a cache record is out of range")
         return cls(**known)
 
     def to_json(self) -> str:

@@ -100,11 +100,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
         if raw.strip():
             try:
-                row = json.loads(raw.decode("utf-8"))
+                row = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
             except UnicodeDecodeError as exc:
                 raise LatentThoughtsError(f"{path}:{number}: invalid UTF-8 at byte {exc.start}") from None
-            except (json.JSONDecodeError, RecursionError):
-                raise LatentThoughtsError(f"{path}:{number}: not a JSON line") from None
+            except (ValueError, RecursionError) as exc:  # a JSON error, or an int over Python's limit
+                what = "a number too long to read" if "digits" in str(exc) else "not a JSON line"
+                raise LatentThoughtsError(f"{path}:{number}: {what}") from None
             if not isinstance(row, dict):
                 raise LatentThoughtsError(f"{path}:{number}: not a JSON object")
             rows.append(row)

@@ -17,6 +17,7 @@ from latent_thoughts.engines.base import ChatMessage, Sample
 from latent_thoughts.engines.transformers_engine import TransformersEngine
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.server.wire import (
+    CHARS_PER_TOKEN,
     APIError,
     Limits,
     SamplingParams,
@@ -42,11 +43,15 @@ class ModelAPI:
         self.model_name = model_name
         limits = limits or Limits()
         context = engine.max_context_tokens
+        max_prompt_tokens = limits.max_prompt_tokens if limits.max_prompt_tokens is not None else 4 * context
         self.limits = dataclasses.replace(
             limits,
             max_tokens=limits.max_tokens if limits.max_tokens is not None else max(context - 1, 0),
-            max_prompt_tokens=(
-                limits.max_prompt_tokens if limits.max_prompt_tokens is not None else 4 * context
+            max_prompt_tokens=max_prompt_tokens,
+            max_prompt_chars=(
+                limits.max_prompt_chars
+                if limits.max_prompt_chars is not None
+                else CHARS_PER_TOKEN * max_prompt_tokens
             ),
         )
 
@@ -68,6 +73,16 @@ class ModelAPI:
         if most is not None and len(ids) > most:
             raise APIError(
                 f"prompt {index} has {len(ids)} tokens, more than this server's limit of {most}", param=param
+            )
+
+    def _check_chars(self, chars: int, what: str, param: str) -> None:
+        """Refuse text too long to be within the token limit, before spending time tokenising it."""
+        most = self.limits.max_prompt_chars
+        if most is not None and chars > most:
+            raise APIError(
+                f"{what} has {chars:,} characters, more than this server's limit of {most:,} "
+                f"(at most {self.limits.max_prompt_tokens} tokens)",
+                param=param,
             )
 
     def check_model(self, body: dict[str, Any]) -> None:
@@ -119,6 +134,8 @@ class ModelAPI:
             ids = []
             for i, prompt in enumerate(prompts):
                 self._check_length(prompt if isinstance(prompt, list) else (), i, "prompt")
+                if isinstance(prompt, str):
+                    self._check_chars(len(prompt), f"prompt {i}", "prompt")
                 ids.append(engine.encode(prompt, where=f"prompt {i}"))
                 self._check_length(ids[-1], i, "prompt")
             prompt_scores: list[list[float]] = []
@@ -203,6 +220,18 @@ class ModelAPI:
                 params = sampling_params(body, default, self.limits)
                 conversation = messages_of(body)
                 self._check_prompts([conversation], params.n)
+                chars = sum(len(m["role"]) + len(m["content"]) for m in conversation)
+                self._check_chars(chars, "the conversation", "messages")
+                try:
+                    ids, _ = self.engine.chat_prompt(conversation)
+                except LatentThoughtsError as exc:
+                    raise APIError(str(exc), param="messages") from None
+                most = self.limits.max_prompt_tokens
+                if most is not None and len(ids) > most:
+                    raise APIError(
+                        f"the conversation has {len(ids)} tokens, more than this server's limit of {most}",
+                        param="messages",
+                    )
                 groups.setdefault(params, []).append((i, conversation))
             except APIError as exc:
                 results[i] = exc

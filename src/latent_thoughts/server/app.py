@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,16 @@ from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.server.api import ModelAPI
 from latent_thoughts.server.batches import BATCH_ENDPOINTS, BatchRunner
 from latent_thoughts.server.store import Store
-from latent_thoughts.server.wire import APIError, Limits, get_field, new_id, now, parse_json, parse_multipart
+from latent_thoughts.server.wire import (
+    APIError,
+    Limits,
+    get_field,
+    multipart_boundary,
+    new_id,
+    now,
+    parse_json,
+    parse_multipart_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +61,46 @@ def is_local(host: str) -> bool:
         return False
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (400) as soon as it is known to exceed ``limit`` bytes."""
+async def stream_body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body piece by piece, refused (400) as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(
             f"the request body has {int(declared):,} bytes, more than this server's limit of {limit:,}"
         )
-    parts, size = [], 0
+    size = 0
     async for part in request.stream():
         size += len(part)
         if size > limit:
             raise APIError(f"the request body is larger than this server's limit of {limit:,} bytes")
-        parts.append(part)
-    return b"".join(parts)
+        yield part
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (400) as soon as it is known to exceed ``limit`` bytes."""
+    return b"".join([part async for part in stream_body(request, limit)])
+
+
+async def receive_upload(request: Request, store: Store, limit: int) -> dict[str, Any]:
+    """Stream a ``multipart/form-data`` upload to a file in the store (never whole in memory) and
+    store its ``file`` part; the size limit is enforced while the body arrives."""
+    content_type = request.headers.get("content-type", "")
+    multipart_boundary(content_type)  # a 400 before receiving anything
+    spool = store.upload_path()
+    try:
+        with spool.open("wb") as out:
+            async for part in stream_body(request, limit):
+                out.write(part)
+        fields, files = await run_in_threadpool(parse_multipart_file, content_type, spool)
+        if "file" not in files:
+            raise APIError("missing the file part", param="file")
+        purpose = fields.get("purpose", "")
+        if purpose not in ("batch", "user_data", "fine-tune", "assistants"):
+            raise APIError(f"unsupported purpose {purpose!r}", param="purpose")
+        filename, start, end = files["file"]
+        return await run_in_threadpool(store.add_file_from, spool, start, end, filename, purpose)
+    finally:
+        spool.unlink(missing_ok=True)
 
 
 class Guard:
@@ -190,15 +225,7 @@ def create_app(
 
     @app.post("/v1/files")
     async def upload_file(request: Request) -> dict[str, Any]:
-        content = await read_body(request, api.limits.max_upload_bytes)
-        fields, files = parse_multipart(request.headers.get("content-type", ""), content)
-        if "file" not in files:
-            raise APIError("missing the file part", param="file")
-        purpose = fields.get("purpose", "")
-        if purpose not in ("batch", "user_data", "fine-tune", "assistants"):
-            raise APIError(f"unsupported purpose {purpose!r}", param="purpose")
-        filename, content = files["file"]
-        return store.add_file(content, filename, purpose)
+        return await receive_upload(request, store, api.limits.max_upload_bytes)
 
     @app.get("/v1/files")
     async def list_files() -> dict[str, Any]:

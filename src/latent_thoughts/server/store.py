@@ -19,6 +19,9 @@ from latent_thoughts.server.wire import APIError, new_id, now, valid_id
 
 log = logging.getLogger(__name__)
 
+COPY_BYTES = 256 * 1024
+"""Bytes copied at a time when an upload is stored (memory stays bounded whatever its size)."""
+
 
 class Store:
     """Files and batches as JSON and content files under ``root`` (safe across threads and restarts)."""
@@ -30,13 +33,45 @@ class Store:
         self.files.mkdir(parents=True, exist_ok=True)
         self.batches.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
+        for stale in self.files.glob(".upload-*.partial"):  # bodies of uploads cut short by a crash
+            stale.unlink(missing_ok=True)
+
+    def upload_path(self) -> Path:
+        """A fresh hidden path in the files folder for a request body being received."""
+        return self.files / f".upload-{new_id('')}.partial"
+
+    def add_file_from(
+        self, source: Path, start: int, end: int, filename: str, purpose: str
+    ) -> dict[str, Any]:
+        """Store bytes ``[start, end)`` of ``source`` as a new file object, copied in bounded pieces."""
+        meta = self._meta(end - start, filename, purpose)
+        with self.lock:
+            with atomic_write(self.files / f"{meta['id']}.data") as partial, source.open("rb") as data:
+                data.seek(start)
+                with partial.open("wb") as out:
+                    left = end - start
+                    while left > 0:
+                        piece = data.read(min(left, COPY_BYTES))
+                        if not piece:
+                            raise OSError(f"{source}: shorter than expected")
+                        out.write(piece)
+                        left -= len(piece)
+            _write(self.files / f"{meta['id']}.json", json.dumps(meta).encode())
+        return meta
 
     def add_file(self, content: bytes, filename: str, purpose: str) -> dict[str, Any]:
         """Store ``content`` as a new file object and return it."""
-        meta = {
+        meta = self._meta(len(content), filename, purpose)
+        with self.lock:
+            _write(self.files / f"{meta['id']}.data", content)
+            _write(self.files / f"{meta['id']}.json", json.dumps(meta).encode())
+        return meta
+
+    def _meta(self, size: int, filename: str, purpose: str) -> dict[str, Any]:
+        return {
             "id": new_id("file-"),
             "object": "file",
-            "bytes": len(content),
+            "bytes": size,
             "created_at": now(),
             "filename": filename,
             "purpose": purpose,
@@ -44,10 +79,6 @@ class Store:
             "expires_at": None,
             "status_details": None,
         }
-        with self.lock:
-            _write(self.files / f"{meta['id']}.data", content)
-            _write(self.files / f"{meta['id']}.json", json.dumps(meta).encode())
-        return meta
 
     def file(self, file_id: str) -> dict[str, Any]:
         """The file object ``file_id`` (404 when unknown)."""

@@ -12,9 +12,11 @@ import email.parser
 import email.policy
 import json
 import math
+import mmap
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from latent_thoughts.engines.base import ChatMessage
@@ -54,7 +56,8 @@ class Limits:
 
     ``max_tokens`` and ``max_prompt_tokens`` of None mean the engine's context length and four
     times it (longer prompts are cut from the front to fit the context, but a prompt more than four
-    contexts long is refused rather than tokenised and mostly thrown away).
+    contexts long is refused rather than tokenised and mostly thrown away). Text longer than
+    ``max_prompt_chars`` is refused before it is tokenised at all.
     """
 
     max_body_bytes: int = 8 * 1024 * 1024
@@ -65,6 +68,14 @@ class Limits:
     max_tokens: int | None = None
     max_prompt_tokens: int | None = None
     max_logprobs: int = 20
+    max_prompt_chars: int | None = None
+    """Longest text prompt (or chat conversation) in characters, checked before tokenising; None
+    means ``CHARS_PER_TOKEN`` times ``max_prompt_tokens``."""
+
+
+CHARS_PER_TOKEN = 16
+"""Characters per token allowed for before tokenising: far more than any tokenizer needs, so a prompt
+refused by this cap would have been refused by the token limit anyway, without the work."""
 
 
 MAX_ID_CHARS = 128
@@ -287,4 +298,68 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
             files[name] = (filename, data)
         else:
             fields[name] = data.decode("utf-8", errors="replace")
+    return fields, files
+
+
+MAX_PART_HEADER_BYTES = 16 * 1024
+MAX_FIELD_BYTES = 64 * 1024
+
+
+def multipart_boundary(content_type: str) -> bytes:
+    """The boundary of a ``multipart/form-data`` content type (a 400 when there is none)."""
+    header = email.parser.Parser(policy=email.policy.HTTP).parsestr(f"Content-Type: {content_type}\r\n\r\n")
+    boundary = header.get_param("boundary")
+    if header.get_content_type() != "multipart/form-data" or not isinstance(boundary, str) or not boundary:
+        raise APIError("expected a multipart/form-data body", param="file")
+    if not 0 < len(boundary) <= 200:
+        raise APIError("the multipart boundary must be 1 to 200 characters", param="file")
+    return boundary.encode("latin-1")
+
+
+def parse_multipart_file(
+    content_type: str, path: Path
+) -> tuple[dict[str, str], dict[str, tuple[str, int, int]]]:
+    """Form fields and uploaded files of a ``multipart/form-data`` body saved at ``path``.
+
+    The body is searched through a memory map, never read whole: each file is returned as its
+    filename and the byte range ``[start, end)`` of its content in ``path``. Fields are short text
+    (at most ``MAX_FIELD_BYTES``); a malformed body is a 400.
+    """
+    boundary = b"--" + multipart_boundary(content_type)
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str, int, int]] = {}
+    size = path.stat().st_size
+    if size == 0:
+        raise APIError("the multipart body is empty", param="file")
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as body:
+        position = 0 if body[: len(boundary)] == boundary else body.find(b"\r\n" + boundary)
+        if position < 0:
+            raise APIError("the multipart body has no part", param="file")
+        position += len(boundary) if position == 0 else len(boundary) + 2
+        while True:
+            if body[position : position + 2] == b"--":
+                break  # the closing delimiter
+            if body[position : position + 2] != b"\r\n":
+                raise APIError("malformed multipart body (a delimiter without a line break)", param="file")
+            start = position + 2
+            end_of_headers = body.find(b"\r\n\r\n", start, start + MAX_PART_HEADER_BYTES)
+            if end_of_headers < 0:
+                raise APIError("malformed multipart body (part headers missing or too long)", param="file")
+            headers = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+                body[start:end_of_headers] + b"\r\n\r\n", headersonly=True
+            )
+            content_start = end_of_headers + 4
+            content_end = body.find(b"\r\n" + boundary, content_start)
+            if content_end < 0:
+                raise APIError("malformed multipart body (a part is not closed)", param="file")
+            name = headers.get_param("name", header="content-disposition")
+            filename = headers.get_filename()
+            if isinstance(name, str):
+                if filename is not None:
+                    files[name] = (filename, content_start, content_end)
+                elif content_end - content_start > MAX_FIELD_BYTES:
+                    raise APIError(f"form field {name!r} is longer than {MAX_FIELD_BYTES} bytes", param=name)
+                else:
+                    fields[name] = body[content_start:content_end].decode("utf-8", errors="replace")
+            position = content_end + 2 + len(boundary)
     return fields, files

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latent_thoughts.engines.base import ChatReply, FinishReason
+from latent_thoughts.engines.base import ChatReply, FinishReason, usage_counts
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.generation.cache import CacheRecord, ResultCache
 from latent_thoughts.synthesis.pipeline import (
@@ -88,18 +88,34 @@ def request_line(
 def reply_from_completion(body: dict[str, Any]) -> tuple[ChatReply, str | None]:
     """A chat-completion response body as a reply, plus a failure reason the body itself gives.
 
-    The API's own refusal field and content filter are failures whatever the text says.
+    The API's own refusal field and content filter are failures whatever the text says. A body of
+    the wrong shape (``choices`` not a list, content not text, usage not token counts) raises
+    ValueError naming the field.
     """
-    choice = (body.get("choices") or [{}])[0]
+    if not isinstance(body, dict):
+        raise ValueError(f"the response body is {type(body).__name__}, not an object")
+    choices = body.get("choices") or [{}]
+    if not isinstance(choices, list):
+        raise ValueError(f"choices is {type(choices).__name__}, not a list")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise ValueError(f"choices[0] is {type(choice).__name__}, not an object")
     message = choice.get("message") or {}
-    usage = body.get("usage") or {}
+    if not isinstance(message, dict):
+        raise ValueError(f"choices[0].message is {type(message).__name__}, not an object")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise ValueError(f"message.content is {type(content).__name__}, not text")
     raw_finish = choice.get("finish_reason") or "stop"
+    if not isinstance(raw_finish, str):
+        raise ValueError(f"finish_reason is {type(raw_finish).__name__}, not text")
+    prompt_tokens, completion_tokens = usage_counts(body)
     finish: FinishReason = "length" if raw_finish == "length" else "stop"
     reply = ChatReply(
-        text=message.get("content") or "",
+        text=content or "",
         finish_reason=finish,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
     )
     if message.get("refusal"):
         return reply, "refusal"
@@ -114,7 +130,11 @@ def records_from_output(
     teacher: str,
     refusal_patterns: Sequence[str],
 ) -> list[CacheRecord]:
-    """Cache records of a batch output (or error) file; lines for unknown keys are ignored."""
+    """Cache records of a batch output (or error) file; lines for unknown keys are ignored.
+
+    A malformed line of a known key is a failure of that item alone (reason ``error: malformed
+    batch result ...``), so the good answers of the batch are still cached.
+    """
     records = []
     for number, line in enumerate(lines.splitlines(), start=1):
         if not line.strip():
@@ -127,21 +147,36 @@ def records_from_output(
             continue
         if item is None:
             continue
-        response = entry.get("response") or {}
-        error = entry.get("error") or (response.get("body") or {}).get("error")
-        status = int(response.get("status_code") or 0)
-        if error or (status and status != 200):
-            message = error.get("message") if isinstance(error, dict) else error
-            records.append(
-                failed_record(item, teacher, f"error: HTTP {status or '?'}: {one_line(str(message))}")
-            )
-            continue
-        reply, reason = reply_from_completion(response.get("body") or {})
-        record = record_for(item, reply, teacher, refusal_patterns)
-        if reason is not None:
-            record.status, record.reason = "failed", reason
-        records.append(record)
+        try:
+            records.append(_record_of(entry, item, teacher, refusal_patterns))
+        except (AttributeError, IndexError, KeyError, OverflowError, TypeError, ValueError) as exc:
+            logger.warning("batch output line %d (%s): malformed result (%s)", number, item.key[:12], exc)
+            reason = f"error: malformed batch result (line {number}): {one_line(str(exc), 200)}"
+            records.append(failed_record(item, teacher, reason))
     return records
+
+
+def _record_of(
+    entry: dict[str, Any], item: WorkItem, teacher: str, refusal_patterns: Sequence[str]
+) -> CacheRecord:
+    """The record of one batch output line of ``item``; raises on a line of the wrong shape."""
+    response = entry.get("response") or {}
+    if not isinstance(response, dict):
+        raise ValueError(f"response is {type(response).__name__}, not an object")
+    body = response.get("body") or {}
+    error = entry.get("error") or (body.get("error") if isinstance(body, dict) else None)
+    raw_status = response.get("status_code") or 0
+    if isinstance(raw_status, bool) or not isinstance(raw_status, int):
+        raise ValueError(f"status_code is {type(raw_status).__name__}, not a number")
+    status = raw_status
+    if error or (status and status != 200):
+        message = error.get("message") if isinstance(error, dict) else error
+        return failed_record(item, teacher, f"error: HTTP {status or '?'}: {one_line(str(message))}")
+    reply, reason = reply_from_completion(body)
+    record = record_for(item, reply, teacher, refusal_patterns)
+    if reason is not None:
+        record.status, record.reason = "failed", reason
+    return record
 
 
 def _file_text(client: Any, file_id: str) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from latent_thoughts.engines.base import ChatMessage, ChatReply, FinishReason, Prompt, Sample, Score, Usage
 from latent_thoughts.errors import LatentThoughtsError
@@ -248,6 +249,25 @@ class TestbedOracle:
         claims[position] = f"{lhs} = {int(value.rstrip('.')) + offset}."
         thoughts[sentence] = SentenceThought(thoughts[sentence].plan, tuple(claims))
         return " ".join(thought.text for thought in thoughts)
+
+
+def check_testbed_chunks(path: str | Path) -> None:
+    """Refuse a chunk file that is not testbed text before any request: the oracle knows testbed
+    chunks only, so on another corpus every request would fail, and a rerun the same way. The first
+    chunk is read back (:func:`~latent_thoughts.testbed.world.parse_text`); one that is not testbed
+    text is a one-line error naming the file, the chunk and its sentence."""
+    from latent_thoughts.corpus import iter_chunks
+
+    first = next(iter(iter_chunks(path)), None)
+    if first is None:
+        return
+    try:
+        parse_text(first.text)
+    except LatentThoughtsError as exc:
+        raise LatentThoughtsError(
+            f"{path}: the oracle teacher only knows testbed chunks (`latent-thoughts testbed generate`, "
+            f"then `chunk`); document {first.doc_id!r} chunk {first.chunk_index}: {exc}"
+        ) from None
 
 
 def _rephrase_style(user: str) -> str | None:

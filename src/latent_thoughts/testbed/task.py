@@ -35,6 +35,7 @@ from latent_thoughts.testbed.world import (
     TestbedConfig,
     generate_documents,
     pose_text,
+    read_text_lines,
 )
 
 QUESTION_OPENER = "Consider"
@@ -150,7 +151,7 @@ def read_problems(path: str | Path) -> list[Problem]:
     """Read problems written by :func:`write_problems`; a bad row is an error naming file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text_lines(path)
     except FileNotFoundError:
         raise LatentThoughtsError(f"{path}: problems file not found") from None
     problems = []

@@ -477,12 +477,24 @@ def write_documents(documents: Iterable[TestbedDocument], path: str | Path) -> i
     return count
 
 
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 file (a byte-order mark opening it dropped); a line that is not UTF-8 is a
+    one-line error naming the file and the line."""
+    lines = path.read_bytes().decode("utf-8-sig", errors="surrogateescape").splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise LatentThoughtsError(f"{path}:{number}: invalid UTF-8 at character {exc.start}") from None
+    return lines
+
+
 def read_ground_truth(path: str | Path) -> dict[str, list[tuple[str, str]]]:
     """Read a split written by :func:`write_documents`: document id -> [(sentence, thought), ...]."""
     path = Path(path)
     truth: dict[str, list[tuple[str, str]]] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_text_lines(path)
     except FileNotFoundError:
         raise LatentThoughtsError(f"{path}: testbed split not found") from None
     for number, line in enumerate(lines, start=1):

@@ -425,6 +425,35 @@ def _load_or_build_validation(
 # --- the entry point -------------------------------------------------------------------------------------
 
 
+def check_checkpoint(folder: Path) -> None:
+    """Refuse (one line naming the file) a checkpoint with a damaged file, before resuming from it.
+
+    JSON files must parse, ``.safetensors`` headers must describe the whole file, and ``.pt`` /
+    ``.pth`` / ``.bin`` files (``torch.save`` zip archives) must pass their checksums; this reads each
+    file once without loading tensors, so a cut or overwritten file is named rather than a traceback.
+    """
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    hint = f"delete {folder} to resume from the checkpoint before it"
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_bytes())
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), framework="pt") as weights:
+                    weights.keys()
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(path) as archive:
+                    broken = archive.testzip()
+                if broken is not None:
+                    raise ValueError(f"bad checksum in {broken}")
+        except (OSError, ValueError, SafetensorError, zipfile.BadZipFile, EOFError) as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise LatentThoughtsError(f"{path}: damaged checkpoint file ({reason}); {hint}") from None
+
+
 def train(
     config: TrainConfig, resume: bool = False, callbacks: Sequence[TrainerCallback] = ()
 ) -> TrainResult:
@@ -461,6 +490,8 @@ def train(
         )
     if resume and last is None:
         logger.info("%s: no checkpoint to resume from; starting fresh", checkpoints)
+    if resume and last is not None:
+        check_checkpoint(Path(last))
 
     # TrainingArguments sets up the process group, so it must exist before main_process_first; it
     # needs max_steps, which is fixed once the data is built (replaced below).
