@@ -400,7 +400,7 @@ def test_testbed_check_on_a_number_over_4300_digits(
 def test_serve_refuses_a_port_out_of_range(world: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (world / "config.json").write_text("{}")
     status, err = run_cli(["serve", str(world), "--port", "70000"], capsys)
-    assert_one_line_error(status, err, "--port 70000")
+    assert_one_line_error(status, err, "--port", "70000")
 
 
 @pytest.mark.parametrize("value", ["nan", "inf"])
@@ -409,7 +409,7 @@ def test_serve_refuses_a_body_limit_that_is_not_a_finite_number(
 ) -> None:
     (world / "config.json").write_text("{}")
     status, err = run_cli(["serve", str(world), "--port", "0", "--max-body-mb", value], capsys)
-    assert_one_line_error(status, err, f"--max-body-mb {value}")
+    assert_one_line_error(status, err, "--max-body-mb", value)
 
 
 @pytest.mark.parametrize("cut", [0, 100, 0.5])
@@ -503,3 +503,73 @@ def test_a_26_mb_single_paragraph_is_chunked(tmp_path: Path, capsys: pytest.Capt
     assert "cut into pieces" in capsys.readouterr().out
     rows = pq.read_table(out).to_pylist()
     assert "".join(row["text"] for row in rows if row["doc_id"] == "huge") == text
+
+
+# --- every numeric option of every verb: NaN, infinity, zero and negatives -------------------------
+
+# (verb, option) -> the values of NAN_INF_ZERO_NEGATIVE that mean something there and are accepted.
+ZERO_IS_VALID = {"0"}
+NUMERIC_ALLOWED: dict[tuple[str, str], set[str]] = {
+    **{(verb, "--seed"): ZERO_IS_VALID for verb in ("demo", "estep", "evaluate", "finetune-eval")},
+    **{(verb, "--seed"): ZERO_IS_VALID for verb in ("likelihood", "synthesize")},
+    ("evaluate", "--shots"): ZERO_IS_VALID,  # zero-shot
+    ("evaluate", "--show"): ZERO_IS_VALID,  # print no generation
+    ("evaluate", "--temperature"): ZERO_IS_VALID,  # greedy
+    ("estep", "--backoff-initial-s"): ZERO_IS_VALID,  # retry at once
+    ("estep", "--gpus-per-worker"): ZERO_IS_VALID,  # CPU actors
+    ("synthesize", "--gpus-per-worker"): ZERO_IS_VALID,
+    ("estep", "--slurm-gpus"): ZERO_IS_VALID,  # CPU tasks
+    ("synthesize", "--slurm-gpus"): ZERO_IS_VALID,
+    ("thoughts", "--width"): ZERO_IS_VALID,  # no wrapping
+    ("serve", "--port"): ZERO_IS_VALID,  # any free port
+}
+NAN_INF_ZERO_NEGATIVE = ["nan", "inf", "-inf", "0", "-1", "-0.5"]
+
+
+def _numeric_options() -> list[tuple[str, str, list[str]]]:
+    """(verb, option, its required arguments) for every option of type int, float or a numeric type."""
+    from latent_thoughts.cli import build_parser
+    from latent_thoughts.cli.numbers import NUMERIC_TYPES
+    from tests.test_cli_outputs import _leaf_parsers
+
+    found = []
+    for verb, parser in _leaf_parsers(build_parser()):
+        required: list[str] = []
+        for action in parser._actions:
+            value = str(next(iter(action.choices))) if action.choices else "/nonexistent/x.parquet"
+            if action.option_strings and action.required:
+                required += [action.option_strings[0], value]
+            elif not action.option_strings and action.nargs not in ("*", "?"):
+                required.append("/nonexistent/x")
+        for action in parser._actions:
+            if action.option_strings and action.type in (int, float, *NUMERIC_TYPES):
+                found.append((verb, action.option_strings[-1], required))
+    return found
+
+
+def test_every_numeric_option_refuses_nan_infinity_zero_and_negatives(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Walks ``build_parser()``: a value that means nothing is refused while parsing, before any
+    work, in one line naming the option; the values that mean something are in NUMERIC_ALLOWED."""
+    from latent_thoughts.cli import build_parser
+
+    options = _numeric_options()
+    assert len(options) >= 60, options
+    assert set(NUMERIC_ALLOWED) <= {(verb, option) for verb, option, _ in options}
+    unrefused = []
+    for verb, option, required in options:
+        allowed = NUMERIC_ALLOWED.get((verb, option), set())
+        for value in NAN_INF_ZERO_NEGATIVE:
+            argv = [*verb.split(), *required, f"{option}={value}"]
+            if value in allowed:
+                parsed = build_parser().parse_args(argv)
+                assert float(getattr(parsed, option.lstrip("-").replace("-", "_"))) == float(value)
+                continue
+            status, err = run_cli(argv, capsys)
+            lines = err.strip().splitlines()
+            if not (status == 2 and len(lines) == 1 and f"{verb}: argument {option}:" in lines[0]):
+                unrefused.append(f"{verb} {option}={value}: {status} {err.strip()[:200]}")
+            else:
+                assert lines[0].startswith("latent-thoughts: error: ") and "Traceback" not in err
+    assert unrefused == []

@@ -15,6 +15,8 @@ from latent_thoughts.format import DocumentBuilder, FormatConfig, SpecialIds, e_
 from tests.conftest import tiny_llama
 from tests.test_em_estep_exact import NEVER_EOL, OFTEN_EOL, eol_biased_llama
 
+pytestmark = pytest.mark.numeric
+
 CHUNKS = [
     ["We know that 37 x 24 = 888. ", "Adding 129 gives 1017. ", "So the total is 1017."],
     ["The derivative of x^2 is 2x. ", "Hence the slope at x = 3 is 6."],

@@ -61,6 +61,8 @@ from latent_thoughts.train.config import SourceConfig
 from latent_thoughts.train.data import build_document, build_documents, read_source
 from tests.conftest import tiny_llama
 
+pytestmark = pytest.mark.numeric
+
 NEVER_EOL = -1e4
 """EOL bias that makes EOL impossible (exp underflows to 0 in float32): every thought is cut."""
 

@@ -189,3 +189,41 @@ def test_force_from_redoes_that_stage_and_the_later_ones_only(killed_run: Killed
 def test_the_shipped_small_config_spells_out_the_built_in_defaults() -> None:
     shipped = Path(__file__).resolve().parents[1] / "configs" / "em" / "testbed-small.yaml"
     assert load_em_config(shipped).model_dump() == load_em_config(None).model_dump()
+
+
+def test_a_finished_stage_whose_output_was_deleted_or_emptied_is_redone_with_the_later_ones(
+    tmp_path: Path,
+) -> None:
+    """``em`` once reported success over a deleted model or an emptied ``eval.json``: the manifest
+    said done, so the stage was skipped. Now a done stage's recorded outputs must still be there."""
+    path = tmp_path / "em.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "iterations": 1, "out": str(tmp_path / "run")}))
+    config = load_em_config(path, [])
+    run_em(config, say=lambda line: None)
+    names = stage_names(1)
+    first = read_manifest(tmp_path / "run")["stages"]
+
+    # eval.json of the last evaluation emptied: that stage alone is redone.
+    evaluation = Path(first["eval_1"]["outputs"]["evaluation"])
+    evaluation.write_text("")
+    lines: list[str] = []
+    run_em(config, say=lines.append)
+    assert (
+        f"== eval_1: its output {evaluation} is missing or empty; redoing it and every later stage" in lines
+    )
+    assert [line for line in lines if "skipped" in line] == [
+        f"== {name}: done, skipped" for name in names[:-1]
+    ]
+    assert json.loads(evaluation.read_text())
+
+    # the M-step's model deleted: the M-step and the evaluation after it are redone, nothing before.
+    model = Path(first["mstep_1"]["outputs"]["model"])
+    for file in model.iterdir():
+        file.unlink()
+    lines.clear()
+    run_em(config, say=lines.append)
+    after = read_manifest(tmp_path / "run")["stages"]
+    assert "== mstep_1: starting over" in lines and "== eval_1: starting over" in lines
+    for name in names[: names.index("mstep_1")]:
+        assert after[name] == first[name]
+    assert (model / "model.safetensors").stat().st_size > 0

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from latent_thoughts.atomic import atomic_write
 from latent_thoughts.config import StageConfig
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.tables import open_parquet, require_types
+from latent_thoughts.tables import damaged_parquet, open_parquet, require_types
 
 TEXT_SUFFIXES = (".txt", ".md", ".tex")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -517,8 +517,14 @@ def iter_chunks(path: str | Path) -> Iterator[Chunk]:
     """Stream the chunks of a chunk file in order (columns of the wrong type are a one-line error)."""
     parquet = open_parquet(path, "chunk", CHUNK_SCHEMA.names)
     require_types(parquet, path, "chunk", CHUNK_SCHEMA)
-    for batch in parquet.iter_batches(columns=CHUNK_SCHEMA.names, batch_size=4096):
-        for row in batch.to_pylist():
+    batches = parquet.iter_batches(columns=CHUNK_SCHEMA.names, batch_size=4096)
+    while True:
+        with damaged_parquet(path):  # a page that does not decode is named, not a traceback
+            batch = next(batches, None)
+            rows = batch.to_pylist() if batch is not None else None
+        if rows is None:
+            return
+        for row in rows:
             yield Chunk(**row)
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,8 +24,8 @@ def open_parquet(path: str | Path, what: str = "Parquet", columns: Sequence[str]
         raise LatentThoughtsError(f"{path}: is a folder, expected a {what} file")
     try:
         parquet = pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise LatentThoughtsError(f"{path}: not a readable Parquet file ({exc})") from None
+    except (OSError, ValueError, pa.ArrowException) as exc:  # ValueError: a footer not UTF-8
+        raise LatentThoughtsError(f"{path}: not a readable Parquet file ({_reason(exc)})") from None
     missing = [name for name in columns if name not in parquet.schema_arrow.names]
     if missing:
         raise LatentThoughtsError(f"{path}: not a {what} file (missing columns {', '.join(missing)})")
@@ -34,7 +35,25 @@ def open_parquet(path: str | Path, what: str = "Parquet", columns: Sequence[str]
 def read_parquet(path: str | Path, what: str = "Parquet", columns: Sequence[str] | None = None) -> pa.Table:
     """Read ``columns`` (all when None) of a Parquet file, checked as :func:`open_parquet` does."""
     parquet = open_parquet(path, what, columns or ())
-    return parquet.read(columns=list(columns) if columns is not None else None)
+    with damaged_parquet(path):
+        return parquet.read(columns=list(columns) if columns is not None else None)
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
+
+
+@contextmanager
+def damaged_parquet(path: str | Path) -> Iterator[None]:
+    """Turn what pyarrow raises on a damaged Parquet file (a page or footer that does not decode,
+    a cut data page) into a one-line error naming ``path``; an operating-system error with an
+    ``errno`` (a full disk, no permission) is left alone."""
+    try:
+        yield
+    except (OSError, UnicodeDecodeError, pa.ArrowException) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise
+        raise LatentThoughtsError(f"{path}: not a readable Parquet file ({_reason(exc)})") from None
 
 
 def _kind(data_type: pa.DataType) -> str:

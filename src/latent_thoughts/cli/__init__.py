@@ -21,6 +21,7 @@ import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from latent_thoughts import __version__
 from latent_thoughts.atomic import disk_error
@@ -46,9 +47,20 @@ _ENVIRONMENT_ERRNOS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors read like every other error: one line, ``latent-thoughts: error:
+    VERB: ...``, exit status 2 (``VERB --help`` shows the usage); the verbs' sub-parsers are of this
+    class too."""
+
+    def error(self, message: str) -> NoReturn:
+        verb = self.prog.removeprefix(PROG).strip()
+        where = f"{verb}: " if verb else ""
+        self.exit(2, f"{PROG}: error: {where}{' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per verb module in this package."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Learn from the latent thoughts behind text: chunk, synthesize, train, evaluate.",
     )
@@ -66,7 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # a usage error is a status, as every other error; --help still exits
+        if exit.code != 2:
+            raise
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

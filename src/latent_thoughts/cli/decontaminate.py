@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.cli.numbers import positive_int
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.outputs import RunPaths
 
@@ -40,7 +41,7 @@ def register(subparsers: Any) -> None:
         default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
         help=f"folder of the evaluation files (default: $LATENT_THOUGHTS_DATA or {DEFAULT_DATA_DIR})",
     )
-    parser.add_argument("--ngram", type=int, default=13, help="n-gram length in words (default 13)")
+    parser.add_argument("--ngram", type=positive_int, default=13, help="n-gram length in words (default 13)")
     parser.add_argument(
         "--columns", help="comma-separated text columns (default: text and thought, if present)"
     )

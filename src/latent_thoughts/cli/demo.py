@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from latent_thoughts.atomic import write_text
+from latent_thoughts.cli.numbers import non_negative_int
 from latent_thoughts.outputs import RunPaths
 
 RECIPE_WORLD = ["bootstrap_documents=2000"]
@@ -54,7 +55,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--tokens", default=DEFAULT_TOKENS, help=f"training tokens per model (default: {DEFAULT_TOKENS})"
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the world and of training")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the world and of training")
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 

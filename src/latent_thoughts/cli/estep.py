@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.cli.executors import add_executor_options
+from latent_thoughts.cli.numbers import non_negative_float, non_negative_int, positive_float, positive_int
 from latent_thoughts.outputs import RunPaths
 
 
@@ -40,27 +41,29 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--chunks", required=True, type=Path, help="chunk file from `latent-thoughts chunk`")
     parser.add_argument("--out", required=True, type=Path, help="output, e.g. RUN/iter_1/samples.parquet")
-    parser.add_argument("--k", type=int, help="thoughts per chunk (default 4)")
-    parser.add_argument("--max-thought-tokens", type=int, help="longest thought, EOL included (default 1024)")
+    parser.add_argument("--k", type=positive_int, help="thoughts per chunk (default 4)")
+    parser.add_argument(
+        "--max-thought-tokens", type=positive_int, help="longest thought, EOL included (default 1024)"
+    )
     parser.add_argument(
         "--temperature",
-        type=float,
+        type=positive_float,
         help="proposal temperature: thoughts drawn and log q scored at T, log p at 1 (default 1.0, the "
         "paper's; a local model only)",
     )
     parser.add_argument(
-        "--context-tokens", type=int, help="longest E-step sequence (default: the model's positions)"
+        "--context-tokens", type=positive_int, help="longest E-step sequence (default: the model's positions)"
     )
     parser.add_argument(
         "--policy", help="selection: importance (default), highest, uniform, checker (testbed, STaR-style)"
     )
-    parser.add_argument("--seed", type=int, help="seed of sampling and selection (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, help="seed of sampling and selection (default 0)")
     parser.add_argument(
-        "--batch-chunks", type=int, help="chunks per engine call and cache write (default 32)"
+        "--batch-chunks", type=positive_int, help="chunks per engine call and cache write (default 32)"
     )
     parser.add_argument(
         "--batch-tokens",
-        type=int,
+        type=positive_int,
         help="memory bound of one forward batch, in cached positions (default 16384)",
     )
     parser.add_argument("--config", type=Path, help="YAML file of E-step options (keys as in --set)")
@@ -82,17 +85,21 @@ def register(subparsers: Any) -> None:
     )
     served = parser.add_argument_group("a served model (--base-url, or an engine file of kind http)")
     served.add_argument(
-        "--timeout-s", type=float, help="seconds a request may take before it is retried (default 120)"
+        "--timeout-s",
+        type=positive_float,
+        help="seconds a request may take before it is retried (default 120)",
     )
     served.add_argument(
-        "--max-attempts", type=int, help="tries per request before the run stops, work kept (default 6)"
+        "--max-attempts",
+        type=positive_int,
+        help="tries per request before the run stops, work kept (default 6)",
     )
     served.add_argument(
         "--backoff-initial-s",
-        type=float,
+        type=non_negative_float,
         help="first retry delay, doubled at each retry (default 1; a Retry-After is honoured)",
     )
-    served.add_argument("--concurrency", type=int, help="requests in flight at once (default 8)")
+    served.add_argument("--concurrency", type=positive_int, help="requests in flight at once (default 8)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_executor_options(parser)
     parser.set_defaults(handler=run, run_paths=run_paths)

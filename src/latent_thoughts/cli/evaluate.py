@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.atomic import write_text
+from latent_thoughts.cli.numbers import non_negative_float, non_negative_int, positive_float, positive_int
 from latent_thoughts.outputs import RunPaths
 
 DEFAULT_DATA_DIR = "../shared/data"
@@ -58,10 +59,12 @@ def register(subparsers: Any) -> None:
         "--mode", choices=["raw", "latent"], default="latent", help="how the model is prompted"
     )
     parser.add_argument(
-        "--limit", type=int, help="evaluate N problems per task (the first, or --seed's draw)"
+        "--limit", type=positive_int, help="evaluate N problems per task (the first, or --seed's draw)"
     )
     parser.add_argument(
-        "--seed", type=int, help="draw the --limit problems at random with this seed (also seeds sampling)"
+        "--seed",
+        type=non_negative_int,
+        help="draw the --limit problems at random with this seed (also seeds sampling)",
     )
     parser.add_argument("--subjects", help="MATH: comma-separated subjects (e.g. Algebra,Geometry)")
     parser.add_argument("--levels", help="MATH: comma-separated levels (e.g. 1,2)")
@@ -74,16 +77,24 @@ def register(subparsers: Any) -> None:
     for task in ("gsm8k", "math", "math500"):
         parser.add_argument(f"--{task}-file", help=f"the {task} JSONL file (overrides --data-dir)")
     parser.add_argument(
-        "--samples", type=int, default=1, help="samples per problem: maj@k and pass@k (default 1)"
+        "--samples", type=positive_int, default=1, help="samples per problem: maj@k and pass@k (default 1)"
     )
     parser.add_argument(
-        "--temperature", type=float, help="sampling temperature (default 0, greedy; 1 with --samples)"
+        "--temperature",
+        type=non_negative_float,
+        help="sampling temperature (default 0, greedy; 1 with --samples)",
     )
-    parser.add_argument("--shots", type=int, help="few-shot exemplars (default 8 for GSM8K, 4 for MATH)")
-    parser.add_argument("--max-thought-tokens", type=int, default=256, help="longest thought (latent mode)")
-    parser.add_argument("--max-answer-tokens", type=int, default=384, help="longest answer")
-    parser.add_argument("--batch-size", type=int, default=8, help="problems per engine call")
-    parser.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per MATH comparison")
+    parser.add_argument(
+        "--shots", type=non_negative_int, help="few-shot exemplars (default 8 for GSM8K, 4 for MATH)"
+    )
+    parser.add_argument(
+        "--max-thought-tokens", type=positive_int, default=256, help="longest thought (latent mode)"
+    )
+    parser.add_argument("--max-answer-tokens", type=positive_int, default=384, help="longest answer")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="problems per engine call")
+    parser.add_argument(
+        "--grading-timeout", type=positive_float, default=5.0, help="seconds per MATH comparison"
+    )
     parser.add_argument(
         "--device", help="local model: auto (a GPU when there is one; the default), cpu, cuda, cuda:N"
     )
@@ -94,7 +105,9 @@ def register(subparsers: Any) -> None:
         "http://127.0.0.1:8000/v1 from `latent-thoughts serve` or vLLM); MODEL is then the tokenizer's folder",
     )
     parser.add_argument("--out", help="output folder (benchmark tasks) or JSON file (testbed task alone)")
-    parser.add_argument("--show", type=int, default=3, help="print this many testbed generations (default 3)")
+    parser.add_argument(
+        "--show", type=non_negative_int, default=3, help="print this many testbed generations (default 3)"
+    )
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 

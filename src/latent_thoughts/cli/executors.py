@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.cli.numbers import non_negative_float, non_negative_int, positive_int
+
 
 def add_executor_options(parser: argparse.ArgumentParser) -> None:
     """Add ``--executor`` with its Ray and Slurm options to a verb's parser."""
@@ -22,11 +24,11 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
         "slurm: a submitit job array of --shard i/N jobs, then the merge",
     )
     group.add_argument(
-        "--workers", type=int, default=2, help="ray: actors, each holding one engine (default 2)"
+        "--workers", type=positive_int, default=2, help="ray: actors, each holding one engine (default 2)"
     )
     group.add_argument(
         "--shards",
-        type=int,
+        type=positive_int,
         help="ray: shards of whole documents the actors share (default 4 per worker); slurm: array tasks (required)",
     )
     group.add_argument(
@@ -35,10 +37,12 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--ray-cpus",
-        type=int,
+        type=positive_int,
         help="ray: logical CPUs of the local instance, more than --workers (default workers + 2)",
     )
-    group.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs each actor reserves")
+    group.add_argument(
+        "--gpus-per-worker", type=non_negative_float, default=0.0, help="ray: GPUs each actor reserves"
+    )
     group.add_argument("--slurm-folder", type=Path, help="slurm: logs and job files (default OUT.slurm/)")
     group.add_argument(
         "--slurm-cluster",
@@ -47,10 +51,16 @@ def add_executor_options(parser: argparse.ArgumentParser) -> None:
         help="slurm: submitit's backend; local and debug run the jobs on this machine (to try a launch)",
     )
     group.add_argument("--slurm-partition", help="slurm: partition")
-    group.add_argument("--slurm-time", type=int, default=240, help="slurm: minutes per task (default 240)")
-    group.add_argument("--slurm-cpus", type=int, default=2, help="slurm: CPUs per task (default 2)")
-    group.add_argument("--slurm-gpus", type=int, default=0, help="slurm: GPUs per task (default 0)")
-    group.add_argument("--slurm-parallelism", type=int, help="slurm: most array tasks running at once")
+    group.add_argument(
+        "--slurm-time", type=positive_int, default=240, help="slurm: minutes per task (default 240)"
+    )
+    group.add_argument("--slurm-cpus", type=positive_int, default=2, help="slurm: CPUs per task (default 2)")
+    group.add_argument(
+        "--slurm-gpus", type=non_negative_int, default=0, help="slurm: GPUs per task (default 0)"
+    )
+    group.add_argument(
+        "--slurm-parallelism", type=positive_int, help="slurm: most array tasks running at once"
+    )
 
 
 def check_executor(args: argparse.Namespace) -> None:

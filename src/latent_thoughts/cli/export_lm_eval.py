@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.cli.numbers import positive_int
 from latent_thoughts.outputs import RunPaths
 
 
@@ -40,7 +41,7 @@ def register(subparsers: Any) -> None:
     for task in ("gsm8k", "math", "math500"):
         parser.add_argument(f"--{task}-file", help=f"the {task} JSONL file (overrides --data-dir)")
     parser.add_argument(
-        "--max-gen-toks", type=int, default=384, help="longest answer in tokens (default 384)"
+        "--max-gen-toks", type=positive_int, default=384, help="longest answer in tokens (default 384)"
     )
     parser.set_defaults(handler=run, run_paths=run_paths)
 

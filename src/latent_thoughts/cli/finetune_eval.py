@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR, check_settings
+from latent_thoughts.cli.numbers import non_negative_int, positive_float, positive_int
 from latent_thoughts.outputs import RunPaths
 
 if TYPE_CHECKING:
@@ -48,24 +49,30 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--mode", choices=["raw", "latent"], default="latent", help="prompt format of training and evaluation"
     )
-    parser.add_argument("--limit-train", type=int, help="train on N problems drawn with --seed (default all)")
-    parser.add_argument("--limit", type=int, help="evaluate the first N problems (default all)")
+    parser.add_argument(
+        "--limit-train", type=positive_int, help="train on N problems drawn with --seed (default all)"
+    )
+    parser.add_argument("--limit", type=positive_int, help="evaluate the first N problems (default all)")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument(
-        "--epochs", type=float, default=1.0, help="passes over the training problems (default 1)"
+        "--epochs", type=positive_float, default=1.0, help="passes over the training problems (default 1)"
     )
-    budget.add_argument("--steps", type=int, help="optimizer steps instead of --epochs")
+    budget.add_argument("--steps", type=positive_int, help="optimizer steps instead of --epochs")
     parser.add_argument(
-        "--lr", type=float, default=2e-5, help="peak learning rate (cosine decay; default 2e-5)"
+        "--lr", type=positive_float, default=2e-5, help="peak learning rate (cosine decay; default 2e-5)"
     )
-    parser.add_argument("--train-batch-size", type=int, default=8, help="examples per optimizer step")
+    parser.add_argument(
+        "--train-batch-size", type=positive_int, default=8, help="examples per optimizer step"
+    )
     parser.add_argument(
         "--max-length",
-        type=int,
+        type=positive_int,
         default=1024,
         help="longest training example in tokens (longer ones skipped)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training draw and of training")
+    parser.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the training draw and of training"
+    )
     parser.add_argument(
         "--data-dir",
         default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
@@ -73,10 +80,16 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--train-file", help="the training JSONL file (overrides --data-dir)")
     parser.add_argument("--eval-file", help="the evaluated JSONL file (overrides --data-dir)")
-    parser.add_argument("--max-thought-tokens", type=int, default=256, help="longest thought (latent mode)")
-    parser.add_argument("--max-answer-tokens", type=int, default=384, help="longest answer")
-    parser.add_argument("--batch-size", type=int, default=8, help="problems per engine call in evaluation")
-    parser.add_argument("--grading-timeout", type=float, default=5.0, help="seconds per MATH comparison")
+    parser.add_argument(
+        "--max-thought-tokens", type=positive_int, default=256, help="longest thought (latent mode)"
+    )
+    parser.add_argument("--max-answer-tokens", type=positive_int, default=384, help="longest answer")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=8, help="problems per engine call in evaluation"
+    )
+    parser.add_argument(
+        "--grading-timeout", type=positive_float, default=5.0, help="seconds per MATH comparison"
+    )
     parser.add_argument("--device", help="evaluation: auto (a GPU when there is one; the default), cpu, cuda")
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="evaluation: compute dtype")
     parser.set_defaults(handler=run, run_paths=run_paths)

@@ -11,6 +11,7 @@ import itertools
 import json
 from typing import Any
 
+from latent_thoughts.cli.numbers import non_negative_int, positive_int
 from latent_thoughts.outputs import RunPaths
 
 MAX_K = 1024
@@ -38,12 +39,16 @@ def register(subparsers: Any) -> None:
         help=f"comma-separated K for ELBO(K), each 1 to {MAX_K} (default 1,2,4; 0 skips it)",
     )
     parser.add_argument(
-        "--words-per-chunk", type=int, default=32, help="uniform chunk size in words (default 32)"
+        "--words-per-chunk", type=positive_int, default=32, help="uniform chunk size in words (default 32)"
     )
-    parser.add_argument("--thought-tokens", type=int, default=64, help="longest thought, EOL included")
-    parser.add_argument("--context-tokens", type=int, default=1024, help="E-step context budget in tokens")
-    parser.add_argument("--limit", type=int, help="use the first N documents")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the thoughts' draws")
+    parser.add_argument(
+        "--thought-tokens", type=positive_int, default=64, help="longest thought, EOL included"
+    )
+    parser.add_argument(
+        "--context-tokens", type=positive_int, default=1024, help="E-step context budget in tokens"
+    )
+    parser.add_argument("--limit", type=positive_int, help="use the first N documents")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the thoughts' draws")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto", help="compute dtype")
     parser.add_argument("--out", help="write the metrics to this JSON file")

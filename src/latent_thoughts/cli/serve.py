@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from latent_thoughts.cli.numbers import port, positive_float, positive_int
 from latent_thoughts.outputs import RunPaths
 
 
@@ -24,16 +25,16 @@ def register(subparsers: Any) -> None:
         "model_dir", metavar="MODEL_DIR", help="model folder (config.json, weights, tokenizer)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
     parser.add_argument(
         "--state-dir", help="folder for uploaded files and batches (default: a new temp folder)"
     )
     parser.add_argument("--served-model-name", help="model name in the API (default: the folder's name)")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="compute dtype")
-    parser.add_argument("--batch-tokens", type=int, help="memory bound of one batch, in tokens")
+    parser.add_argument("--batch-tokens", type=positive_int, help="memory bound of one batch, in tokens")
     parser.add_argument(
-        "--max-context-tokens", type=int, help="longest sequence (prompts are cut from the front)"
+        "--max-context-tokens", type=positive_int, help="longest sequence (prompts are cut from the front)"
     )
     parser.add_argument(
         "--api-key",
@@ -45,10 +46,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="allow a non-local --host without an API key (anyone who reaches the port can use it)",
     )
-    parser.add_argument("--max-body-mb", type=float, help="largest JSON request body in MiB (default 8)")
-    parser.add_argument("--max-n", type=int, help="largest n of one request (default 128)")
     parser.add_argument(
-        "--max-prompt-tokens", type=int, help="longest prompt accepted (default: four context lengths)"
+        "--max-body-mb", type=positive_float, help="largest JSON request body in MiB (default 8)"
+    )
+    parser.add_argument("--max-n", type=positive_int, help="largest n of one request (default 128)")
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=positive_int,
+        help="longest prompt accepted (default: four context lengths)",
     )
     parser.add_argument("--config", help="YAML file of engine options")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="engine option overrides")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.cli.executors import add_executor_options
+from latent_thoughts.cli.numbers import non_negative_int, positive_int
 from latent_thoughts.outputs import RunPaths
 
 
@@ -56,8 +57,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="project tokens and cost from a sample; send nothing"
     )
-    parser.add_argument("--sample", type=int, default=200, help="chunks the dry run tokenises (default 200)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the dry run's sample")
+    parser.add_argument(
+        "--sample", type=positive_int, default=200, help="chunks the dry run tokenises (default 200)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the dry run's sample")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--set",
@@ -93,7 +96,9 @@ def register(subparsers: Any) -> None:
     view.add_argument("--chunks", required=True, type=Path, help="chunk file")
     view.add_argument("--thoughts", required=True, type=Path, help="thoughts file from synthesize or merge")
     view.add_argument("--doc", help="document id (default: the first document)")
-    view.add_argument("--width", type=int, default=100, help="wrap thoughts at this width (0: no wrapping)")
+    view.add_argument(
+        "--width", type=non_negative_int, default=100, help="wrap thoughts at this width (0: no wrapping)"
+    )
     view.set_defaults(handler=run_thoughts, run_paths=thoughts_paths)
 
 

@@ -487,6 +487,15 @@ def run_em(
         inherited = inherit_stages(base, manifest)
         prints.update(inherited)
         stages = [stage for stage in stages if stage.name not in inherited]
+    # A finished stage whose recorded output is gone is redone, and every later stage with it.
+    for index, stage in enumerate(stages):
+        missing = manifest.missing_output(stage.name) if stage.name not in forced else None
+        if missing is not None:
+            say(
+                f"== {stage.name}: its output {missing} is missing or empty; redoing it and every later stage"
+            )
+            forced |= {later.name for later in stages[index:]}
+            break
     # Check every stage before doing anything: a changed finished stage fails the run at once.
     for stage in stages:
         prints[stage.name] = fingerprint(stage.config, [prints[name] for name in stage.upstream])

@@ -11,6 +11,9 @@ The rules that make a rerun safe (:meth:`Manifest.check`):
 - a ``done`` stage whose fingerprint is unchanged is skipped: nothing finished is redone;
 - a ``done`` stage whose fingerprint changed is an error naming the stage, unless the run was asked
   to redo it (``--force-from STAGE``: that stage and every later one are redone);
+- a ``done`` stage whose recorded outputs are no longer there (a model folder or ``eval.json``
+  deleted, emptied or truncated to nothing) is redone, and every later stage with it
+  (:meth:`Manifest.missing_output`): a finished record never stands for an artifact that is gone;
 - a stage that started but did not finish is resumed by its own machinery (the trainer's
   checkpoints, the E-step cache) when its fingerprint is unchanged, and started over when it changed.
 
@@ -78,6 +81,11 @@ class Manifest:
             raise LatentThoughtsError(f"{path}: not a readable manifest ({exc})") from None
         if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
             raise LatentThoughtsError(f"{path}: not a latent-thoughts EM manifest")
+        for name, record in data["stages"].items():
+            if not isinstance(record, dict):
+                raise LatentThoughtsError(
+                    f"{path}: stage {name!r} is not a record; not a latent-thoughts EM manifest"
+                )
         return cls(path, data)
 
     @property
@@ -109,6 +117,25 @@ class Manifest:
                 f"-> {print_}); rerun with --force-from {name} to redo it and every later stage"
             )
         return "run" if same else "restart"
+
+    def missing_output(self, name: str) -> str | None:
+        """The first output path recorded by the done stage ``name`` that is missing or empty (a file
+        of no bytes, a folder of no entries), or None. Outputs that are not paths are ignored."""
+        record = self.stages.get(name)
+        if record is None or record.get("status") != "done":
+            return None
+        outputs = record.get("outputs")
+        for value in (outputs or {}).values() if isinstance(outputs, dict) else ():
+            if not isinstance(value, str) or "/" not in value:
+                continue
+            path = Path(value)
+            try:
+                empty = path.stat().st_size == 0 if not path.is_dir() else next(path.iterdir(), None) is None
+            except OSError:  # missing, or unreadable: either way not the artifact that was recorded
+                return value
+            if empty:
+                return value
+        return None
 
     def start(self, name: str, print_: str, record: dict[str, Any]) -> None:
         """Record that stage ``name`` starts (``running``) with its configuration, inputs and seed."""

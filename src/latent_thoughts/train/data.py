@@ -46,7 +46,7 @@ from latent_thoughts.corpus import group_by_document, iter_chunks
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import TOKENIZER_KEY, BuiltDocument, DocumentBuilder, FormatConfig, Layout
 from latent_thoughts.synthesis.pipeline import read_metadata
-from latent_thoughts.tables import open_parquet, read_parquet
+from latent_thoughts.tables import damaged_parquet, open_parquet, read_parquet
 from latent_thoughts.train.config import SourceConfig
 from latent_thoughts.train.windows import PackedWindows, write_windows
 
@@ -148,14 +148,30 @@ def _read_thoughts(path: Path) -> tuple[dict[tuple[str, int], str | None], Thoug
     with_ids = THOUGHT_IDS_COLUMN in open_parquet(path, "thoughts").schema_arrow.names
     columns = ["doc_id", "chunk_index", "thought", *([THOUGHT_IDS_COLUMN] if with_ids else [])]
     table = _read_table(path, columns, "thoughts")
-    doc_ids = table.column("doc_id").to_pylist()
-    indices = table.column("chunk_index").to_pylist()
-    texts = table.column("thought").to_pylist()
-    id_lists = table.column(THOUGHT_IDS_COLUMN).to_pylist() if with_ids else [None] * len(doc_ids)
+    with damaged_parquet(path):  # text that is not UTF-8 is a damaged file, named
+        doc_ids = table.column("doc_id").to_pylist()
+        indices = table.column("chunk_index").to_pylist()
+        texts = table.column("thought").to_pylist()
+        id_lists = table.column(THOUGHT_IDS_COLUMN).to_pylist() if with_ids else [None] * len(doc_ids)
     thoughts: dict[tuple[str, int], str | None] = {}
     ids: dict[tuple[str, int], list[int]] = {}
-    for doc_id, index, thought, thought_ids in zip(doc_ids, indices, texts, id_lists, strict=True):
-        key = (str(doc_id), int(index))
+    for row, (doc_id, index, thought, thought_ids) in enumerate(
+        zip(doc_ids, indices, texts, id_lists, strict=True)
+    ):
+        if not (
+            isinstance(doc_id, str)
+            and isinstance(index, int)
+            and (thought is None or isinstance(thought, str))
+            and (
+                thought_ids is None
+                or (isinstance(thought_ids, list) and all(isinstance(token, int) for token in thought_ids))
+            )
+        ):
+            raise LatentThoughtsError(
+                f"{path}: not a thoughts file (row {row}: doc_id, chunk_index, thought or thought_ids "
+                "of the wrong type or missing)"
+            )
+        key = (doc_id, index)
         if key in thoughts:
             raise LatentThoughtsError(
                 f"{path}: more than one thought for chunk {index} of document {doc_id!r}"
