@@ -258,6 +258,88 @@ ITERATION_MEASURES = (
 )
 
 
+def mean_at(runs: dict[int, dict[str, Any]], t: int, key: str) -> float | None:
+    """The mean over seeds of ``key`` at iteration ``t`` (None where no seed has it)."""
+    values = [
+        run["iterations"][t][key]
+        for run in runs.values()
+        if len(run["iterations"]) > t and run["iterations"][t].get(key) is not None
+    ]
+    return statistics.fmean(values) if values else None
+
+
+def goals(results: dict[str, Any]) -> list[str]:
+    """The issue's goals, each answered yes or no with its figures (means over seeds)."""
+    bolt, control = bolt_runs(results, 4), bolt_runs(results, 1)
+    if not bolt:
+        return []
+    last = min(len(run["iterations"]) for run in bolt.values()) - 1
+    warm = results["warm_start"]["accuracy"]
+    baselines = results.get("baselines", {})
+    lines = ["", f"Goals (K = 4, mean over {len(bolt)} seeds):"]
+
+    def verdict(ok: bool) -> str:
+        return "yes" if ok else "no"
+
+    for key, label in (("selected_true_claims", "selected true claims"), ("accuracy", "held-out accuracy")):
+        first, final = mean_at(bolt, 1, key), mean_at(bolt, last, key)
+        if first is not None and final is not None:
+            lines.append(
+                f"- {label} rise from iteration 1 to {last}: {verdict(final > first)} ({first:.3f} -> {final:.3f})"
+            )
+    ours, theirs = mean_at(bolt, last, "accuracy"), mean_at(control, last, "accuracy")
+    if ours is not None and theirs is not None:
+        lines.append(
+            f"- K = 4 ends above the K = 1 control: {verdict(ours > theirs)} ({ours:.3f} against {theirs:.3f})"
+        )
+    flop = baselines.get("raw_flop_match", {}).get("accuracy")
+    if flop is not None:
+        accuracies = [mean_at(bolt, t, "accuracy") for t in range(1, last + 1)]
+        beaten = all(value is not None and value > flop for value in accuracies)
+        shown = ", ".join(f"{value:.3f}" for value in accuracies if value is not None)
+        lines.append(
+            f"- every iteration beats Raw FLOP-Match: {verdict(beaten)} ({shown} against {flop:.3f})"
+        )
+    oracle = baselines.get("oracle", {}).get("accuracy")
+    if oracle is not None and ours is not None and oracle > warm:
+        share = (ours - warm) / (oracle - warm)
+        lines.append(
+            f"- iteration {last} recovers half the gap from the warm start ({warm:.3f}) to the oracle ceiling "
+            f"({oracle:.3f}): {verdict(share >= 0.5)} ({share:.0%})"
+        )
+    return lines
+
+
+def projection(results: dict[str, Any], target: float = 0.9) -> list[str]:
+    """Where the training thoughts' quality is heading: per K, sigma (the selected thoughts' true
+    claims) of the last iteration and its growth g·f, mean over seeds, and how many more iterations
+    that growth, held constant, would take to reach ``target``: a rough reading of the measured
+    rate (the selection gain fell as quality rose here), not a prediction."""
+    import math
+
+    lines = []
+    for k in sorted({int(name.rsplit("_k", 1)[1]) for name in results["runs"]}, reverse=True):
+        finals = [run["iterations"][-1] for run in bolt_runs(results, k).values()]
+        sigmas = [
+            row["selected_true_claims"] for row in finals if row.get("selected_true_claims") is not None
+        ]
+        growths = [row["growth"] for row in finals if row.get("growth") is not None]
+        if not sigmas or not growths:
+            continue
+        sigma, growth = statistics.fmean(sigmas), statistics.fmean(growths)
+        if sigma >= target:
+            more = "reached already"
+        elif growth <= 1:
+            more = "never at that growth"
+        else:
+            more = f"{math.ceil(math.log(target / sigma) / math.log(growth))} more iterations at that growth"
+        lines.append(
+            f"K = {k}: training thoughts' true claims {sigma:.3f} after iteration {finals[0]['iteration']}, "
+            f"growth g·f {growth:.3f}; to {target}: {more}"
+        )
+    return ["", *lines] if lines else []
+
+
 def report(results: dict[str, Any]) -> list[str]:
     """Every table of the bench as Markdown lines, from its ``results.json``."""
     warm = results["warm_start"]
@@ -313,18 +395,8 @@ def report(results: dict[str, Any]) -> list[str]:
                 f"\nRaw FLOP-Match: {flop['mstep_tokens']:,} M-step tokens + one E-step's "
                 f"{flop['estep_forward_training_tokens']:,} training-token equivalents (K = {flop['k']})"
             )
-        oracle = baselines.get("oracle", {}).get("accuracy")
-        bolt = bolt_runs(results, 4)
-        if oracle is not None and bolt and oracle > warm["accuracy"]:
-            lines.append("")
-            for seed, run in sorted(bolt.items()):
-                final = run["iterations"][-1]
-                if final.get("accuracy") is not None:
-                    share = (final["accuracy"] - warm["accuracy"]) / (oracle - warm["accuracy"])
-                    lines.append(
-                        f"seed {seed}, K = 4, iteration {final['iteration']}: {share:.0%} of the gap between "
-                        f"the warm start ({warm['accuracy']:.3f}) and the oracle ceiling ({oracle:.3f}) recovered"
-                    )
+    lines += goals(results)
+    lines += projection(results)
     sweep = {name: run for name, run in results["runs"].items() if run.get("role") == "sweep"}
     if sweep:
         lines += [
