@@ -35,6 +35,7 @@ SHARED = REPO.parent / "shared"
 SUITE = {
     "tests/test_cli_errors.py": "command line (every verb)",
     "tests/test_outputs.py": "output checks",
+    "tests/test_cli_outputs.py": "inputs and outputs (every verb)",
     "tests/test_atomic.py": "atomic writes",
     "tests/test_generation.py": "result cache",
     "tests/test_corpus.py": "chunk",
