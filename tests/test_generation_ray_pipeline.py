@@ -223,7 +223,7 @@ def test_shards_default_to_four_per_worker_and_at_most_one_per_document(
     ("extra", "message"),
     [
         (["--executor", "ray", "--workers", "2", "--ray-cpus", "2"], "--ray-cpus 2: need more logical CPUs"),
-        (["--executor", "ray", "--workers", "0"], "--workers 0"),
+        (["--executor", "ray", "--workers", "0"], "argument --workers: must be a positive integer, got 0"),
         (["--executor", "ray", "--shard", "0/2"], "--shard and --executor ray do not mix"),
         (["--executor", "ray", "--batch-api"], "--batch-api and --executor ray do not mix"),
         (["--executor", "slurm"], "--executor slurm needs --shards N"),
