@@ -73,6 +73,8 @@ def table(runs: dict[str, dict[str, Any]]) -> list[str]:
         rows = run["iterations"]
         first = 0 if name.startswith("pretrained") else 1  # its own warm start: show its accuracy too
         for row in rows[first:3]:
+            if row.get("accuracy") is None and row.get("sampled_true_claims") is None:
+                continue  # a stage not run (yet)
             lines.append(
                 f"| {name} | {row['iteration']} | {cell(row.get('accuracy'))} | "
                 f"{cell(row.get('sampled_true_claims'))} / {cell(row.get('selected_true_claims'))} | "
