@@ -56,7 +56,8 @@ from latent_thoughts.format import (
 )
 from latent_thoughts.generation.cache import ResultCache
 from latent_thoughts.synthesis.pipeline import read_metadata, with_metadata
-from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
+from latent_thoughts.testbed.recipe import split_chunks
+from latent_thoughts.testbed.world import TestbedConfig, testbed_chunk_config
 from latent_thoughts.train.config import SourceConfig
 from latent_thoughts.train.data import build_document, build_documents, read_source
 from tests.conftest import tiny_llama
@@ -305,11 +306,7 @@ def test_the_temperature_flag_reaches_the_samples(tiny_model_dir: Path, tmp_path
     """``estep --temperature 0.7`` samples at 0.7 (recorded in the output's metadata), and log q of
     each stored thought is the tempered law's score of what was drawn."""
     world = TestbedConfig(bootstrap_documents=1, results_per_document=1)
-    chunks = [
-        chunk
-        for document in generate_documents(world, "bootstrap")
-        for chunk in chunk_document(document.doc_id, document.text, testbed_chunk_config(world))
-    ]
+    chunks = split_chunks(world, "bootstrap")
     chunk_file = tmp_path / "chunks.parquet"
     write_chunks(chunks, chunk_file)
     out = tmp_path / "samples.parquet"
@@ -360,11 +357,7 @@ def trained_and_weighted_ids(tiny_model_dir: Path, tmp_path: Path) -> list[tuple
     from latent_thoughts.tokenizer import load_tokenizer
 
     world = TestbedConfig(bootstrap_documents=2, results_per_document=2)
-    chunks = [
-        chunk
-        for document in generate_documents(world, "bootstrap")
-        for chunk in chunk_document(document.doc_id, document.text, testbed_chunk_config(world))
-    ]
+    chunks = split_chunks(world, "bootstrap")
     chunk_file = tmp_path / "chunks.parquet"
     write_chunks(chunks, chunk_file)
     out = tmp_path / "samples.parquet"

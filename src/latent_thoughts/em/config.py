@@ -16,6 +16,7 @@ from latent_thoughts.config import StageConfig, deep_merge, load_config
 from latent_thoughts.em.stage import EStepConfig
 from latent_thoughts.testbed.recipe import TestbedRecipe
 from latent_thoughts.testbed.world import TestbedConfig
+from latent_thoughts.train.config import parse_token_count
 
 
 def _small_world() -> TestbedRecipe:
@@ -51,12 +52,7 @@ class MStepConfig(StageConfig):
         "paper gives the M-step 16x the warm start's tokens",
     )
 
-    @field_validator("tokens", mode="before")
-    @classmethod
-    def _token_count(cls, value: Any) -> Any:
-        from latent_thoughts.train.config import parse_token_count
-
-        return None if value is None else parse_token_count(value)
+    _parse = field_validator("tokens", mode="before")(parse_token_count)
 
 
 class PretrainConfig(StageConfig):
@@ -69,12 +65,7 @@ class PretrainConfig(StageConfig):
         None, gt=0, description="raw pretraining tokens of the base model (unset: a random base, the default)"
     )
 
-    @field_validator("tokens", mode="before")
-    @classmethod
-    def _token_count(cls, value: Any) -> Any:
-        from latent_thoughts.train.config import parse_token_count
-
-        return None if value is None else parse_token_count(value)
+    _parse = field_validator("tokens", mode="before")(parse_token_count)
 
 
 class EvaluationConfig(StageConfig):

@@ -162,6 +162,7 @@ def teacher_true_claims(paths: RunPaths) -> float:
 def pretrain_config(config: EMConfig, paths: RunPaths) -> Any:
     """The :class:`~latent_thoughts.train.TrainConfig` of the base model's raw pretraining."""
     from latent_thoughts.testbed.recipe import RecipeData, train_config
+    from latent_thoughts.train import TrainConfig
 
     chunks = paths.pretrain_dir / "chunks.parquet"
     data = RecipeData(chunks, chunks, paths.tokenizer)
@@ -177,33 +178,22 @@ def pretrain_config(config: EMConfig, paths: RunPaths) -> Any:
     )
     values = base.model_dump(mode="json")
     values["model"]["init_seed"] = config.seed
-    from latent_thoughts.train import TrainConfig
-
     return TrainConfig.model_validate(values)
 
 
 def run_pretraining(config: EMConfig, paths: RunPaths) -> StageResult:
     """Write the pretraining split's raw chunks (the world's validation bucket) and train the base."""
-    from latent_thoughts.corpus import chunk_document, write_chunks
-    from latent_thoughts.testbed.world import generate_documents, testbed_chunk_config
+    from latent_thoughts.corpus import write_chunks
+    from latent_thoughts.testbed.recipe import split_chunks
 
     chunks_file = paths.pretrain_dir / "chunks.parquet"
-    world = config.testbed.world
-    chunking = testbed_chunk_config(world)
-    documents = generate_documents(world, "validation")
-    if not documents:
+    chunks = split_chunks(config.testbed.world, "validation")
+    if not chunks:
         raise LatentThoughtsError("pretrain.tokens needs testbed.world.validation_documents > 0")
     chunks_file.parent.mkdir(parents=True, exist_ok=True)
-    write_chunks(
-        [
-            chunk
-            for document in documents
-            for chunk in chunk_document(document.doc_id, document.text, chunking)
-        ],
-        chunks_file,
-    )
+    write_chunks(chunks, chunks_file)
     outputs, metrics = run_training(pretrain_config(config, paths))
-    return {**outputs, "chunks": str(chunks_file)}, {**metrics, "documents": len(documents)}
+    return {**outputs, "chunks": str(chunks_file)}, {**metrics, "documents": len({c.doc_id for c in chunks})}
 
 
 def training_config(config: EMConfig, paths: RunPaths, t: int) -> Any:

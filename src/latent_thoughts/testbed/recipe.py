@@ -109,6 +109,18 @@ def prepare_data(recipe: TestbedRecipe, out: str | Path) -> RecipeData:
     return files
 
 
+def split_chunks(world: TestbedConfig, split: DocumentSplit) -> list[Any]:
+    """The chunks of one document split of ``world``, one sentence a chunk (:func:`testbed_chunk_config`)."""
+    from latent_thoughts.corpus import chunk_document
+
+    chunking = testbed_chunk_config(world)
+    return [
+        chunk
+        for document in generate_documents(world, split)
+        for chunk in chunk_document(document.doc_id, document.text, chunking)
+    ]
+
+
 def write_split(
     world: TestbedConfig, split: DocumentSplit, chunks_path: Path, thoughts_path: Path
 ) -> list[str]:
@@ -118,16 +130,11 @@ def write_split(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from latent_thoughts.corpus import chunk_document, write_chunks
+    from latent_thoughts.corpus import write_chunks
     from latent_thoughts.testbed.oracle import TestbedOracle
 
-    chunking = testbed_chunk_config(world)
     oracle = TestbedOracle.from_config(world)
-    chunks = [
-        chunk
-        for document in generate_documents(world, split)
-        for chunk in chunk_document(document.doc_id, document.text, chunking)
-    ]
+    chunks = split_chunks(world, split)
     chunks_path.parent.mkdir(parents=True, exist_ok=True)
     write_chunks(chunks, chunks_path)
     thoughts = [oracle.thought(chunk.prefix, chunk.text) for chunk in chunks]
