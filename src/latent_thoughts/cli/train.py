@@ -69,9 +69,11 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
 def run(args: argparse.Namespace) -> int:
     """Load the configuration, train, and print where the model went."""
     from latent_thoughts.train import train
+    from latent_thoughts.train.sharding import end_process_group
 
     config = _config(args)
     result = train(config, resume=args.resume)
+    end_process_group()  # after a failure the launcher stops the other processes itself
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under a launcher, only the first process reports
     if result.model_dir is None:

@@ -88,3 +88,17 @@ def check_full_model_saved(accelerator: Any) -> None:
 def distributed_kind(accelerator: Any) -> str:
     """What ran: ``FSDP``, ``DEEPSPEED``, ``MULTI_GPU``, ``MULTI_CPU`` (data-parallel) or ``NO``."""
     return str(accelerator.state.distributed_type.value)
+
+
+def end_process_group() -> None:
+    """Wait for every process, then tear the process group down, when one was set up.
+
+    Left to the interpreter's exit, gloo's worker threads may be destroyed while still joinable, and the
+    C++ runtime then aborts the process ("terminate called without an active exception") after the
+    model was saved; the launcher reports that as a failed run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
