@@ -17,7 +17,7 @@ the M-step's training budget (``mstep.tokens``) and evaluated on the same held-o
 Printed, per iteration: accuracy mean ± std over seeds, true claims of the sampled and the selected
 thoughts, validity on chunks that state a result, and the loop's dynamics: fidelity f (how much of
 its training thoughts' quality a model keeps in its own samples), selection gain g and growth g·f
-(quality rises only while g·f > 1; :func:`latent_thoughts.em.loop.loop_dynamics`). Everything is
+(quality rises only while g·f > 1; :func:`latent_thoughts.recipes.testbed_em.loop_dynamics`). Everything is
 written under ``--out`` (``results.json``); every run resumes, so a rerun computes only what is
 missing; ``--report OUT`` prints the tables again from ``results.json`` without running anything.
 
@@ -53,10 +53,11 @@ from typing import Any
 
 import torch
 
-from latent_thoughts.em.config import EMConfig, load_em_config
+from latent_thoughts.em.config import em_config_from, load_em_config
 from latent_thoughts.em.loop import RunPaths, run_em
 from latent_thoughts.em.manifest import Manifest
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.recipes.testbed_em import TestbedEMConfig, problems_file
 
 CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "em" / "testbed-bolt-cpu.yaml"
 """The design every scale starts from: the paper's budget ratios at a size a 2-core CPU runs."""
@@ -106,7 +107,7 @@ def cell(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def em_config(overrides: list[str]) -> EMConfig:
+def em_config(overrides: list[str]) -> TestbedEMConfig:
     """The bench's ``em`` configuration: the CPU design with ``overrides`` (scale, then ``--set``)."""
     return load_em_config(CPU_CONFIG, overrides)
 
@@ -130,14 +131,14 @@ def finished_warm_start(folder: Path) -> dict[str, Any]:
     """The summary of another bench's finished warm start, with its own configuration (so that the
     options of this bench's M-steps may differ from those it was trained with)."""
     manifest = Manifest.open(folder)
-    config = EMConfig.model_validate(manifest.data.get("config", {}))
+    config = em_config_from(manifest.data.get("config", {}))
     return run_em(config.model_copy(update={"out": str(folder), "progress": False}), say=lambda line: None)
 
 
 # --- baselines -----------------------------------------------------------------------------------------
 
 
-def estep_training_tokens(config: EMConfig, paths: RunPaths) -> int:
+def estep_training_tokens(config: TestbedEMConfig, paths: RunPaths) -> int:
     """One E-step's inference compute on the bootstrap split, in training-token equivalents.
 
     Per chunk and sample: the sampler reads the posterior prompt and writes the thought, log q reads
@@ -178,8 +179,9 @@ def run_baseline(
     """Train the recipe's ``arm`` (``raw`` or ``thoughts``: the teacher's) on the bootstrap split of
     the warm start's data for ``tokens`` tokens from the base weights of ``seed``, and evaluate it
     (raw mode for raw, latent for thoughts); reused when its ``eval.json`` is there."""
+    from latent_thoughts.atomic import write_json
     from latent_thoughts.em.loop import run_training
-    from latent_thoughts.testbed.recipe import EVAL_MODE, RecipeData, evaluate_arm, train_config, write_json
+    from latent_thoughts.recipes.testbed import EVAL_MODE, RecipeData, evaluate_arm, train_config
     from latent_thoughts.testbed.task import read_problems
     from latent_thoughts.train import TrainConfig
 
@@ -211,7 +213,7 @@ def run_baseline(
     _, metrics = run_training(TrainConfig.model_validate(values))
     evaluation = evaluate_arm(
         folder / "train" / "model",
-        read_problems(paths.problems),
+        read_problems(problems_file(paths)),
         EVAL_MODE[arm],  # type: ignore[index]
         device=config.device,
         max_thought_tokens=config.evaluation.max_thought_tokens,

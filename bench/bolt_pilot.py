@@ -2,7 +2,7 @@
 
 From the warm start of a finished ``bench/bolt.py`` (``--warm-start``, seed 0), each variant runs
 one EM iteration and then the E-step of its new model (``final_estep``), which measures that model's
-fidelity f and the next selection gain g (``latent_thoughts.em.loop.loop_dynamics``):
+fidelity f and the next selection gain g (``latent_thoughts.recipes.testbed_em.loop_dynamics``):
 
 - ``previous_k4`` / ``previous_k1``: the M-step continues from the previous model (``mstep.init=previous``)
   instead of the base, at K = 4 and its K = 1 control;
@@ -38,10 +38,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bolt import SCALES, cell, finished_warm_start, run_one
-from latent_thoughts.em.config import EMConfig
-from latent_thoughts.em.loop import summarize
+from latent_thoughts.em.config import em_config_from
 from latent_thoughts.em.manifest import Manifest
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.recipes.testbed_em import summarize
 
 ONE_ITERATION = ("seed=0", "estep.seed=0", "iterations=1", "final_estep=true")
 VARIANTS: dict[str, tuple[str, ...]] = {
@@ -59,7 +59,7 @@ PRETRAINED = ("pretrain.tokens=2M", "testbed.world.validation_documents=500")
 def read_summary(folder: Path) -> dict[str, Any]:
     """The summary of a finished em run folder, recomputed from its manifest."""
     manifest = Manifest.open(folder)
-    return summarize(EMConfig.model_validate(manifest.data["config"]), manifest)
+    return summarize(em_config_from(manifest.data["config"]), manifest.stages)
 
 
 def table(runs: dict[str, dict[str, Any]]) -> list[str]:

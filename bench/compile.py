@@ -15,7 +15,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from latent_thoughts.testbed.recipe import TestbedRecipe
+from latent_thoughts.recipes.testbed import TestbedRecipe
 
 
 def tokens_per_second(compiled: bool, batch: int, seq_len: int, steps: int, warmup: int = 5) -> float:

@@ -23,7 +23,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name())" \
   | tee -a "$OUT/gpu.txt"
-python3 -c "import latent_thoughts.em.loop, latent_thoughts.testbed.recipe" || exit 1
+python3 -c "import latent_thoughts.em.loop, latent_thoughts.recipes.testbed" || exit 1
 
 echo "== bench/gpu.py"
 timeout "${GPU_LIMIT:-170}" python3 bench/gpu.py --out runs/bench/gpu >"$OUT/gpu.log" 2>&1

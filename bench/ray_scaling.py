@@ -2,10 +2,10 @@
 
 Two workloads over the same testbed chunks (one sentence a chunk, the testbed's own chunking):
 
-- the E-step (``estep_on_ray``) with a small randomly initialised Llama (hidden 128, 4 layers, a
+- the E-step (``run_on_ray`` of an ``EStepStage``) with a small randomly initialised Llama (hidden 128, 4 layers, a
   512-id byte-level BPE trained on the documents): K = 4 thoughts of up to 32 tokens per chunk,
   scored in both roles;
-- synthesis (``synthesize_on_ray``) with the same model as an in-process transformers teacher: one
+- synthesis (``run_on_ray`` of a ``SynthesisStage``) with the same model as an in-process transformers teacher: one
   answer of up to 48 tokens per chunk (a random model's answers mostly run to the limit and are
   recorded as failures; every request is still sampled, which is the work measured).
 
@@ -31,6 +31,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,11 @@ import torch
 import yaml
 
 from latent_thoughts.corpus import chunk_document, write_chunks
-from latent_thoughts.em.stage import EStepConfig, EStepRequest, run_estep
-from latent_thoughts.generation.ray_pipeline import RayOptions, estep_on_ray, synthesize_on_ray
+from latent_thoughts.em.stage import EStepConfig, EStepRequest, EStepStage
+from latent_thoughts.generation.ray_pipeline import RayOptions, run_on_ray
+from latent_thoughts.generation.stage import GenerationStage, run_stage
 from latent_thoughts.modeling import ScratchModelConfig, count_parameters, create_llama
-from latent_thoughts.synthesis.stage import SynthesisRequest, run_synthesis
+from latent_thoughts.synthesis.stage import SynthesisRequest, SynthesisStage
 from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
 from latent_thoughts.tokenizer import add_latent_tokens, train_bpe_tokenizer
 
@@ -100,24 +102,25 @@ def estep_request(chunks: Path, model: Path, out: Path) -> EStepRequest:
     return EStepRequest(model, chunks, out, config, device="cpu", dtype="fp32", progress=False)
 
 
-def main_parts(chunks: Path, model: Path, teacher: Path) -> tuple[Any, Any]:
-    """The two runners of a stage: on Ray with given options, and in this process."""
+def stage_builders(chunks: Path, model: Path, teacher: Path) -> dict[str, Callable[[Path], GenerationStage]]:
+    """The two workloads as generation stages writing a given output, by their verb."""
+    return {
+        EStepStage.name: lambda out: EStepStage(estep_request(chunks, model, out)),
+        SynthesisStage.name: lambda out: SynthesisStage(
+            SynthesisRequest(chunks, teacher, out, progress=False)
+        ),
+    }
 
-    def on_ray(stage: str, out: Path, options: RayOptions) -> str:
-        if stage == "estep":
-            summary = estep_on_ray(estep_request(chunks, model, out), options)
-        else:
-            summary = synthesize_on_ray(SynthesisRequest(chunks, teacher, out, progress=False), options)
-        return spread(summary["executor"]["shard_workers"])
 
-    def single(stage: str, out: Path) -> str:
-        if stage == "estep":
-            run_estep(estep_request(chunks, model, out))
-        else:
-            run_synthesis(SynthesisRequest(chunks, teacher, out, progress=False))
-        return ""
+def run_ray(stage: GenerationStage, options: RayOptions) -> str:
+    """``stage`` on Ray; which worker ran which shard."""
+    return spread(run_on_ray(stage, options)["executor"]["shard_workers"])
 
-    return on_ray, single
+
+def run_single(stage: GenerationStage) -> str:
+    """``stage`` in this process."""
+    run_stage(stage)
+    return ""
 
 
 def matmuls(count: int) -> float:
@@ -173,7 +176,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="ray-scaling-"))
     try:
         chunks, model, teacher, _count = build_inputs(folder, 8 if args.quick else args.docs)
-        run_ray, run_single = main_parts(chunks, model, teacher)
+        stages = stage_builders(chunks, model, teacher)
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
         first_ceiling = parallel_ceiling()
         print(f"load average {load}; 2 processes of plain matmuls do {first_ceiling:.2f}x the work of 1 now")
@@ -181,7 +184,7 @@ def main() -> None:
         ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
         print(f"local Ray instance (num_cpus=4) started in {time.monotonic() - started:.1f} s")
         speedups: dict[str, float] = {}
-        for stage in ("estep", "synthesize"):
+        for stage, build in stages.items():
             print(f"{stage}:")
             times: dict[int, list[float]] = {1: [], 2: []}
             outputs: dict[str, bytes] = {}
@@ -190,11 +193,11 @@ def main() -> None:
                     out = folder / f"{stage}-{workers}-{repeat}" / "out.parquet"
                     options = RayOptions(workers=workers, shards=SHARDS, progress=False)
                     label = f"ray, {workers} worker(s), {SHARDS} shards"
-                    times[workers].append(timed(label, run_ray, stage, out, options))
+                    times[workers].append(timed(label, run_ray, build(out), options))
                     outputs[f"{workers} worker(s)"] = out.read_bytes()
             single = folder / f"{stage}-single" / "out.parquet"
             torch.set_num_threads(1)  # the actors' one thread: the same work, and the same float rounding
-            timed("single process, 1 thread, no Ray", run_single, stage, single)
+            timed("single process, 1 thread, no Ray", run_single, build(single))
             outputs["single process"] = single.read_bytes()
             print(f"  outputs identical ({', '.join(outputs)}): {len(set(outputs.values())) == 1}")
             speedups[stage] = min(times[1]) / min(times[2])

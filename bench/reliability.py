@@ -143,7 +143,7 @@ def overhead(rate: float, seed: int, chunks: int, repeats: int, folder: Path) ->
         return pq.read_table(out).select(columns), summary["run"]["retries"]
 
     def estep(base_url: str, out: Path) -> Any:
-        argv = ["estep", "--model", str(model), "--chunks", str(folder / "testbed.parquet")]
+        argv = ["estep", str(model), "--chunks", str(folder / "testbed.parquet")]
         argv += ["--out", str(out), "--k", "2", "--max-thought-tokens", "8", "--base-url", base_url]
         flags = [f"--{key.replace('_', '-')}={value}" for key, value in HTTP_OPTIONS.items()]
         assert cli_main([*argv, *flags, "--no-progress"]) == 0

@@ -9,12 +9,13 @@ encodes a thought, against the sampled ids in the E-step's cache.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from latent_thoughts.em.stage import ChunkSamples
 from latent_thoughts.format import DocumentBuilder, FormatConfig, SpecialIds
+from latent_thoughts.generation.cache import CacheRecord
 from latent_thoughts.tokenizer import load_tokenizer
 
 
@@ -31,9 +32,9 @@ def main() -> None:
     weighted: dict[str, list[list[int]]] = {}
     for path in args.samples.with_suffix(".cache").glob("*.jsonl"):
         for line in path.read_text().splitlines():
-            record = json.loads(line)
-            if record.get("status") == "ok":
-                weighted[record["key"]] = json.loads(record["text"])["thought_ids"]
+            record = CacheRecord.from_json(line)
+            if record.status == "ok":
+                weighted[record.key] = ChunkSamples.from_record(record).thought_ids
     rows = pq.read_table(args.samples, columns=["key", "chosen", "thought"]).to_pylist()
     selected = differ = extra_tokens = 0
     for row in rows:

@@ -21,8 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from latent_thoughts.format import LATENT_TOKENS
+from latent_thoughts.recipes.testbed import TestbedRecipe
 from latent_thoughts.testbed import make_eval_problems
-from latent_thoughts.testbed.recipe import TestbedRecipe
 from latent_thoughts.testbed.task import Problem, extract_answer
 
 SOL, EOL, PRIOR, POST = LATENT_TOKENS.all()

@@ -1,6 +1,6 @@
 """Search for the testbed recipe: train both arms under many settings and print what each gave.
 
-Every setting is a set of ``key=value`` overrides of :class:`latent_thoughts.testbed.recipe.TestbedRecipe`
+Every setting is a set of ``key=value`` overrides of :class:`latent_thoughts.recipes.testbed.TestbedRecipe`
 (``lr=1e-3``, ``batch=8``, ``tokens=2M``, ``world.bootstrap_documents=1000``...). ``--set`` applies to
 every run, each ``--variant`` is one setting (several overrides separated by spaces), and each
 ``--grid key=v1,v2`` multiplies the settings by its values. Every setting trains the ``raw`` and the
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.config import load_config
-from latent_thoughts.testbed.recipe import EVAL_MODE, TestbedRecipe, evaluate_arm, prepare_data, train_config
+from latent_thoughts.recipes.testbed import EVAL_MODE, TestbedRecipe, evaluate_arm, prepare_data, train_config
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The paper's first experiment on the testbed: raw documents vs the same documents with thoughts.
 
-Runs the testbed recipe (:mod:`latent_thoughts.testbed.recipe`, defaults chosen as ``docs/testbed.md``
+Runs the testbed recipe (:mod:`latent_thoughts.recipes.testbed`, defaults chosen as ``docs/testbed.md``
 records) for both arms over several seeds: the same scratch Llama, tokenizer, optimiser and number of
 training tokens; only the data differ (raw documents, or the same documents one sentence a chunk with
 the oracle teacher's thoughts in the METHOD section 2 layouts). Each model is evaluated greedily on
@@ -30,8 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.config import load_config
+from latent_thoughts.recipes.testbed import (
+    RecipeData,
+    TestbedRecipe,
+    evaluate_arm,
+    prepare_data,
+    train_config,
+)
 from latent_thoughts.testbed import make_eval_problems
-from latent_thoughts.testbed.recipe import RecipeData, TestbedRecipe, evaluate_arm, prepare_data, train_config
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -1,7 +1,7 @@
 """Throughput of the trainer against a plain PyTorch loop and an unpacked trainer, and model FLOPs utilisation.
 
 In one process, on the same data (testbed documents with oracle thoughts) and the same scratch
-Llama (by default the testbed recipe's shape, :class:`latent_thoughts.testbed.recipe.TestbedRecipe`):
+Llama (by default the testbed recipe's shape, :class:`latent_thoughts.recipes.testbed.TestbedRecipe`):
 
 1. **packed**: ``latent_thoughts.train.train`` as is: documents back to back in windows of
    ``--seq-len`` tokens, every position a real token;
@@ -42,8 +42,8 @@ from transformers import Trainer, TrainerCallback
 from latent_thoughts.corpus import ChunkConfig, chunk_document, write_chunks
 from latent_thoughts.engines.transformers_engine import cpu_supports_bf16
 from latent_thoughts.format import DocumentBuilder
+from latent_thoughts.recipes.testbed import TestbedRecipe
 from latent_thoughts.testbed import TestbedConfig, TestbedOracle, generate_documents
-from latent_thoughts.testbed.recipe import TestbedRecipe
 from latent_thoughts.tokenizer import load_tokenizer
 from latent_thoughts.train import TrainConfig, model_flops_per_token, train
 from latent_thoughts.train.data import build_documents, read_sources

@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 
 from latent_thoughts.config import load_config
-from latent_thoughts.testbed.recipe import TestbedRecipe, evaluate_arm, prepare_data, train_config
+from latent_thoughts.recipes.testbed import TestbedRecipe, evaluate_arm, prepare_data, train_config
 
 
 def run_one(

@@ -156,8 +156,9 @@ SAME_PATH_CASES: dict[str, Builder] = {
             "train",
             "--config",
             str(w / "train.yaml"),
-            "--output-dir",
+            "--out",
             str(w / "run"),
+            "--set",
             f"model.tokenizer={w / 'run' / 'metrics.json'}",
         ],
         w / "run" / "metrics.json",
@@ -274,8 +275,9 @@ def test_train_refuses_betas_outside_zero_one(tmp_path: Path, capsys: pytest.Cap
         "train",
         "--config",
         str(TRAIN_CONFIG),
-        "--output-dir",
+        "--out",
         str(tmp_path / "run"),
+        "--set",
         "optim.betas=[2, 3]",
     ]
     status, err = run_cli(args, capsys)

@@ -22,8 +22,8 @@ from latent_thoughts.cli import build_parser, main
 from latent_thoughts.corpus import chunk_document, write_chunks
 from latent_thoughts.em.stage import MODE, SAMPLE_SCHEMA
 from latent_thoughts.evaluate import benchmark
+from latent_thoughts.generation.outputs import with_metadata
 from latent_thoughts.outputs import LOCK_NAME, folder_lock
-from latent_thoughts.synthesis.pipeline import with_metadata
 from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
 from tests.test_cli_errors import TRAIN_CONFIG, assert_one_line_error, run_cli
 
@@ -87,7 +87,7 @@ def test_estep_refuses_its_chunk_file_as_its_output(
     tiny_model_dir: Path, chunks: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = chunks.read_bytes()
-    argv = ["estep", "--model", str(tiny_model_dir), "--chunks", str(chunks), "--out", str(chunks)]
+    argv = ["estep", str(tiny_model_dir), "--chunks", str(chunks), "--out", str(chunks)]
     status, err = run_cli(
         [*argv, "--k", "2", "--max-thought-tokens", "4", "--device", "cpu", "--no-progress"], capsys
     )
@@ -128,12 +128,13 @@ def test_train_refuses_an_output_dir_holding_its_input_model(
         "train",
         "--config",
         str(TRAIN_CONFIG),
-        "--output-dir",
+        "--out",
         str(tmp_path / "run"),
+        "--set",
         f"model.path={model}",
     ]
     status, err = run_cli(argv, capsys)
-    assert_one_line_error(status, err, "output_dir", str(model))
+    assert_one_line_error(status, err, "--out", str(model))
     assert _snapshot(model) == before
 
 
@@ -145,13 +146,14 @@ def test_train_refuses_an_input_model_inside_its_checkpoints(
         "train",
         "--config",
         str(TRAIN_CONFIG),
-        "--output-dir",
+        "--out",
         str(tmp_path / "run"),
+        "--set",
         f"model.path={model}",
         "--resume",  # old checkpoints are rotated away: the input model would go with them
     ]
     status, err = run_cli(argv, capsys)
-    assert_one_line_error(status, err, "output_dir", str(model))
+    assert_one_line_error(status, err, "--out", str(model))
 
 
 def test_finetune_eval_refuses_an_out_folder_holding_its_input_model(

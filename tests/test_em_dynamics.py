@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from latent_thoughts.em.config import load_em_config
-from latent_thoughts.em.loop import RunPaths, loop_dynamics, run_em, stage_names, training_config
+from latent_thoughts.em.loop import RunPaths, run_em, stage_names
+from latent_thoughts.recipes.testbed_em import EXPERIMENT, loop_dynamics, pretrained_model
 from latent_thoughts.report.thought_checks import sample_quality
 
 from .test_em_loop import TINY
@@ -23,11 +24,11 @@ from .test_em_loop import TINY
 def test_mstep_tokens_set_the_m_steps_budget_and_leave_the_warm_starts(tmp_path: Path) -> None:
     config = load_em_config(None, ["testbed.tokens=2M", "mstep.tokens=4M", f"out={tmp_path}"])
     paths = RunPaths(tmp_path)
-    assert training_config(config, paths, 0).budget.tokens == 2_000_000
-    assert training_config(config, paths, 1).budget.tokens == 4_000_000
-    assert training_config(config, paths, 2).budget.tokens == 4_000_000
+    assert EXPERIMENT.training_config(config, paths, 0).budget.tokens == 2_000_000
+    assert EXPERIMENT.training_config(config, paths, 1).budget.tokens == 4_000_000
+    assert EXPERIMENT.training_config(config, paths, 2).budget.tokens == 4_000_000
     unset = load_em_config(None, ["testbed.tokens=2M", f"out={tmp_path}"])
-    assert training_config(unset, paths, 1).budget.tokens == 2_000_000
+    assert EXPERIMENT.training_config(unset, paths, 1).budget.tokens == 2_000_000
 
 
 def test_loop_dynamics_multiply_to_the_growth_of_the_training_thoughts_quality() -> None:
@@ -82,10 +83,10 @@ def test_a_pretrained_base_feeds_the_warm_start_and_the_last_model_gets_an_estep
     summary = run_em(config, say=lambda line: None)
     manifest = (tmp_path / "run" / "manifest.json").read_text()
     paths = RunPaths(tmp_path / "run")
-    assert list(_stages(tmp_path / "run")) == stage_names(1, pretrain=True, final_estep=True)
-    assert str(paths.pretrained_model) in manifest
-    assert training_config(config, paths, 0).model.path == str(paths.pretrained_model)
-    assert training_config(config, paths, 1).model.path == str(paths.pretrained_model)
+    assert list(_stages(tmp_path / "run")) == stage_names(1, final_estep=True, prepared=("data", "pretrain"))
+    assert str(pretrained_model(paths)) in manifest
+    assert EXPERIMENT.training_config(config, paths, 0).model.path == str(pretrained_model(paths))
+    assert EXPERIMENT.training_config(config, paths, 1).model.path == str(pretrained_model(paths))
     last = summary["iterations"][-1]
     assert last["iteration"] == 2 and last["accuracy"] is None and last["mean_bound"] is not None
 
@@ -97,7 +98,7 @@ def _stages(run: Path) -> dict[str, Any]:
 def test_redrawn_layouts_change_with_the_iteration_and_leave_the_warm_start_alone(tmp_path: Path) -> None:
     config = load_em_config(None, ["mstep.redraw_layouts=true", "seed=5", f"out={tmp_path}"])
     paths = RunPaths(tmp_path)
-    warm, one, two = (training_config(config, paths, t).data.format for t in (0, 1, 2))
+    warm, one, two = (EXPERIMENT.training_config(config, paths, t).data.format for t in (0, 1, 2))
     assert not warm.redraw_layouts and warm.seed == 5
     assert one.redraw_layouts and two.redraw_layouts
     assert one.seed != two.seed != warm.seed

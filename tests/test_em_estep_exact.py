@@ -35,9 +35,9 @@ from latent_thoughts.em.stage import (
     ChunkSamples,
     EStepConfig,
     EStepRequest,
+    EStepStage,
     chunk_layouts,
     make_items,
-    open_engine,
     run_estep,
     sampling_key,
     thought_text,
@@ -55,8 +55,8 @@ from latent_thoughts.format import (
     tokenizer_fingerprint,
 )
 from latent_thoughts.generation.cache import ResultCache
-from latent_thoughts.synthesis.pipeline import read_metadata, with_metadata
-from latent_thoughts.testbed.recipe import split_chunks
+from latent_thoughts.generation.outputs import read_metadata, with_metadata
+from latent_thoughts.recipes.testbed import split_chunks
 from latent_thoughts.testbed.world import TestbedConfig, testbed_chunk_config
 from latent_thoughts.train.config import SourceConfig
 from latent_thoughts.train.data import build_document, build_documents, read_source
@@ -287,7 +287,7 @@ def test_a_served_model_refuses_a_tempered_score(tiny_model_dir: Path, tmp_path:
         base_url="http://127.0.0.1:9/v1",
     )
     with pytest.raises(LatentThoughtsError, match="temperature"):
-        open_engine(request)
+        EStepStage(request).check()
 
 
 def test_estep_has_a_temperature_flag(
@@ -296,7 +296,7 @@ def test_estep_has_a_temperature_flag(
     with pytest.raises(SystemExit):
         main(["estep", "--help"])
     assert "--temperature" in capsys.readouterr().out
-    command = ["estep", "--model", str(tiny_model_dir), "--chunks", str(tmp_path / "c.parquet")]
+    command = ["estep", str(tiny_model_dir), "--chunks", str(tmp_path / "c.parquet")]
     assert main([*command, "--out", str(tmp_path / "o.parquet"), "--temperature", "0"]) == 2
     error = capsys.readouterr().err
     assert "temperature" in error and len(error.strip().splitlines()) == 1
@@ -322,7 +322,7 @@ def test_the_temperature_flag_reaches_the_samples(tiny_model_dir: Path, tmp_path
         "--dtype",
         "fp32",
     ]
-    command = ["estep", "--model", str(tiny_model_dir), "--chunks", str(chunk_file), "--out", str(out)]
+    command = ["estep", str(tiny_model_dir), "--chunks", str(chunk_file), "--out", str(out)]
     assert main([*command, *flags, "--no-progress"]) == 0
     assert read_metadata(out)["sampling"]["temperature"] == 0.7
     rows = pq.read_table(out).to_pylist()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from latent_thoughts.em.stage import (
     ChunkSamples,
     EStepConfig,
     EStepRequest,
+    EStepStage,
     merge_sample_shards,
     run_estep,
     thought_text,
@@ -25,7 +27,8 @@ from latent_thoughts.engines.transformers_engine import TransformersEngine, Tran
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import SpecialIds, tokenize_chunks, tokenizer_fingerprint
 from latent_thoughts.generation.cache import ResultCache
-from latent_thoughts.synthesis.pipeline import read_metadata, with_metadata
+from latent_thoughts.generation.outputs import read_metadata, with_metadata
+from latent_thoughts.generation.stage import STAGE_KEY, stage_class
 from latent_thoughts.testbed.world import TestbedConfig, generate_documents, testbed_chunk_config
 from latent_thoughts.tokenizer import load_tokenizer
 from latent_thoughts.train.config import SourceConfig
@@ -114,6 +117,11 @@ def test_log_w_equals_a_hand_computation_from_score(
             assert row["thought"] == row["samples"][row["chosen"]]
 
 
+def test_e_step_outputs_name_their_stage(local_run: Path) -> None:
+    """What ``latent-thoughts merge`` finds the stage's merge by."""
+    assert stage_class(read_metadata(local_run)[STAGE_KEY], str(local_run)) is EStepStage
+
+
 def test_ess_is_k_for_equal_weights_and_one_for_a_dominant_weight() -> None:
     equal = [ThoughtScore([1], -3.0, -5.0) for _ in range(4)]
     assert effective_sample_size(equal) == pytest.approx(4.0)
@@ -136,7 +144,7 @@ def test_shards_merge_into_the_unsharded_output_and_a_rerun_samples_nothing(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "samples.parquet"
-    common = ["estep", "--model", str(tiny_model_dir), "--chunks", str(chunks_file), "--out", str(out)]
+    common = ["estep", str(tiny_model_dir), "--chunks", str(chunks_file), "--out", str(out)]
     flags = ["--k", "3", "--max-thought-tokens", "10", "--seed", "5", "--device", "cpu", "--dtype", "fp32"]
     for shard in ("0/2", "1/2"):
         assert main([*common, *flags, "--shard", shard, "--no-progress"]) == 0
@@ -154,6 +162,25 @@ def test_shards_merge_into_the_unsharded_output_and_a_rerun_samples_nothing(
     assert summary["sampled_now"] == 0
     for row in pq.read_table(out).to_pylist():
         assert row["log_w"][row["chosen"]] == max(row["log_w"])
+
+
+def test_a_cache_written_before_typed_payloads_is_read_without_sampling_again(
+    tiny_model_dir: Path, chunks_file: Path, local_run: Path, tmp_path: Path
+) -> None:
+    """The E-step's cache records hold their samples as a typed payload; a killed run's records of
+    the older layout (the same object as JSON in ``text``) are finished work: the rerun samples
+    nothing and writes the same output."""
+    lines = (local_run.with_name("samples.cache") / "all.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert all(record["text"] == "" and "thought_ids" in record["payload"] for record in records)
+    for record in records:
+        record["text"] = json.dumps(record.pop("payload"), separators=(",", ":"))
+    out = tmp_path / "samples.parquet"
+    (tmp_path / "samples.cache").mkdir()
+    (tmp_path / "samples.cache" / "all.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = estep(tiny_model_dir, chunks_file, out)
+    assert (summary["sampled_now"], summary["from_cache"]) == (0, len(records))
+    assert out.read_bytes() == local_run.read_bytes()
 
 
 def test_the_trainer_reads_the_samples_as_a_thoughts_source(chunks_file: Path, local_run: Path) -> None:
@@ -249,23 +276,23 @@ def test_bad_input_is_a_one_line_error_naming_it(
     tiny_model_dir: Path, chunks_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     common = ["estep", "--chunks", str(chunks_file), "--out", str(tmp_path / "s.parquet")]
-    assert main([*common, "--model", str(tmp_path / "nowhere")]) == 2
-    assert "--model" in capsys.readouterr().err
-    assert main([*common, "--model", str(tiny_model_dir), "--policy", "best"]) == 2
+    assert main([*common, str(tmp_path / "nowhere")]) == 2
+    assert "MODEL" in capsys.readouterr().err
+    assert main([*common, str(tiny_model_dir), "--policy", "best"]) == 2
     assert "unknown selection policy 'best'" in capsys.readouterr().err
-    assert main([*common, "--model", str(tiny_model_dir), "--k", "0"]) == 2
+    assert main([*common, str(tiny_model_dir), "--k", "0"]) == 2
     assert "k" in capsys.readouterr().err
     # the retry options are a served model's; checked before any request or model load
-    assert main([*common, "--model", str(tiny_model_dir), "--timeout-s", "5"]) == 2
+    assert main([*common, str(tiny_model_dir), "--timeout-s", "5"]) == 2
     assert "--timeout-s: for a served model only" in capsys.readouterr().err
-    served = [*common, "--model", str(tiny_model_dir), "--base-url", "http://127.0.0.1:9/v1"]
+    served = [*common, str(tiny_model_dir), "--base-url", "http://127.0.0.1:9/v1"]
     assert main([*served, "--max-attempts", "0"]) == 2
     assert "--max-attempts" in capsys.readouterr().err
     assert main([*served, "--device", "cpu"]) == 2
     assert "--device/--dtype: the model served at --base-url" in capsys.readouterr().err
     engine = tmp_path / "engine.yaml"
     engine.write_text("kind: http\nhttp: {base_url: 'http://127.0.0.1:9/v1'}\n")
-    assert main([*common, "--model", str(engine)]) == 2
+    assert main([*common, str(engine)]) == 2
     assert "tokenizer" in capsys.readouterr().err
 
 
@@ -278,9 +305,7 @@ def test_an_engine_file_runs_the_e_step_like_the_model_folder(
     )
     out = tmp_path / "samples.parquet"
     flags = ["--k", "3", "--max-thought-tokens", "10", "--batch-chunks", "4", "--seed", "5", "--no-progress"]
-    assert (
-        main(["estep", "--model", str(engine), "--chunks", str(chunks_file), "--out", str(out), *flags]) == 0
-    )
+    assert main(["estep", str(engine), "--chunks", str(chunks_file), "--out", str(out), *flags]) == 0
     assert pq.read_table(out).equals(pq.read_table(local_run))
 
 
@@ -289,13 +314,13 @@ def test_batch_tokens_bounds_the_engine_and_changes_no_sample(
 ) -> None:
     """The E-step's token batch reaches the engine; a small bound splits the work into more, smaller
     batches and writes the same thoughts (and log w to float rounding)."""
-    from latent_thoughts.em.stage import open_engine
+    from latent_thoughts.em.stage import engine_spec
+    from latent_thoughts.engines.spec import open_engine
 
     config = EStepConfig(**{**OPTIONS, "batch_tokens": 64})
-    engine, _ = open_engine(
-        EStepRequest(tiny_model_dir, chunks_file, tmp_path / "x.parquet", config, device="cpu")
-    )
-    assert isinstance(engine, TransformersEngine) and engine.config.batch_tokens == 64
+    request = EStepRequest(tiny_model_dir, chunks_file, tmp_path / "x.parquet", config, device="cpu")
+    with open_engine(engine_spec(request)) as (engine, _):
+        assert isinstance(engine, TransformersEngine) and engine.config.batch_tokens == 64
     out = tmp_path / "small-batches.parquet"
     estep(tiny_model_dir, chunks_file, out, batch_tokens=64)
     small, reference = pq.read_table(out).to_pylist(), pq.read_table(local_run).to_pylist()

@@ -407,3 +407,28 @@ def test_impossible_usage_is_a_malformed_reply_retried(fake: tuple[str, Script],
     assert replies[0][0].text == "four" and replies[0][0].completion_tokens == 2
     assert engine.usage.failures == {"malformed": 1}
     assert engine.usage.prompt_tokens == 3 and engine.usage.completion_tokens == 2
+
+
+def test_the_context_is_the_smallest_max_model_len_of_the_servers() -> None:
+    """``max_context_tokens`` reads the served model's ``max_model_len`` in each server's ``/models``
+    (asked once): the smallest bounds the E-step; entries of other models, and values that are not
+    positive whole numbers, say nothing."""
+    urls = ["http://127.0.0.1:9/v1", "http://127.0.0.1:10/v1"]
+    with HTTPEngine(HTTPEngineConfig(base_url=urls, model="m")) as engine:
+        engine._listings = {
+            0: [{"id": "other", "max_model_len": 64}, {"id": "m", "max_model_len": 4096}],
+            1: [{"id": "m", "max_model_len": 2048}],
+        }
+        assert engine.max_context_tokens == 2048
+    with HTTPEngine(HTTPEngineConfig(base_url=urls[0], model="m")) as engine:
+        engine._listings = {0: [{"id": "m", "max_model_len": None}]}
+        assert engine.max_context_tokens is None
+
+
+def test_a_server_without_models_says_no_context(fake: tuple[str, Script]) -> None:
+    """A server that answers no ``GET /models`` (this fake, some gateways) leaves the context to the
+    tokenizer folder's ``config.json`` (a warning, no error)."""
+    url, _ = fake
+    with _engine(url) as engine:
+        assert engine.max_context_tokens is None
+        assert engine.model == "fake"  # named: nothing asked

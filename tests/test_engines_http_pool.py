@@ -140,7 +140,7 @@ def test_the_vllm_pool_teacher_synthesizes_as_against_one_server(
 def test_the_vllm_estep_engine_file_samples_like_the_in_process_model(
     servers: list[str], tiny_model_dir: Path, chunks_file: Path, local_run: Path, tmp_path: Path
 ) -> None:
-    """``estep --model configs/engines/vllm-estep.yaml`` with two servers: the thoughts and weights of
+    """``estep configs/engines/vllm-estep.yaml`` with two servers: the thoughts and weights of
     the in-process E-step (the shipped file's scoring settings, one generated token per scoring
     request and prompt_logprobs, read through ``latent-thoughts serve``)."""
     spec = read_engine_spec(CONFIGS / "engines" / "vllm-estep.yaml")
@@ -150,7 +150,7 @@ def test_the_vllm_estep_engine_file_samples_like_the_in_process_model(
     )
     out = tmp_path / "samples.parquet"
     options = [f"{key}={value}" for key, value in OPTIONS.items()]
-    argv = ["estep", "--model", str(engine_file), "--chunks", str(chunks_file), "--out", str(out)]
+    argv = ["estep", str(engine_file), "--chunks", str(chunks_file), "--out", str(out)]
     assert main([*argv, "--set", *options, "--no-progress"]) == 0
     served, local = pq.read_table(out).to_pylist(), pq.read_table(local_run).to_pylist()
     for remote_row, local_row in zip(served, local, strict=True):

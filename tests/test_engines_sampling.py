@@ -11,6 +11,7 @@ from latent_thoughts.engines.sampling import (
     BLOCK,
     draw,
     inverse_cdf,
+    padded_width,
     plan_batches,
     plan_score_batches,
     row_seed,
@@ -23,15 +24,27 @@ from latent_thoughts.engines.sampling import (
     n=st.integers(1, 6),
     new=st.integers(0, 20),
     budget=st.integers(1, 400),
+    multiple=st.sampled_from([0, 8, 64]),
 )
-def test_every_sample_is_planned_once_within_the_memory_bound(lengths, n, new, budget) -> None:
-    batches = list(plan_batches(lengths, n, new, budget))
+def test_every_sample_is_planned_once_within_the_memory_bound(lengths, n, new, budget, multiple) -> None:
+    batches = list(plan_batches(lengths, n, new, budget, multiple))
     planned = sorted((prompt, s) for batch in batches for prompt, samples in batch for s in samples)
     assert planned == [(p, s) for p in range(len(lengths)) for s in range(n)]
     for batch in batches:
         rows = sum(len(samples) for _, samples in batch)
-        width = max(lengths[prompt] for prompt, _ in batch) + new
-        assert rows == 1 or rows * width <= budget  # a single row always runs, whatever the bound
+        widths = {padded_width(lengths[prompt], multiple) for prompt, _ in batch}
+        if multiple:
+            assert len(widths) == 1  # no prompt is padded further because of another
+        assert rows == 1 or rows * (max(widths) + new) <= budget  # one row always runs, whatever the bound
+
+
+def test_a_prompts_padded_width_depends_on_its_own_length_only() -> None:
+    assert [padded_width(n) for n in (0, 1, 63, 64, 65, 128, 129)] == [64, 64, 64, 64, 128, 128, 192]
+    assert [padded_width(n, 8) for n in (1, 9)] == [8, 16] and padded_width(37, 0) == 37
+    ids, mask, positions = left_pad([[5, 6], [7]], pad_id=0, width=64)
+    assert ids.shape == mask.shape == positions.shape == (2, 64)
+    assert ids[0, -2:].tolist() == [5, 6] and mask[0].sum() == 2 and positions[0, -1] == 1
+    assert mask[1].sum() == 1 and positions[1, -1] == 0
 
 
 @settings(max_examples=100, deadline=None)

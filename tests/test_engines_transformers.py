@@ -10,6 +10,7 @@ import torch
 
 from latent_thoughts.config import validate_config
 from latent_thoughts.engines import Engine
+from latent_thoughts.engines.sampling import padded_width
 from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.modeling import ScratchModelConfig, create_llama
@@ -74,6 +75,34 @@ def test_batched_equals_per_prompt(engine):
         assert score.token_logprobs == pytest.approx(alone_score.token_logprobs, abs=1e-5)
 
 
+@pytest.mark.numeric
+def test_batched_equals_per_prompt_in_bf16_with_a_large_vocabulary() -> None:
+    """In bf16 a 32 k vocabulary's inverse-CDF draw flips on rounding differences, and the attention's
+    rounding depends on how far a row is padded: a prompt's samples must not depend on the longer
+    prompts that share its batch (they did when a batch was padded to its longest prompt: a sample
+    of the shorter prompts below diverged within 48 tokens, and log-probs differed by 1e-4)."""
+    spec = ScratchModelConfig(
+        hidden_size=32,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+    )
+    model = create_llama(spec, vocab_size=32_000, seed=0)
+    bf16 = TransformersEngine(TransformersEngineConfig(dtype="bf16", device="cpu"), model=model)
+    generator = torch.Generator().manual_seed(0)
+    prompts = [
+        torch.randint(3, 32_000, (length,), generator=generator).tolist() for length in (400, 300, 120, 20)
+    ]
+    options = {"n": 2, "max_new_tokens": 48, "seed": 1, "stop_on_eos": False}
+    batched = [s for group in bf16.sample(prompts, **options) for s in group]
+    alone = [s for prompt in prompts for s in bf16.sample([prompt], **options)[0]]
+    assert [s.token_ids for s in batched] == [s.token_ids for s in alone]
+    for a, b in zip(batched, alone, strict=True):
+        assert a.token_logprobs == b.token_logprobs  # the same arithmetic, not merely close
+
+
 def test_small_batches_give_the_same_samples(tiny_model_dir, engine):
     """batch_tokens bounds memory by splitting the work; the samples do not depend on it."""
     small = TransformersEngine(
@@ -100,7 +129,19 @@ def test_prompt_is_prefilled_once_for_all_samples(engine):
         engine.sample([prompt], n=4, max_new_tokens=3, seed=0, stop_on_eos=False)
     finally:
         handle.remove()
-    assert seen == [(1, len(prompt)), (4, 1), (4, 1)]
+    assert seen == [(1, padded_width(len(prompt))), (4, 1), (4, 1)]  # left-padded to a multiple of 64
+    unpadded = TransformersEngine(
+        TransformersEngineConfig(dtype="fp32", device="cpu", pad_multiple=0),
+        model=engine.model,
+        tokenizer=engine.tokenizer,
+    )
+    seen.clear()
+    handle = embeddings.register_forward_hook(lambda module, args, output: seen.append(tuple(args[0].shape)))
+    try:
+        unpadded.sample([prompt], n=4, max_new_tokens=3, seed=0, stop_on_eos=False)
+    finally:
+        handle.remove()
+    assert seen == [(1, len(prompt)), (4, 1), (4, 1)]  # pad_multiple 0: the batch's longest prompt
 
 
 def test_stop_on_token_id(engine):

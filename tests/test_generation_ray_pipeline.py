@@ -33,7 +33,8 @@ from tests.test_synthesis import ORACLE_TEACHER, cache_lines, testbed_chunks  # 
 
 ray = pytest.importorskip("ray")
 
-ESTEP_FLAGS = ["--k", "3", "--max-thought-tokens", "10", "--seed", "5", "--device", "cpu", "--dtype", "fp32"]
+ESTEP_SAMPLING = ["--k", "3", "--max-thought-tokens", "10", "--seed", "5"]
+ESTEP_FLAGS = [*ESTEP_SAMPLING, "--device", "cpu", "--dtype", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +99,7 @@ def test_estep_on_ray_writes_the_single_process_output_and_a_rerun_samples_nothi
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     single, on_ray = tmp_path / "single" / "samples.parquet", tmp_path / "ray" / "samples.parquet"
-    common = ["estep", "--model", str(tiny_model_dir), "--chunks", str(chunks_file), *ESTEP_FLAGS]
+    common = ["estep", str(tiny_model_dir), "--chunks", str(chunks_file), *ESTEP_FLAGS]
     run(*common, "--out", str(single), "--no-progress")
     ray_run = [*common, "--out", str(on_ray), "--no-progress", "--executor", "ray", "--workers", "2"]
     run(*ray_run)
@@ -124,11 +125,10 @@ def test_estep_on_ray_with_actors_as_clients_of_a_served_model(
     single, on_ray = tmp_path / "single" / "samples.parquet", tmp_path / "ray" / "samples.parquet"
     common = [
         "estep",
-        "--model",
         str(tiny_model_dir),
         "--chunks",
         str(chunks_file),
-        *ESTEP_FLAGS,
+        *ESTEP_SAMPLING,  # the server decides device and dtype
         "--no-progress",
     ]
     with serve_subprocess(tiny_model_dir, tmp_path) as base_url:

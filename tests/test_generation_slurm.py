@@ -1,14 +1,16 @@
-"""``--executor slurm``: the submitit launcher of ``--shard i/N`` jobs and the merge.
+"""``--executor slurm``: the submitit launcher of shard jobs and the merge.
 
 submitit's ``local`` backend stands in for Slurm: every job is a real subprocess that unpickles the
-job and runs the command line, exactly as on a Slurm node. The merged output must equal the
-single-process output, and a second launch asks the teacher for nothing.
+job and runs one shard of the stage from its spec file (``latent_thoughts.generation.run_shard``),
+exactly as on a Slurm node. The merged output must equal the single-process output, and a second
+launch asks the teacher for nothing.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,48 +22,47 @@ from tests.test_synthesis import ORACLE_TEACHER, testbed_chunks  # noqa: F401  (
 pytest.importorskip("submitit")
 
 
-def test_shard_jobs_run_the_command_with_shard_i_of_n_and_the_merge_names_every_shard(tmp_path: Path) -> None:
-    commands = shard_commands(["synthesize", "--out", "o.parquet"], 3)
-    assert commands == [["synthesize", "--out", "o.parquet", "--shard", f"{i}/3"] for i in range(3)]
-    assert shard_commands(["estep"], 1) == [["estep"]]  # one shard is the whole run: nothing to merge
-    assert merge_command(tmp_path / "o.parquet", 2) == [
-        "merge",
-        "--out",
-        str(tmp_path / "o.parquet"),
-        str(tmp_path / "o.shard-0-of-2.parquet"),
-        str(tmp_path / "o.shard-1-of-2.parquet"),
-    ]
+def test_shard_jobs_run_the_stage_spec_with_shard_i_of_n_and_the_merge_joins_n(tmp_path: Path) -> None:
+    spec = tmp_path / "stage.json"
+    commands = shard_commands(spec, 3)
+    assert commands == [[str(spec), "--shard", f"{i}/3"] for i in range(3)]
+    assert shard_commands(spec, 1) == [[str(spec)]]  # one shard is the whole run: nothing to merge
+    assert merge_command(spec, 2) == [str(spec), "--merge", "2"]
 
 
-def test_each_job_runs_the_command_line_without_its_executor_options(tmp_path: Path) -> None:
-    """What a shard job runs is the user's command with absolute paths, its stage options kept and
-    the executor options dropped; it parses back to the same stage options."""
-    from latent_thoughts.cli import build_parser
-    from latent_thoughts.cli.estep import shard_argv as estep_argv
-    from latent_thoughts.cli.synthesize import shard_argv as synthesize_argv
+def test_each_job_runs_the_stage_the_command_line_built_without_its_executor_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a shard job runs is the stage the user's command built, its request serialised with absolute
+    paths (a job may start in another folder); the executor options are not part of it, and the spec
+    reads back as the same request."""
+    from latent_thoughts.generation import slurm
+    from latent_thoughts.generation.stage import stage_from_spec, stage_spec
 
-    parser = build_parser()
-    slurm = ["--executor", "slurm", "--shards", "4", "--slurm-partition", "gpu"]
-    estep = parser.parse_args(
-        ["estep", "--model", "m", "--chunks", "c.parquet", "--out", "o.parquet", "--k", "8", *slurm]
-    )
-    argv = estep_argv(estep)
-    assert "--executor" not in argv and "--slurm-partition" not in argv
-    again = parser.parse_args(argv)
-    assert again.model == Path("m").resolve() and again.out == Path("o.parquet").resolve()
-    assert again.set == ["k=8"] and again.executor == "local"
+    launched: list[Any] = []
 
-    files = ["--chunks", "c.parquet", "--teacher", "t.yaml", "--out", "o.parquet"]
-    options = ["--mode", "rephrase", "--style", "cot", "--set", "batch_size=4"]
-    synthesize = parser.parse_args(["synthesize", *files, *options, *slurm])
-    again = parser.parse_args(synthesize_argv(synthesize))
-    assert (again.mode, again.style, again.set, again.executor) == (
-        "rephrase",
-        "cot",
-        ["batch_size=4"],
-        "local",
-    )
-    assert again.teacher == Path("t.yaml").resolve()
+    def fake_launch(stage: Any, options: slurm.SlurmOptions) -> slurm.Launched:
+        launched.append(stage)
+        return slurm.Launched([], None)
+
+    monkeypatch.setattr(slurm, "launch", fake_launch)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    (tmp_path / "t.yaml").write_text("kind: transformers\ntransformers: {model: m}\n")
+    slurm_flags = ["--executor", "slurm", "--shards", "4", "--slurm-partition", "gpu"]
+    files = ["--chunks", "c.parquet", "--out", "o.parquet"]
+    assert main(["estep", "m", *files, "--k", "8", *slurm_flags]) == 0
+    assert main(["synthesize", *files, "--teacher", "t.yaml", "--mode", "rephrase", "--style", "cot",
+                 "--set", "batch_size=4", *slurm_flags]) == 0  # fmt: skip
+    estep, synthesize = launched
+    spec = json.loads(json.dumps(stage_spec(estep)))
+    assert "executor" not in json.dumps(spec) and "partition" not in json.dumps(spec)
+    again = stage_from_spec(spec).request
+    assert again.model == (tmp_path / "m").resolve() and again.out == (tmp_path / "o.parquet").resolve()
+    assert again.config.k == 8 and again.config == estep.request.config
+    again = stage_from_spec(json.loads(json.dumps(stage_spec(synthesize)))).request
+    assert (again.mode, again.style, again.overrides) == ("rephrase", "cot", ["batch_size=4"])
+    assert again.teacher == (tmp_path / "t.yaml").resolve()
 
 
 @pytest.mark.slow  # about 20 s: three job processes each importing the package

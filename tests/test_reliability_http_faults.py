@@ -143,7 +143,7 @@ def estep_chunks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def estep(model: Path, chunks: Path, out: Path, *options: str) -> list[str]:
     """The command line of an E-step of ``chunks`` (K = 2, 8-token thoughts, seed 5)."""
-    argv = ["estep", "--model", str(model), "--chunks", str(chunks), "--out", str(out)]
+    argv = ["estep", str(model), "--chunks", str(chunks), "--out", str(out)]
     return [*argv, "--k", "2", "--max-thought-tokens", "8", "--seed", "5", "--no-progress", *options]
 
 

@@ -175,7 +175,7 @@ def estep_chunks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def estep_command(model: Path, chunks: Path, out: Path) -> list[str]:
     """K = 3 thoughts of up to 10 tokens per chunk, two chunks per cache write."""
     return [
-        *["estep", "--model", str(model), "--chunks", str(chunks), "--out", str(out)],
+        *["estep", str(model), "--chunks", str(chunks), "--out", str(out)],
         *["--k", "3", "--max-thought-tokens", "10", "--seed", "5", "--batch-chunks", "2"],
         *["--device", "cpu", "--dtype", "fp32", "--no-progress"],
     ]

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from latent_thoughts.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 from latent_thoughts.server import Store, create_app
+from latent_thoughts.server.api import shared_prefix_groups
 
 
 def free_port() -> int:
@@ -121,6 +122,38 @@ def test_echo_scores_prompt_tokens(server: str, local: TransformersEngine, tiny_
     vllm_style = [next(iter(entry.values()))["logprob"] for entry in choice["prompt_logprobs"][1:]]
     assert vllm_style == pytest.approx(expected, abs=1e-4)
     assert answer["usage"]["prompt_tokens"] == len(ids) and answer["usage"]["completion_tokens"] == 0
+
+
+def test_shared_prefix_groups() -> None:
+    prompts = [[1, 2, 3, 4, 5], [1, 2, 3, 4, 9, 9], [1, 2, 3, 7], [1, 8], [6, 6], [6, 6]]
+    # [1, 8] shares 1 of the run's 3 tokens: it starts a run of its own, which [6, 6] does not join
+    assert shared_prefix_groups(prompts) == [(3, [0, 1, 2]), (2, [3]), (2, [4, 5])]
+    assert shared_prefix_groups([]) == []
+
+
+def test_echoes_sharing_a_prefix_score_as_each_alone(server: str, local: TransformersEngine) -> None:
+    """The E-step's K sequences of a chunk share its prompt: the server computes that prefix once
+    (its tokens in one pass, the K rests after it), and the echoed log-probs are each sequence's own."""
+    context = local.encode("We know that 37 x 24 = 888. Adding 129 gives 1017. So the total is")
+    prompts = [*([*context, 40 + i, 50 + i, 60] for i in range(4)), context, local.encode("Let n be even.")]
+    body = {"prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 0, "prompt_logprobs": 0}
+    answer = post(server, "/completions", body).json()
+    expected = local.score([seq[:1] for seq in prompts], [seq[1:] for seq in prompts])
+    for choice, seq, want in zip(answer["choices"], prompts, expected, strict=True):
+        assert choice["logprobs"]["token_ids"] == seq
+        assert choice["logprobs"]["token_logprobs"][1:] == pytest.approx(want.token_logprobs, abs=1e-4)
+        vllm_style = [next(iter(entry.values()))["logprob"] for entry in choice["prompt_logprobs"][1:]]
+        assert vllm_style == pytest.approx(want.token_logprobs, abs=1e-4)
+
+
+def test_an_echo_longer_than_the_context_is_a_400(server: str, local: TransformersEngine) -> None:
+    limit = httpx.get(f"{server}/models").json()["data"][0]["max_model_len"]
+    assert limit == local.max_context_tokens
+    body = {"prompt": [[1] * (limit + 1)], "max_tokens": 0, "echo": True, "logprobs": 0}
+    response = post(server, "/completions", body)
+    assert response.status_code == 400
+    assert f"context of {limit} (max_model_len)" in response.json()["error"]["message"]
+    assert post(server, "/completions", {**body, "prompt": [[1] * limit]}).status_code == 200
 
 
 def test_sampling_matches_the_engine(server: str, local: TransformersEngine) -> None:

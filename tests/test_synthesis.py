@@ -21,17 +21,19 @@ from latent_thoughts.cli import main
 from latent_thoughts.corpus import ChunkConfig, chunk_document, read_chunks, read_documents, write_chunks
 from latent_thoughts.engines.base import ChatReply
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.generation.outputs import output_paths
 from latent_thoughts.prompts import WRAP_STYLES
 from latent_thoughts.synthesis import (
     CacheRecord,
     Prices,
     ResultCache,
+    Sampling,
     cache_key,
     draw_wrap_style,
     failure_reason,
+    latent_work,
     make_counter,
     merge_shards,
-    output_paths,
     parse_shard,
     select_shard,
 )
@@ -275,27 +277,56 @@ def test_merge_refuses_an_incomplete_set_of_shards(testbed_chunks: Path, tmp_pat
         merge_shards(out)
 
 
-def test_truncated_answers_are_recorded_as_failures_and_retried_alone(
+def test_a_cut_answer_is_no_failure_and_on_cut_decides_what_it_becomes(
     testbed_chunks: Path, tmp_path: Path
 ) -> None:
-    out = tmp_path / "short.parquet"
     # The oracle counts words as tokens; 30 words cuts the longer derivations, not the short ones.
-    limit = ["--set", "sampling.max_new_tokens=30"]
-    summary = synthesize(testbed_chunks, out, *limit)
-    failures = pq.read_table(out.with_name("short.failures.parquet")).to_pylist()
-    thoughts = pq.read_table(out).to_pylist()
-    total = len(read_chunks(testbed_chunks))
-    assert failures and thoughts and len(failures) + len(thoughts) == total
-    assert {f["reason"] for f in failures} == {"length"} and {f["finish_reason"] for f in failures} == {
-        "length"
+    synthesize(testbed_chunks, tmp_path / "full.parquet")
+    full = {
+        (r["doc_id"], r["chunk_index"]): r["thought"]
+        for r in pq.read_table(tmp_path / "full.parquet").to_pylist()
     }
-    assert {t["key"] for t in thoughts}.isdisjoint(f["key"] for f in failures)
-    assert summary["run"]["failure_reasons"] == {"length": len(failures)}
+    out = tmp_path / "short.parquet"
+    limit = ["--set", "sampling.max_new_tokens=30"]
+    summary = synthesize(testbed_chunks, out, *limit)  # on_cut: raw, the default
+    rows = pq.read_table(out).to_pylist()
+    raw = [r for r in rows if r["thought"] is None]
+    assert len(rows) == len(full) and raw and len(raw) < len(rows)
+    assert {r["finish_reason"] for r in raw} == {"length"}
+    assert all(len(full[r["doc_id"], r["chunk_index"]].split()) > 30 for r in raw)
+    assert pq.read_table(out.with_name("short.failures.parquet")).num_rows == 0
+    run = summary["run"]
+    assert run["failed"] == 0 and run["failure_reasons"] == {} and run["answered_cut"] == len(raw)
+    assert (run["cut"], run["cut_raw"], run["cut_kept"], run["cut_retried"]) == (len(raw), len(raw), 0, 0)
+    # Asked again with the same budget, a cut answer would be cut again: --retry-failures leaves it.
+    assert synthesize(testbed_chunks, out, *limit, "--retry-failures")["run"]["requests"] == 0
 
-    # A plain rerun keeps the recorded failures; --retry-failures sends them, and only them, again.
-    assert synthesize(testbed_chunks, out, *limit)["run"]["requests"] == 0
-    retry = synthesize(testbed_chunks, out, *limit, "--retry-failures")
-    assert retry["run"]["requests"] == len(failures) and retry["run"]["cached"] == len(thoughts)
+    # keep: the cached answers again, nothing asked; the cut ones are now the thoughts, cut.
+    kept = synthesize(testbed_chunks, out, *limit, "on_cut=keep")
+    assert kept["run"]["requests"] == 0 and kept["run"]["cut_kept"] == len(raw)
+    by_chunk = {(r["doc_id"], r["chunk_index"]): r for r in pq.read_table(out).to_pylist()}
+    for row in raw:
+        key = (row["doc_id"], row["chunk_index"])
+        assert by_chunk[key]["thought"] == " ".join(full[key].split()[:30])
+
+    # retry_longer: each cut answer asked again at 60 words, then 120, each under its own key.
+    retry = [*limit, "on_cut=retry_longer", "retry_max_new_tokens=120"]
+    longer = synthesize(testbed_chunks, out, *retry)
+    run = longer["run"]
+    assert run["cached"] == len(rows) - len(raw) and run["requests"] == run["longer_requests"] >= len(raw)
+    assert (run["cut"], run["cut_retried"], run["cut_raw"], run["cut_kept"]) == (len(raw), len(raw), 0, 0)
+    assert {(r["doc_id"], r["chunk_index"]): r["thought"] for r in pq.read_table(out).to_pylist()} == full
+    sampling = Sampling(temperature=0.7, max_new_tokens=60)  # oracle.yaml's, at 60 words
+    at_60 = {item.key for item in latent_work(read_chunks(testbed_chunks), longer["teacher"], sampling)}
+    cached = {line["key"] for line in cache_lines(tmp_path / "short.cache")}
+    asked_at_60 = cached & at_60
+    assert len(asked_at_60) == len(raw)  # a plain run with max_new_tokens 60 would find them
+    assert synthesize(testbed_chunks, out, *retry)["run"]["requests"] == 0
+    # The same from scratch: the same requests, the same files.
+    fresh = tmp_path / "fresh" / "short.parquet"
+    again = synthesize(testbed_chunks, fresh, *retry)
+    assert again["run"]["requests"] == len(rows) + run["requests"]
+    assert pq.read_table(fresh).equals(pq.read_table(out))
 
 
 def test_rephrase_mode_writes_one_row_per_document_in_its_drawn_style(
@@ -412,7 +443,8 @@ def test_dry_run_projects_tokens_and_cost_without_sending(
     expected_in = sum(
         counter.count_messages(LatentThoughtPrompt().messages(c.prefix, c.text)) for c in chunks
     )
-    expected_out = sum(round(counter.count(c.text) * 2.3) for c in chunks)
+    # each answer 2.3 x its text's tokens, bounded by the teacher's max_new_tokens (2048)
+    expected_out = sum(min(round(counter.count(c.text) * 2.3), 2048) for c in chunks)
     assert f"projected input tokens:  {expected_in:>14,}" in printed
     assert f"projected output tokens: {expected_out:>14,}" in printed
     online = (expected_in * 0.15 + expected_out * 0.60) / 1e6

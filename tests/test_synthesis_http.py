@@ -2,9 +2,9 @@
 
 The server is a subprocess serving the tiny random Llama of ``conftest.tiny_model_dir`` on 127.0.0.1;
 the chunks are real chunks of the shared textbook corpus. A random model's answers are gibberish,
-and most run to the token limit: those must be recorded as failures (reason ``length``), the rest as
-thoughts, every chunk exactly once. Sampling is seeded, so the online and the batch paths must give
-the same files.
+and most run to the token limit: those are no failures but go by the teacher's ``on_cut`` (by
+default the chunk is left raw: a row with a null thought), the rest are thoughts, every chunk exactly
+once. Sampling is seeded, so the online and the batch paths must give the same files.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -34,11 +35,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``latent-thoughts serve`` on the tiny model; yields its API root URL."""
+@contextmanager
+def served(model_dir: Path, state: Path) -> Iterator[str]:
+    """``latent-thoughts serve`` on ``model_dir`` (a subprocess, state under ``state``); yields its API root URL."""
     port = free_port()
-    state = tmp_path_factory.mktemp("serve-state")
     log = (state / "serve.log").open("w")
     process = subprocess.Popen(
         [
@@ -46,7 +46,7 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             "-m",
             "latent_thoughts",
             "serve",
-            str(tiny_model_dir),
+            str(model_dir),
             "--host",
             "127.0.0.1",
             "--port",
@@ -81,6 +81,13 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``latent-thoughts serve`` on the tiny model; yields its API root URL."""
+    with served(tiny_model_dir, tmp_path_factory.mktemp("serve-state")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -134,36 +141,43 @@ def online(chunks: Path, teacher: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_http_teacher_against_a_real_server(chunks: Path, teacher: Path, online: Path) -> None:
-    thoughts = pq.read_table(online).to_pylist()
+    rows = pq.read_table(online).to_pylist()
     failures = pq.read_table(online.with_name("tiny.failures.parquet")).to_pylist()
     expected = [(c.doc_id, c.chunk_index) for c in read_chunks(chunks)]
-    assert sorted((r["doc_id"], r["chunk_index"]) for r in thoughts + failures) == sorted(expected)
-    assert all(r["finish_reason"] == "stop" and r["thought"] for r in thoughts)
-    assert all(r["reason"] == "length" and r["completion_tokens"] == 48 for r in failures)
+    assert sorted((r["doc_id"], r["chunk_index"]) for r in rows) == sorted(expected) and not failures
+    thoughts = [r for r in rows if r["thought"] is not None]
+    cut = [r for r in rows if r["thought"] is None]  # left raw (on_cut: raw, the default)
+    assert cut and all(r["finish_reason"] == "stop" and r["thought"] for r in thoughts)
+    assert all(r["finish_reason"] == "length" and r["completion_tokens"] == 48 for r in cut)
     base_url = yaml.safe_load(teacher.read_text())["http"]["base_url"]
-    assert {r["teacher"] for r in thoughts + failures} == {f"http:{base_url}:{tiny_model_name(teacher)}"}
+    assert {r["teacher"] for r in rows} == {f"http:{base_url}:{tiny_model_name(teacher)}"}
     summary = json.loads(online.with_name("tiny.summary.json").read_text())
     run = summary["run"]
     assert run["requests"] == len(expected) and run["prompt_tokens"] > 0
-    assert run["completion_tokens"] == sum(r["completion_tokens"] for r in thoughts + failures)
+    assert run["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
+    assert (run["failed"], run["answered_cut"], run["cut"], run["cut_raw"]) == (
+        0,
+        len(cut),
+        len(cut),
+        len(cut),
+    )
     assert summary["cost"] == pytest.approx(
         (run["prompt_tokens"] * 1.0 + run["completion_tokens"] * 2.0) / 1e6
     )
-    # Rerun: nothing is asked again, the recorded failures included.
+    # Rerun: nothing is asked again, the cut answers included.
     again = synthesize(chunks, teacher, online)
-    assert again["run"]["requests"] == 0 and again["run"]["cached"] + again["run"]["cached_failures"] == len(
-        expected
-    )
+    assert again["run"]["requests"] == 0 and again["run"]["cached"] == len(expected)
 
 
-def test_tiny_token_limit_gives_length_failures_and_no_thoughts(
+def test_tiny_token_limit_leaves_every_chunk_raw_and_no_failures(
     chunks: Path, teacher: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "short.parquet"
     synthesize(chunks, teacher, out, "--set", "sampling.max_new_tokens=2")
-    assert pq.read_table(out).num_rows == 0
-    failures = pq.read_table(out.with_name("short.failures.parquet")).to_pylist()
-    assert len(failures) == len(read_chunks(chunks)) and {f["reason"] for f in failures} == {"length"}
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == len(read_chunks(chunks)) and {r["thought"] for r in rows} == {None}
+    assert {r["finish_reason"] for r in rows} == {"length"}
+    assert pq.read_table(out.with_name("short.failures.parquet")).num_rows == 0
 
 
 def test_batch_api_through_the_server_equals_the_online_run(

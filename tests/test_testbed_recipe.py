@@ -9,8 +9,7 @@ import pytest
 
 from latent_thoughts.evaluate.testbed import evaluate_model_dir
 from latent_thoughts.format import LATENT_TOKENS
-from latent_thoughts.testbed import TestbedConfig, TestbedOracle, make_eval_problems
-from latent_thoughts.testbed.recipe import (
+from latent_thoughts.recipes.testbed import (
     TestbedRecipe,
     evaluate_arm,
     prepare_data,
@@ -18,6 +17,7 @@ from latent_thoughts.testbed.recipe import (
     thought_steps,
     train_config,
 )
+from latent_thoughts.testbed import TestbedConfig, TestbedOracle, make_eval_problems
 from latent_thoughts.tokenizer import load_tokenizer
 from latent_thoughts.train import train
 

@@ -33,7 +33,7 @@ from latent_thoughts.format import (
     pack_documents,
     tokenizer_fingerprint,
 )
-from latent_thoughts.synthesis.pipeline import with_metadata
+from latent_thoughts.generation.outputs import with_metadata
 from latent_thoughts.testbed import TestbedConfig, TestbedOracle, generate_documents
 from latent_thoughts.tokenizer import train_bpe_tokenizer
 from latent_thoughts.train import (

@@ -175,7 +175,7 @@ def test_fsdp_run_stopped_and_resumed_ends_like_an_uninterrupted_one(
     single = one_process_run(testbed_data, tmp_path / "single")
     config_file = ACCELERATE_CONFIGS / "fsdp-1node-2proc-cpu.yaml"
     train_yaml = two_process_config(testbed_data, tmp_path, "fsdp")
-    stopped = launch_train(config_file, train_yaml, "stop_after_steps=4")
+    stopped = launch_train(config_file, train_yaml, "--set", "stop_after_steps=4")
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert "stopped at step 4 of 8" in stopped.stdout
     resumed = launch_train(config_file, train_yaml, "--resume")

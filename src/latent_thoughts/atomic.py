@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from latent_thoughts.errors import DiskFullError
 
@@ -117,3 +119,9 @@ def write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_write(path) as partial:
         partial.write_bytes(data)
+
+
+def write_json(path: str | Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON (UTF-8, a trailing newline) to ``path`` atomically; values JSON
+    does not know (paths, dates) are written as their ``str``."""
+    write_text(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")

@@ -57,6 +57,17 @@ class _Parser(argparse.ArgumentParser):
         where = f"{verb}: " if verb else ""
         self.exit(2, f"{PROG}: error: {where}{' '.join(message.split())}\n")
 
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        """Parse with the shared spelling rules first applied (:func:`~latent_thoughts.cli.flags.prepare_args`):
+        a deprecated alias rewritten to its canonical option, with one warning line; a verb's
+        ``--config`` file and ``--set`` overrides read as its options."""
+        from latent_thoughts.cli.flags import prepare_args
+
+        words = prepare_args(self, sys.argv[1:] if args is None else args)
+        return super().parse_known_args(words, namespace)
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per verb module in this package."""

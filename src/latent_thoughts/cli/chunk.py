@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from latent_thoughts.cli.flags import add_progress_option
 from latent_thoughts.config import load_config
 from latent_thoughts.corpus import ChunkStageConfig
 from latent_thoughts.outputs import RunPaths
@@ -28,6 +29,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--strict", action="store_true", help="stop at the first bad record")
     parser.add_argument("--tokenizer", help="tokenizer folder; adds token counts to the statistics")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="option overrides")
+    add_progress_option(parser)
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
@@ -96,7 +98,13 @@ def run(args: argparse.Namespace) -> int:
     report = SkipReport()
     notes = SplitNotes()
     stats = CorpusStatistics()
-    progress = tqdm(total=count_documents(files), unit="doc", desc="chunking", dynamic_ncols=True)
+    progress = tqdm(
+        total=count_documents(files),
+        unit="doc",
+        desc="chunking",
+        dynamic_ncols=True,
+        disable=args.no_progress,
+    )
 
     def chunks() -> Iterator[Chunk]:
         for document in read_documents(files, config.corpus, report):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.cli.flags import add_options_file
 from latent_thoughts.cli.numbers import positive_int
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.outputs import RunPaths
@@ -46,6 +47,7 @@ def register(subparsers: Any) -> None:
         "--columns", help="comma-separated text columns (default: text and thought, if present)"
     )
     parser.add_argument("--out", required=True, help="folder for contamination.jsonl and the filtered copies")
+    add_options_file(parser, "decontamination options")
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
@@ -64,7 +66,9 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
                 "give files of distinct names (or run them into separate --out folders)"
             )
         owners[target] = name
-    return RunPaths(inputs=args.files, files=[out / target for target in owners], folders=[out])
+    return RunPaths(
+        inputs=[*args.files, args.config], files=[out / target for target in owners], folders=[out]
+    )
 
 
 def run(args: argparse.Namespace) -> int:

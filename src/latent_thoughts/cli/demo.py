@@ -10,7 +10,7 @@ reader can repeat any step by hand:
 4. ``testbed check`` and ``thoughts``: the thoughts' validity, and one document with its thoughts;
 5. ``train`` twice: a small Llama from scratch on raw documents and on the same documents with
    thoughts, at the same number of training tokens, with the testbed recipe
-   (:mod:`latent_thoughts.testbed.recipe`; ``docs/testbed.md`` says how it was chosen);
+   (:mod:`latent_thoughts.recipes.testbed`; ``docs/testbed.md`` says how it was chosen);
 6. ``evaluate``: held-out problems, raw mode for the raw model, latent mode (and raw mode) for the
    thought model; a table (with the share of true arithmetic claims in the thought model's
    thoughts), ``results.json`` and a bar chart ``accuracy.png``.
@@ -30,7 +30,8 @@ from typing import Any
 
 import yaml
 
-from latent_thoughts.atomic import write_text
+from latent_thoughts.atomic import write_json, write_text
+from latent_thoughts.cli.flags import add_options_file, add_progress_option
 from latent_thoughts.cli.numbers import non_negative_int
 from latent_thoughts.outputs import RunPaths
 
@@ -56,12 +57,15 @@ def register(subparsers: Any) -> None:
         "--tokens", default=DEFAULT_TOKENS, help=f"training tokens per model (default: {DEFAULT_TOKENS})"
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the world and of training")
+    add_options_file(parser, "demo options")
+    add_progress_option(parser)
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
 def run_paths(args: argparse.Namespace) -> RunPaths:
-    """The run folder it writes (each step, a verb of its own, is checked again when it runs)."""
-    return RunPaths(folders=[args.out])
+    """The options file read; the run folder written (each step, a verb of its own, is checked again
+    when it runs)."""
+    return RunPaths(inputs=[args.config], folders=[args.out])
 
 
 def _step(title: str, argv: list[str]) -> None:
@@ -78,7 +82,7 @@ def _step(title: str, argv: list[str]) -> None:
 def write_train_config(out: Path, arm: str, tokens: str, seed: int) -> Path:
     """The recipe's training run of one arm as a YAML file for ``latent-thoughts train``."""
     from latent_thoughts.config import dump_config
-    from latent_thoughts.testbed.recipe import RecipeData, TestbedRecipe, train_config
+    from latent_thoughts.recipes.testbed import RecipeData, TestbedRecipe, train_config
 
     recipe = TestbedRecipe.model_validate({"tokens": tokens})
     data = RecipeData(out / "chunks.parquet", out / "thoughts" / "oracle.parquet", out / "tokenizer")
@@ -93,7 +97,7 @@ def shared_tokenizer(out: Path) -> Path:
     import pyarrow.parquet as pq
 
     from latent_thoughts.corpus import read_chunks
-    from latent_thoughts.testbed.recipe import TestbedRecipe, train_shared_tokenizer
+    from latent_thoughts.recipes.testbed import TestbedRecipe, train_shared_tokenizer
 
     folder = out / "tokenizer"
     if not (folder / "tokenizer_config.json").exists():
@@ -111,9 +115,10 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     seed = [f"seed={args.seed}"]
+    quiet = ["--no-progress"] if args.no_progress else []
     _step(
         "1. generate the testbed world",
-        ["testbed", "generate", "--out", str(out / "testbed"), *RECIPE_WORLD, *seed],
+        ["testbed", "generate", "--out", str(out / "testbed"), "--set", *RECIPE_WORLD, *seed],
     )
     _step(
         "2. cut the bootstrap split into chunks",
@@ -124,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             str(out / "chunks.parquet"),
             "--config",
             str(out / "testbed" / "chunk.yaml"),
+            *quiet,
         ],
     )
     teacher = out / "teacher.yaml"
@@ -139,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
             str(teacher),
             "--out",
             str(thoughts),
+            *quiet,
         ],
     )
     _step(
@@ -163,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         config_path = write_train_config(out, arm, args.tokens, args.seed)
         _step(
             f"5. train a model from scratch on {arm} data",
-            ["train", "--config", str(config_path), "--resume"],
+            ["train", "--config", str(config_path), "--resume", *quiet],
         )
 
     problems = str(out / "testbed" / "eval.jsonl")
@@ -176,7 +183,17 @@ def run(args: argparse.Namespace) -> int:
         model_dir = str(out / arm / "model")
         _step(
             f"6. evaluate: {label}",
-            ["evaluate", model_dir, "--problems", problems, "--mode", mode, "--out", str(result_file)],
+            [
+                "evaluate",
+                model_dir,
+                "--problems",
+                problems,
+                "--mode",
+                mode,
+                "--out",
+                str(result_file),
+                *quiet,
+            ],
         )
         record = json.loads(result_file.read_text())
         accuracies[label] = record["accuracy"]
@@ -184,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             true_claims = f"{record['true_claim_share']:.1%} of its thoughts' arithmetic claims are true"
         problem_count = record["total"]
 
-    write_text(out / "results.json", json.dumps(accuracies, indent=2) + "\n")
+    write_json(out / "results.json", accuracies)
     title = f"Testbed: {problem_count} held-out problems, {args.tokens} training tokens per model, seed {args.seed}"
     plot_accuracy(accuracies, out / "accuracy.png", title)
     print(f"\n== results: {title} (one seed; bench/thoughts_vs_raw.py runs three)")

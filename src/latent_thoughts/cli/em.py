@@ -1,7 +1,7 @@
 """``latent-thoughts em --config EM.yaml``: warm start, then T iterations of E-step, M-step, evaluation.
 
-The loop of METHOD section 6 on the testbed (:mod:`latent_thoughts.em.loop`), resumable stage by
-stage, with ``RUN/manifest.json`` recording what produced every artifact and ``RUN/summary.json`` the
+The loop of METHOD section 6 (:mod:`latent_thoughts.em.loop`) over the testbed (``experiment: testbed``)
+or a real corpus, teacher and model (``experiment: corpus``), resumable stage by stage, with ``RUN/manifest.json`` recording what produced every artifact and ``RUN/summary.json`` the
 per-iteration table. Without ``--config`` the built-in defaults run the small CPU setting
 (``configs/em/testbed-small.yaml``).
 """
@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.cli.flags import add_progress_option
 from latent_thoughts.outputs import RunPaths
 
 
@@ -21,7 +22,8 @@ def register(subparsers: Any) -> None:
         "em",
         help="the EM loop (BoLT): warm start, then E-step / M-step / evaluation per iteration",
         description=(
-            "Warm start on the testbed's warm-start split with teacher thoughts, then for t = 1..T: the model "
+            "Warm start on the warm-start split with teacher thoughts (the testbed's oracle, or a teacher "
+            "model over a real corpus: experiment: corpus), then for t = 1..T: the model "
             "of t-1 writes K thoughts per bootstrap chunk and importance weights select one (E-step), a model is "
             "trained on them (M-step) and evaluated. Killed and rerun, it resumes at the unfinished stage; a "
             "finished stage whose configuration changed is an error unless --force-from names it."
@@ -37,7 +39,12 @@ def register(subparsers: Any) -> None:
         metavar="STAGE",
         help="redo STAGE and every later one (data, warm_start, eval_0, estep_1, mstep_1, eval_1, ...)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="print every stage with its inputs, budgets, samples, teacher cost and compute; run nothing",
+    )
+    add_progress_option(parser)
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
@@ -56,6 +63,8 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
     """The configuration and a warm start's run folder read; the run folder written."""
     config = _config(args)
     flag = "--out" if args.out else "out"
+    if args.plan:  # the plan writes nothing
+        return RunPaths(inputs=[args.config, config.warm_start_from])
     return RunPaths(inputs=[args.config, config.warm_start_from], folders=[config.out], flag=flag)
 
 
@@ -64,9 +73,15 @@ def run(args: argparse.Namespace) -> int:
     from latent_thoughts.em.loop import run_em, summary_table
 
     config = _config(args)
+    if args.plan:
+        from latent_thoughts.em.plan import plan_lines
+
+        for line in plan_lines(config):
+            print(line)
+        return 0
     summary = run_em(config, args.force_from, say=lambda line: print(line, flush=True))
     print()
-    for line in summary_table(summary):
+    for line in summary_table(config, summary):
         print(line)
     print(f"summary -> {Path(config.out) / 'summary.json'}; lineage -> {Path(config.out) / 'manifest.json'}")
     return 0

@@ -1,9 +1,11 @@
-"""``latent-thoughts estep --model MODEL --chunks RUN/chunks.parquet --k 4 --out RUN/iter_t/samples.parquet``.
+"""``latent-thoughts estep MODEL --chunks RUN/chunks.parquet --k 4 --out RUN/iter_t/samples.parquet``.
 
 The E-step of METHOD section 5 over a chunk file (:mod:`latent_thoughts.em.stage`): K thoughts per
 chunk from the model in the posterior role, log q, log p and log w from one scoring path, the bound
 and ESS per chunk, one thought selected by a policy. Cached and resumable; ``--shard i/N`` plus
-``latent-thoughts merge`` spreads it over jobs.
+``latent-thoughts merge`` spreads it over jobs. The E-step's options (``--k``,
+``--max-thought-tokens``, ...) are the fields of :class:`~latent_thoughts.em.stage.EStepConfig`, their
+flags made from the fields (:func:`~latent_thoughts.cli.flags.add_config_fields`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,21 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.cli.executors import add_executor_options
+from latent_thoughts.cli.flags import (
+    MODEL_METAVAR,
+    add_config_fields,
+    add_progress_option,
+    config_overrides,
+    deprecated_alias,
+)
 from latent_thoughts.cli.numbers import non_negative_float, non_negative_int, positive_float, positive_int
+from latent_thoughts.em.stage import EStepConfig
 from latent_thoughts.outputs import RunPaths
+
+ESTEP_FIELDS = tuple(EStepConfig.model_fields)
+"""The fields of :class:`~latent_thoughts.em.stage.EStepConfig`, each an ``estep`` flag (``k``,
+``max_thought_tokens``, ``temperature``, ``context_tokens``, ``policy``, ``seed``, ``batch_chunks``,
+``batch_tokens``): a field added there is a flag here."""
 
 
 def register(subparsers: Any) -> None:
@@ -33,39 +48,16 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument(
-        "--model",
-        required=True,
+        "model",
+        metavar=MODEL_METAVAR,
         type=Path,
         help="model folder, or an engine file (*.yaml, kind http or transformers); with --base-url: the "
         "served model's tokenizer folder",
     )
+    deprecated_alias(parser, "--model", canonical=MODEL_METAVAR, dest="model")
     parser.add_argument("--chunks", required=True, type=Path, help="chunk file from `latent-thoughts chunk`")
     parser.add_argument("--out", required=True, type=Path, help="output, e.g. RUN/iter_1/samples.parquet")
-    parser.add_argument("--k", type=positive_int, help="thoughts per chunk (default 4)")
-    parser.add_argument(
-        "--max-thought-tokens", type=positive_int, help="longest thought, EOL included (default 1024)"
-    )
-    parser.add_argument(
-        "--temperature",
-        type=positive_float,
-        help="proposal temperature: thoughts drawn and log q scored at T, log p at 1 (default 1.0, the "
-        "paper's; a local model only)",
-    )
-    parser.add_argument(
-        "--context-tokens", type=positive_int, help="longest E-step sequence (default: the model's positions)"
-    )
-    parser.add_argument(
-        "--policy", help="selection: importance (default), highest, uniform, checker (testbed, STaR-style)"
-    )
-    parser.add_argument("--seed", type=non_negative_int, help="seed of sampling and selection (default 0)")
-    parser.add_argument(
-        "--batch-chunks", type=positive_int, help="chunks per engine call and cache write (default 32)"
-    )
-    parser.add_argument(
-        "--batch-tokens",
-        type=positive_int,
-        help="memory bound of one forward batch, in cached positions (default 16384)",
-    )
+    add_config_fields(parser, EStepConfig, ESTEP_FIELDS, types={"seed": non_negative_int})
     parser.add_argument("--config", type=Path, help="YAML file of E-step options (keys as in --set)")
     parser.add_argument(
         "--set", nargs="*", default=[], metavar="KEY=VALUE", help="E-step options, e.g. max_thought_tokens=64"
@@ -100,15 +92,15 @@ def register(subparsers: Any) -> None:
         help="first retry delay, doubled at each retry (default 1; a Retry-After is honoured)",
     )
     served.add_argument("--concurrency", type=positive_int, help="requests in flight at once (default 8)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(parser)
     add_executor_options(parser)
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
 def run_paths(args: argparse.Namespace) -> RunPaths:
     """The model, chunk file and options file read; the samples, summary and cache written."""
+    from latent_thoughts.generation.outputs import output_paths
     from latent_thoughts.generation.shards import parse_shard
-    from latent_thoughts.synthesis.pipeline import output_paths
 
     paths = output_paths(args.out, parse_shard(args.shard) if args.shard else None)
     return RunPaths(
@@ -121,17 +113,7 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
 
 def options(args: argparse.Namespace) -> list[str]:
     """The E-step options of the command line as ``key=value`` overrides (flags win over --set)."""
-    flags = {
-        "k": args.k,
-        "max_thought_tokens": args.max_thought_tokens,
-        "temperature": args.temperature,
-        "context_tokens": args.context_tokens,
-        "policy": args.policy,
-        "seed": args.seed,
-        "batch_chunks": args.batch_chunks,
-        "batch_tokens": args.batch_tokens,
-    }
-    return [*args.set, *(f"{key}={value}" for key, value in flags.items() if value is not None)]
+    return [*args.set, *config_overrides(args, ESTEP_FIELDS)]
 
 
 def engine_of(args: argparse.Namespace) -> tuple[Path, str | list[str] | None, dict[str, Any]]:
@@ -153,7 +135,7 @@ def engine_of(args: argparse.Namespace) -> tuple[Path, str | list[str] | None, d
     }
     http = {key: value for key, value in flags.items() if value is not None}
     if not args.base_url and not is_engine_file(args.model) and not args.model.is_dir():
-        raise LatentThoughtsError(f"--model {args.model}: not a model folder (or engine file, *.yaml)")
+        raise LatentThoughtsError(f"MODEL {args.model}: not a model folder (or engine file, *.yaml)")
     spec = command_line_spec(args.model, args.base_url, local)
     if spec.kind == "http":
         config = engine_options("http", {**spec.http, **http}, str(args.model))
@@ -176,9 +158,9 @@ def engine_of(args: argparse.Namespace) -> tuple[Path, str | list[str] | None, d
 
 def run(args: argparse.Namespace) -> int:
     """Run or resume the E-step and print its summary."""
-    from latent_thoughts.cli.executors import check_executor, launch_lines, ray_options, slurm_options
+    from latent_thoughts.cli.executors import execute
     from latent_thoughts.config import load_config
-    from latent_thoughts.em.stage import EStepConfig, EStepRequest, run_estep
+    from latent_thoughts.em.stage import EStepRequest, EStepStage
     from latent_thoughts.generation.shards import parse_shard
 
     model, base_url, engine_options = engine_of(args)
@@ -197,47 +179,12 @@ def run(args: argparse.Namespace) -> int:
         shard=parse_shard(args.shard) if args.shard else None,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
-    check_executor(args)
-    if args.executor == "slurm":
-        from latent_thoughts.generation.slurm import launch
-
-        for line in launch_lines(
-            launch(shard_argv(args), args.out.resolve(), slurm_options(args)), args.slurm_cluster, args.out
-        ):
-            print(line)
+    summary = execute(args, EStepStage(request), request.progress)
+    if summary is None:  # a Slurm array: its jobs run on their own
         return 0
-    if args.executor == "ray":
-        from latent_thoughts.generation.ray_pipeline import estep_on_ray
-
-        summary = estep_on_ray(request, ray_options(args, request.progress))
-    else:
-        summary = run_estep(request)
     for line in summary_lines(summary):
         print(line)
     return 0
-
-
-def shard_argv(args: argparse.Namespace) -> list[str]:
-    """This ``estep`` command line without its executor options: what each shard job runs."""
-    # absolute paths: a job may start in another directory
-    model, chunks, out = (str(Path(path).resolve()) for path in (args.model, args.chunks, args.out))
-    argv = ["estep", "--model", model, "--chunks", chunks, "--out", out, "--no-progress"]
-    flags = {
-        "--device": args.device,
-        "--dtype": args.dtype,
-        "--base-url": args.base_url,
-        "--timeout-s": args.timeout_s,
-        "--max-attempts": args.max_attempts,
-        "--backoff-initial-s": args.backoff_initial_s,
-        "--concurrency": args.concurrency,
-    }
-    for flag, value in flags.items():
-        if value is not None:
-            argv += [flag, str(value)]
-    if args.config:
-        argv += ["--config", str(Path(args.config).resolve())]
-    overrides = options(args)
-    return [*argv, "--set", *overrides] if overrides else argv
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

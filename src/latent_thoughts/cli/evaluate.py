@@ -9,6 +9,10 @@ options); ``--base-url URL`` with a model folder is short for an http engine fil
 names and renamed when the task is done, while the run holds a lock on the folder (a second evaluate
 into it fails at once); with the testbed task alone it is the JSON file of accuracy and generations,
 as before.
+
+Benchmark files come from ``--TASK-file``, else a data folder: ``--data-dir``, else
+``$LATENT_THOUGHTS_DATA``, else the cache folder, which fetches a missing file once from the Hugging
+Face Hub (:mod:`latent_thoughts.evaluate.benchmark_data`).
 """
 
 from __future__ import annotations
@@ -16,18 +20,27 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from latent_thoughts.atomic import write_text
+from latent_thoughts.cli.flags import MODEL_METAVAR, add_options_file, add_progress_option
 from latent_thoughts.cli.numbers import non_negative_float, non_negative_int, positive_float, positive_int
 from latent_thoughts.outputs import RunPaths
 
 DEFAULT_DATA_DIR = "../shared/data"
-"""Where the benchmark files are looked for when neither --data-dir nor LATENT_THOUGHTS_DATA is set."""
+"""The shared data folder of a development checkout: still the default of ``decontaminate`` and
+``export-lm-eval``; ``evaluate`` and ``finetune-eval`` never look there unless it is named
+(:func:`latent_thoughts.evaluate.benchmark_data.locate_data`)."""
+
+DATA_DIR_HELP = (
+    "folder of gsm8k_test.jsonl, gsm8k_train.jsonl, math_test.jsonl, math500_test.jsonl (default: "
+    "$LATENT_THOUGHTS_DATA, else the cache folder $LATENT_THOUGHTS_CACHE/data or "
+    "~/.cache/latent-thoughts/data, which fetches a missing file once from the Hugging Face Hub: "
+    "openai/gsm8k, EleutherAI/hendrycks_math, HuggingFaceH4/MATH-500)"
+)
 
 
 def register(subparsers: Any) -> None:
@@ -43,8 +56,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "model",
-        metavar="MODEL",
-        help="model folder with its tokenizer (train's OUTPUT/model), or an engine file (YAML: kind http "
+        metavar=MODEL_METAVAR,
+        help="model folder with its tokenizer (train's OUT/model), or an engine file (YAML: kind http "
         "with http.base_url and tokenizer, or kind transformers with transformers.model and options)",
     )
     parser.add_argument(
@@ -68,12 +81,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--subjects", help="MATH: comma-separated subjects (e.g. Algebra,Geometry)")
     parser.add_argument("--levels", help="MATH: comma-separated levels (e.g. 1,2)")
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
-        help="folder of gsm8k_test.jsonl, math_test.jsonl, math500_test.jsonl (default: $LATENT_THOUGHTS_DATA "
-        f"or {DEFAULT_DATA_DIR})",
-    )
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     for task in ("gsm8k", "math", "math500"):
         parser.add_argument(f"--{task}-file", help=f"the {task} JSONL file (overrides --data-dir)")
     parser.add_argument(
@@ -108,6 +116,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--show", type=non_negative_int, default=3, help="print this many testbed generations (default 3)"
     )
+    add_options_file(parser, "evaluation options")
+    add_progress_option(parser)
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
@@ -190,12 +200,10 @@ def run(args: argparse.Namespace) -> int:
 def run_paths(args: argparse.Namespace) -> RunPaths:
     """The model and the task files read; with --out, the logs and aggregates (or the testbed's JSON
     file) written."""
-    from latent_thoughts.evaluate.tasks import task_path
-
     tasks = _tasks(args)
     benchmarks = [task for task in tasks if task != "testbed"]
-    paths = [task_path(task, args.data_dir, getattr(args, f"{task}_file")) for task in benchmarks]
-    inputs = [args.model, args.problems, *paths]
+    paths = [task_file(args, task, fetch=False) for task in benchmarks]
+    inputs = [args.model, args.problems, *paths, args.config]
     if not args.out:
         return RunPaths(inputs=inputs)
     out = Path(args.out)
@@ -205,11 +213,25 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
     return RunPaths(inputs=inputs, models=[args.model], files=files, folders=[out] if benchmarks else [])
 
 
+def task_file(args: argparse.Namespace, task: str, *, fetch: bool) -> Path:
+    """The file of a benchmark task: ``--TASK-file``, else its file in the data folder
+    (:func:`~latent_thoughts.evaluate.benchmark_data.locate_data`); with ``fetch`` a file missing
+    from the cache folder is fetched from the Hub first."""
+    from latent_thoughts.evaluate.benchmark_data import benchmark_file, locate_data
+    from latent_thoughts.evaluate.tasks import DEFAULT_FILES, task_path
+
+    explicit = getattr(args, f"{task}_file")
+    if explicit:
+        return task_path(task, ".", explicit)
+    task_path(task, ".")  # an unknown task is a one-line error
+    return benchmark_file(DEFAULT_FILES[task], locate_data(args.data_dir), fetch=fetch)
+
+
 def _benchmark_problems(args: argparse.Namespace, task: str) -> tuple[Path, list[Any]]:
     """The file of a benchmark task and the chosen subset of its problems."""
-    from latent_thoughts.evaluate.tasks import read_task, select_problems, task_path
+    from latent_thoughts.evaluate.tasks import read_task, select_problems
 
-    path = task_path(task, args.data_dir, getattr(args, f"{task}_file"))
+    path = task_file(args, task, fetch=True)
     problems = select_problems(
         read_task(task, path),
         limit=args.limit,
@@ -253,6 +275,7 @@ def _run_benchmark(
         args.out,
         grading_timeout=args.grading_timeout,
         info=info,
+        progress=not args.no_progress,
     )
     print(summary_line(summary))
 
@@ -268,11 +291,11 @@ def _run_testbed(
     from latent_thoughts.evaluate.testbed import evaluate_testbed
     from latent_thoughts.testbed.task import grade
 
-    result = evaluate_testbed(engine, tokenizer, problems, args.mode)
+    result = evaluate_testbed(engine, tokenizer, problems, args.mode, progress=not args.no_progress)
     print(f"{args.mode} mode: {result.correct}/{result.total} correct, accuracy {result.accuracy:.3f}")
     thoughts: dict[str, Any] = {}
     if args.mode == "latent":
-        from latent_thoughts.testbed.recipe import thought_arithmetic, thought_steps
+        from latent_thoughts.recipes.testbed import thought_arithmetic, thought_steps
 
         claims, true_claims, copied = thought_arithmetic(problems, result.generations)
         products, last_operands = thought_steps(problems, result.generations)

@@ -1,16 +1,20 @@
 """The ``--executor`` options that ``synthesize`` and ``estep`` share: one process, Ray, or a Slurm array.
 
-Not a verb (no ``register``): the two verbs add these options and read them back with
-:func:`ray_options` and :func:`slurm_options`.
+Not a verb (no ``register``): the two verbs add these options and hand their stage to :func:`execute`,
+which runs any generation stage (:class:`~latent_thoughts.generation.stage.GenerationStage`) with the
+executor the command line names.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from latent_thoughts.cli.numbers import non_negative_float, non_negative_int, positive_int
+
+if TYPE_CHECKING:
+    from latent_thoughts.generation.stage import GenerationStage
 
 
 def add_executor_options(parser: argparse.ArgumentParser) -> None:
@@ -105,6 +109,27 @@ def slurm_options(args: argparse.Namespace) -> Any:
     )
 
 
+def execute(args: argparse.Namespace, stage: GenerationStage, progress: bool) -> dict[str, Any] | None:
+    """Run ``stage`` (a whole-file stage, or one ``--shard``) with ``--executor``: in this process, on
+    Ray, or as a Slurm array (whose launch lines are printed here). Returns the run's summary, None
+    for Slurm (the jobs run on their own)."""
+    check_executor(args)
+    if args.executor == "slurm":
+        from latent_thoughts.generation.slurm import launch
+
+        for line in launch_lines(launch(stage, slurm_options(args)), args.slurm_cluster, args.out):
+            print(line)
+        return None
+    if args.executor == "ray":
+        from latent_thoughts.generation.ray_pipeline import run_on_ray
+
+        summary: dict[str, Any] = run_on_ray(stage, ray_options(args, progress))
+        return summary
+    from latent_thoughts.generation.stage import run_stage
+
+    return run_stage(stage)
+
+
 def launch_lines(launched: Any, cluster: str, out: Path) -> list[str]:
     """What ``--executor slurm`` prints: the jobs submitted and where the result lands."""
     shards = len(launched.shard_jobs)
@@ -115,4 +140,11 @@ def launch_lines(launched: Any, cluster: str, out: Path) -> list[str]:
     return [f"ran {shards} shard job(s) and the merge with submitit ({cluster}) -> {out}"]
 
 
-__all__ = ["add_executor_options", "check_executor", "launch_lines", "ray_options", "slurm_options"]
+__all__ = [
+    "add_executor_options",
+    "check_executor",
+    "execute",
+    "launch_lines",
+    "ray_options",
+    "slurm_options",
+]

@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.cli.flags import add_options_file, deprecated_alias
 from latent_thoughts.cli.numbers import positive_int
 from latent_thoughts.outputs import RunPaths
 
@@ -41,8 +42,13 @@ def register(subparsers: Any) -> None:
     for task in ("gsm8k", "math", "math500"):
         parser.add_argument(f"--{task}-file", help=f"the {task} JSONL file (overrides --data-dir)")
     parser.add_argument(
-        "--max-gen-toks", type=positive_int, default=384, help="longest answer in tokens (default 384)"
+        "--max-answer-tokens",
+        type=positive_int,
+        default=384,
+        help="longest answer in tokens, lm-eval's max_gen_toks (default 384)",
     )
+    deprecated_alias(parser, "--max-gen-toks", canonical="--max-answer-tokens")
+    add_options_file(parser, "export options")
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
@@ -56,7 +62,10 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip() in TASK_NAMES]
     out = Path(args.out)
     return RunPaths(
-        inputs=[task_path(task, args.data_dir, getattr(args, f"{task}_file")) for task in tasks],
+        inputs=[
+            *(task_path(task, args.data_dir, getattr(args, f"{task}_file")) for task in tasks),
+            args.config,
+        ],
         files=[out / f"{TASK_NAMES[task]}.yaml" for task in tasks],
         folders=[out],
     )
@@ -72,10 +81,10 @@ def run(args: argparse.Namespace) -> int:
     for task in tasks:
         if task not in TASK_NAMES:
             raise LatentThoughtsError(f"--tasks: unknown task {task!r}; choose from gsm8k, math, math500")
-    if args.max_gen_toks <= 0:
-        raise LatentThoughtsError(f"--max-gen-toks must be positive, got {args.max_gen_toks}")
+    if args.max_answer_tokens <= 0:
+        raise LatentThoughtsError(f"--max-answer-tokens must be positive, got {args.max_answer_tokens}")
     paths = {task: task_path(task, args.data_dir, getattr(args, f"{task}_file")) for task in tasks}
-    for path in export_tasks(paths, args.out, max_gen_toks=args.max_gen_toks):
+    for path in export_tasks(paths, args.out, max_gen_toks=args.max_answer_tokens):
         print(f"wrote {path}")
     names = ",".join(TASK_NAMES[task] for task in tasks)
     print(

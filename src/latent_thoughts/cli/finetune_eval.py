@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR, check_settings
+from latent_thoughts.cli.evaluate import DATA_DIR_HELP, check_settings
+from latent_thoughts.cli.flags import MODEL_METAVAR, add_options_file, add_progress_option
 from latent_thoughts.cli.numbers import non_negative_int, positive_float, positive_int
 from latent_thoughts.outputs import RunPaths
 
@@ -34,17 +34,23 @@ def register(subparsers: Any) -> None:
             "mode: the prompt ends in SOL PRIOR and the worked solution is the thought), then evaluate it "
             "zero-shot in the same format. gsm8k trains on gsm8k_train.jsonl and evaluates on "
             "gsm8k_test.jsonl. math trains on math_train.jsonl when the data folder has one (or "
-            "--train-file) and evaluates on MATH; the shared data has no MATH train split, so by default "
+            "--train-file) and evaluates on MATH; the shared data and the cache fetched from the Hub have no "
+            "MATH train split, so by default "
             "math trains on the 4,500 MATH test problems outside MATH-500 and evaluates on MATH-500 "
             "(a warning says so)."
         ),
     )
     parser.add_argument(
         "model",
-        metavar="MODEL",
+        metavar=MODEL_METAVAR,
         help="model folder with its tokenizer, or an engine file of kind transformers",
     )
-    parser.add_argument("--task", required=True, choices=["gsm8k", "math"], help="the task to fine-tune on")
+    parser.add_argument(
+        "--task",
+        required=True,
+        choices=["gsm8k", "math"],
+        help="the one task to fine-tune on and evaluate (one fine-tuned copy per task)",
+    )
     parser.add_argument("--out", required=True, help="output folder: model/, eval/, finetune.json")
     parser.add_argument(
         "--mode", choices=["raw", "latent"], default="latent", help="prompt format of training and evaluation"
@@ -73,11 +79,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--seed", type=non_negative_int, default=0, help="seed of the training draw and of training"
     )
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
-        help=f"folder of the task files (default: $LATENT_THOUGHTS_DATA or {DEFAULT_DATA_DIR})",
-    )
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--train-file", help="the training JSONL file (overrides --data-dir)")
     parser.add_argument("--eval-file", help="the evaluated JSONL file (overrides --data-dir)")
     parser.add_argument(
@@ -92,6 +94,8 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--device", help="evaluation: auto (a GPU when there is one; the default), cpu, cuda")
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="evaluation: compute dtype")
+    add_options_file(parser, "fine-tuning and evaluation options")
+    add_progress_option(parser)
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
@@ -104,7 +108,7 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
     engine_file = is_engine_file(args.model)
     model_dir = local_model_dir(read_engine_spec(args.model), "finetune-eval") if engine_file else None
     return RunPaths(
-        inputs=[args.model, model_dir, args.train_file, args.eval_file],
+        inputs=[args.model, model_dir, args.train_file, args.eval_file, args.config],
         models=[args.model, model_dir],
         files=[out / "finetune.json"],
         folders=[out, out / "eval"],
@@ -117,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from latent_thoughts.engines.spec import local_model_dir, read_engine_spec
     from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.evaluate.benchmark import summary_line
+    from latent_thoughts.evaluate.benchmark_data import benchmark_file, locate_data
     from latent_thoughts.evaluate.finetune import FinetuneSettings, finetune, finetune_split, select_training
     from latent_thoughts.evaluate.tasks import read_task, select_problems
     from latent_thoughts.outputs import folder_lock
@@ -133,7 +138,14 @@ def run(args: argparse.Namespace) -> int:
     base = read_engine_spec(args.model)
     model_dir = local_model_dir(base, "finetune-eval")
     # Everything is read before training starts, so a wrong path fails at once.
-    split = finetune_split(args.task, args.data_dir, train_file=args.train_file, eval_file=args.eval_file)
+    location = locate_data(args.data_dir)
+    split = finetune_split(
+        args.task,
+        location.folder,
+        train_file=args.train_file,
+        eval_file=args.eval_file,
+        files=lambda name: benchmark_file(name, location),
+    )
     if split.note:
         print(f"warning: {split.note}")
     train = select_training(split.train, args.limit_train, args.seed)
@@ -146,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.train_batch_size,
         max_length=args.max_length,
         seed=args.seed,
+        progress=not args.no_progress,
     )
     out = Path(args.out)
     with folder_lock(out, "finetune-eval"):  # a second run into --out fails at once
@@ -200,5 +213,6 @@ def _evaluate_copy(
             out / "eval",
             grading_timeout=args.grading_timeout,
             info=info,
+            progress=not args.no_progress,
         )
     return summary

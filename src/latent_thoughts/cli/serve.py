@@ -1,10 +1,11 @@
-"""``latent-thoughts serve MODEL_DIR --port N``: an OpenAI-compatible server over a local model."""
+"""``latent-thoughts serve MODEL --port N``: an OpenAI-compatible server over a local model."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from latent_thoughts.cli.flags import MODEL_METAVAR, deprecated_alias
 from latent_thoughts.cli.numbers import port, positive_float, positive_int
 from latent_thoughts.outputs import RunPaths
 
@@ -15,14 +16,14 @@ def register(subparsers: Any) -> None:
         "serve",
         help="serve a local model over an OpenAI-compatible HTTP API",
         description=(
-            "Serve MODEL_DIR (any Hugging Face causal LM folder) with /v1/models, /v1/completions "
+            "Serve MODEL (any Hugging Face causal LM folder) with /v1/models, /v1/completions "
             "(log-probs, echo scoring, token-id prompts), /v1/chat/completions and the Files and "
             "Batches endpoints. Engine options come from --config (YAML) and --set KEY=VALUE "
             "(keys of TransformersEngineConfig: device, dtype, batch_tokens, max_context_tokens, ...)."
         ),
     )
     parser.add_argument(
-        "model_dir", metavar="MODEL_DIR", help="model folder (config.json, weights, tokenizer)"
+        "model_dir", metavar=MODEL_METAVAR, help="model folder (config.json, weights, tokenizer)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=port, default=8000, help="port to listen on (default 8000)")
@@ -34,8 +35,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], help="compute dtype")
     parser.add_argument("--batch-tokens", type=positive_int, help="memory bound of one batch, in tokens")
     parser.add_argument(
-        "--max-context-tokens", type=positive_int, help="longest sequence (prompts are cut from the front)"
+        "--context-tokens",
+        dest="max_context_tokens",
+        type=positive_int,
+        help="longest sequence (prompts are cut from the front; the engine option max_context_tokens)",
     )
+    deprecated_alias(parser, "--max-context-tokens", canonical="--context-tokens", dest="max_context_tokens")
     parser.add_argument(
         "--api-key",
         help="require Authorization: Bearer KEY on every route (default: $LATENT_THOUGHTS_API_KEY; "

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from latent_thoughts.cli.executors import add_executor_options
+from latent_thoughts.cli.flags import add_options_file, add_progress_option
 from latent_thoughts.cli.numbers import non_negative_int, positive_int
 from latent_thoughts.outputs import RunPaths
 
@@ -22,7 +23,9 @@ def register(subparsers: Any) -> None:
         description=(
             "Run a teacher (TEACHER.yaml: kind http, transformers or oracle) over a chunk file. Answers are "
             "cached as they come, so a rerun or a killed run resumes without asking again; failures "
-            "(refusals, empty or truncated answers, errors) go to NAME.failures.parquet, never into the thoughts."
+            "(refusals, empty answers, errors) go to NAME.failures.parquet, never into the thoughts. An answer "
+            "cut at sampling.max_new_tokens is no failure: the teacher's on_cut keeps it, asks again with a "
+            "larger budget (retry_longer) or leaves the chunk raw (raw, the default)."
         ),
     )
     parser.add_argument("--chunks", required=True, type=Path, help="chunk file from `latent-thoughts chunk`")
@@ -44,7 +47,9 @@ def register(subparsers: Any) -> None:
         help="rephrase style: wrap (one of easy/hard/wiki/qa drawn per document), cot, or one of easy/hard/wiki/qa",
     )
     parser.add_argument(
-        "--retry-failures", action="store_true", help="send the recorded failures again, only them"
+        "--retry-failures",
+        action="store_true",
+        help="send the recorded failures again, only them (an answer cut at the token limit is none: see on_cut)",
     )
     parser.add_argument(
         "--batch-api", action="store_true", help="go through the OpenAI Batch API (kind http)"
@@ -61,23 +66,24 @@ def register(subparsers: Any) -> None:
         "--sample", type=positive_int, default=200, help="chunks the dry run tokenises (default 200)"
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the dry run's sample")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_option(parser)
     parser.add_argument(
         "--set",
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="teacher overrides, e.g. sampling.max_new_tokens=512",
+        help="teacher overrides, e.g. sampling.max_new_tokens=512 (the teacher file is the options file)",
     )
     add_executor_options(parser)
-    parser.set_defaults(handler=run_synthesize, run_paths=synthesize_paths)
+    # The options a synthesis run configures are its teacher's: --teacher is its options file.
+    parser.set_defaults(handler=run_synthesize, run_paths=synthesize_paths, config_option="--teacher")
 
     merge = subparsers.add_parser(
         "merge",
         help="join the shard outputs of a synthesis or E-step run",
         description=(
-            "Join NAME.shard-i-of-N.parquet files (of `synthesize` or `estep`) into NAME.parquet, equal to an "
-            "unsharded run's output."
+            "Join NAME.shard-i-of-N.parquet files (of `synthesize`, `estep` or any generation stage: the "
+            "shards' metadata names the stage) into NAME.parquet, equal to an unsharded run's output."
         ),
     )
     merge.add_argument(
@@ -99,19 +105,20 @@ def register(subparsers: Any) -> None:
     view.add_argument(
         "--width", type=non_negative_int, default=100, help="wrap thoughts at this width (0: no wrapping)"
     )
+    add_options_file(view, "viewing options")
     view.set_defaults(handler=run_thoughts, run_paths=thoughts_paths)
 
 
 def thoughts_paths(args: argparse.Namespace) -> RunPaths:
-    """The chunk and thoughts files read; nothing written."""
-    return RunPaths(inputs=[args.chunks, args.thoughts])
+    """The chunk and thoughts files (and the options file) read; nothing written."""
+    return RunPaths(inputs=[args.chunks, args.thoughts, args.config])
 
 
 def synthesize_paths(args: argparse.Namespace) -> RunPaths:
     """The chunk file and the teacher read; the thoughts, failures, summary and cache written (a dry
     run writes nothing)."""
+    from latent_thoughts.generation.outputs import output_paths
     from latent_thoughts.generation.shards import parse_shard
-    from latent_thoughts.synthesis.pipeline import output_paths
 
     inputs = [args.chunks, args.teacher]
     if args.dry_run:
@@ -126,8 +133,8 @@ def synthesize_paths(args: argparse.Namespace) -> RunPaths:
 
 def merge_paths(args: argparse.Namespace) -> RunPaths:
     """The shard outputs (with their failures and summary files) read; the merged files written."""
+    from latent_thoughts.generation.outputs import output_paths
     from latent_thoughts.generation.shards import shard_files
-    from latent_thoughts.synthesis.pipeline import output_paths
 
     shards = list(args.shards) or shard_files(args.out)
     companions = [
@@ -160,9 +167,9 @@ def _request(args: argparse.Namespace) -> Any:
 
 def run_synthesize(args: argparse.Namespace) -> int:
     """Run, resume or project a synthesis job and print its summary."""
-    from latent_thoughts.cli.executors import check_executor, launch_lines, ray_options, slurm_options
+    from latent_thoughts.cli.executors import check_executor, execute
     from latent_thoughts.errors import LatentThoughtsError
-    from latent_thoughts.synthesis.stage import project_run, run_synthesis
+    from latent_thoughts.synthesis.stage import SynthesisStage, project_run
 
     if args.no_wait and not args.batch_api:
         raise LatentThoughtsError("--no-wait applies to --batch-api only")
@@ -179,24 +186,9 @@ def run_synthesize(args: argparse.Namespace) -> int:
         return 0
     check_executor(args)
     _check_oracle_chunks(args)
-    if args.batch_api and args.executor != "local":
-        raise LatentThoughtsError(
-            f"--batch-api and --executor {args.executor} do not mix: the Batch API runs in one process"
-        )
-    if args.executor == "slurm":
-        from latent_thoughts.generation.slurm import launch
-
-        for line in launch_lines(
-            launch(shard_argv(args), args.out.resolve(), slurm_options(args)), args.slurm_cluster, args.out
-        ):
-            print(line)
+    summary = execute(args, SynthesisStage(request), request.progress)
+    if summary is None:  # a Slurm array: its jobs run on their own
         return 0
-    if args.executor == "ray":
-        from latent_thoughts.generation.ray_pipeline import synthesize_on_ray
-
-        summary = synthesize_on_ray(request, ray_options(args, request.progress))
-    else:
-        summary = run_synthesis(request)
     for line in summary_lines(summary):
         print(line)
     return 0 if not summary["output"]["missing"] else 3
@@ -212,34 +204,23 @@ def _check_oracle_chunks(args: argparse.Namespace) -> None:
         check_testbed_chunks(args.chunks)
 
 
-def shard_argv(args: argparse.Namespace) -> list[str]:
-    """This ``synthesize`` command line without its executor options: what each shard job runs."""
-    # absolute paths: a job may start in another directory
-    argv = ["synthesize", "--chunks", _absolute(args.chunks), "--teacher", _absolute(args.teacher)]
-    argv += ["--out", _absolute(args.out)]
-    argv += ["--mode", args.mode, "--style", args.style, "--no-progress"]
-    if args.retry_failures:
-        argv.append("--retry-failures")
-    return [*argv, "--set", *args.set] if args.set else argv
-
-
-def _absolute(path: Path) -> str:
-    return str(Path(path).resolve())
-
-
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The closing lines of a synthesis run, from its summary."""
     run, output = summary["run"], summary["output"]
     reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(run["failure_reasons"].items()))
     unit = "chunks" if summary["mode"] == "thoughts" else "documents"
+    longer = f" ({run['longer_requests']:,} with a larger budget)" if run.get("longer_requests") else ""
     lines = [
         f"{run['items']:,} {unit}: {run['cached']:,} from the cache, {run['cached_failures']:,} recorded "
-        f"failures kept; {run['requests']:,} requests sent; {run['succeeded']:,} answered, "
+        f"failures kept; {run['requests']:,} requests sent{longer}; {run['succeeded']:,} answered, "
+        f"{run.get('answered_cut', 0):,} cut at the token limit, "
         f"{run['failed']:,} failed{' (' + reasons + ')' if reasons else ''}",
         f"tokens this run: {run['prompt_tokens']:,} in, {run['completion_tokens']:,} out; "
         f"cost {summary['cost']:.4f} {summary['currency']} ({'batch' if summary['batch_api'] else 'online'} prices); "
         f"{run['elapsed_s']:.1f} s",
     ]
+    if run.get("cut"):
+        lines.append(cut_line(summary))
     executor = summary.get("executor")
     if executor:
         lines.append(
@@ -260,24 +241,35 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def run_merge(args: argparse.Namespace) -> int:
-    """Join shard outputs (of ``synthesize`` or of ``estep``) and print what was written."""
-    from latent_thoughts.em.stage import is_sample_file, merge_sample_shards
-    from latent_thoughts.generation.shards import shard_files
-    from latent_thoughts.synthesis.stage import merge_shards
-
-    shards = list(args.shards) or shard_files(args.out)
-    if shards and is_sample_file(shards[0]):
-        summary = merge_sample_shards(args.out, shards)
-        print(
-            f"merged {len(summary['merged_from'])} E-step shards: {summary['chunks']:,} chunks -> {args.out}"
-        )
-        return 0
-    summary = merge_shards(args.out, args.shards)
-    print(
-        f"merged {len(summary['merged_from'])} shards: {summary['output']['rows']:,} rows, "
-        f"{summary['output']['failures']:,} failures -> {args.out}"
+def cut_line(summary: dict[str, Any]) -> str:
+    """What became of the answers cut at the token limit, with the way to fewer cuts when some were
+    left raw."""
+    run = summary["run"]
+    unit = "chunks" if summary["mode"] == "thoughts" else "documents"
+    line = (
+        f"cut at the token limit: {run['cut']:,} {unit} (on_cut {summary.get('on_cut') or '?'}): "
+        f"{run['cut_kept']:,} kept as cut, {run['cut_retried']:,} asked again with a larger budget, "
+        f"{run['cut_raw']:,} left raw (no thought)"
     )
+    if run["cut_raw"]:
+        line += (
+            "; raise sampling.max_new_tokens or set on_cut: retry_longer (retry_max_new_tokens)"
+            if summary.get("on_cut") != "retry_longer"
+            else "; raise retry_max_new_tokens"
+        )
+    return line
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    """Join shard outputs with the merge of the stage that wrote them (named in their metadata:
+    ``synthesize``, ``estep`` or any other generation stage) and print what was written."""
+    import pyarrow.parquet as pq
+
+    from latent_thoughts.generation.stage import merge_outputs
+
+    kind, summary = merge_outputs(args.out, args.shards)
+    rows = pq.ParquetFile(args.out).metadata.num_rows
+    print(f"merged {len(summary['merged_from'])} {kind.name} shards: {rows:,} rows -> {args.out}")
     return 0
 
 

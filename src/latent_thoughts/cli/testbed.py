@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.cli.flags import add_options_file, deprecated_overrides
 from latent_thoughts.outputs import RunPaths
 from latent_thoughts.report.thought_checks import CHUNK_COLUMNS, THOUGHT_COLUMNS
 
@@ -33,8 +34,13 @@ def register(subparsers: Any) -> None:
     generate.add_argument("--out", required=True, help="output folder, e.g. runs/NAME/testbed")
     generate.add_argument("--config", help="YAML file of TestbedConfig options")
     generate.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="option overrides, e.g. digits=3 steps=3 seed=1"
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="option overrides, e.g. digits=3 steps=3 seed=1",
     )
+    deprecated_overrides(generate)
     generate.set_defaults(handler=run_generate, run_paths=generate_paths)
 
     check = actions.add_parser(
@@ -62,6 +68,7 @@ def register(subparsers: Any) -> None:
         "--no-coverage", action="store_true", help="check the claims only, not coverage of the chunk"
     )
     check.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    add_options_file(check, "checking options")
     check.set_defaults(handler=run_check, run_paths=check_paths)
 
 
@@ -75,8 +82,8 @@ def generate_paths(args: argparse.Namespace) -> RunPaths:
 
 
 def check_paths(args: argparse.Namespace) -> RunPaths:
-    """The thoughts (and chunk) file read; nothing written."""
-    return RunPaths(inputs=[args.path, args.chunks])
+    """The thoughts (and chunk, and options) file read; nothing written."""
+    return RunPaths(inputs=[args.path, args.chunks, args.config])
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -95,7 +102,7 @@ def run_generate(args: argparse.Namespace) -> int:
         write_documents,
     )
 
-    config = load_config(TestbedConfig, args.config, args.overrides)
+    config = load_config(TestbedConfig, args.config, [*args.overrides, *args.set])
     out = Path(args.out)
     write_text(out / "config.yaml", dump_config(config))
     # The chunking the testbed needs (a posing and a resolving sentence in separate chunks), as a

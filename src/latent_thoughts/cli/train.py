@@ -1,4 +1,4 @@
-"""``latent-thoughts train --config TRAIN.yaml [key=value ...]``: continued pretraining on a mixture.
+"""``latent-thoughts train --config TRAIN.yaml [--set key=value ...]``: continued pretraining on a mixture.
 
 Works unchanged under ``accelerate launch`` (several processes, FSDP, DeepSpeed):
 ``accelerate launch --multi_gpu --num_processes 2 -m latent_thoughts train --config TRAIN.yaml``
@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.cli.flags import add_progress_option, deprecated_alias, deprecated_overrides
 from latent_thoughts.outputs import RunPaths
 
 
@@ -24,18 +25,19 @@ def register(subparsers: Any) -> None:
         description=(
             "Train a Hugging Face causal LM (or a Llama from scratch) on a mixture of raw chunks, chunks "
             "with thoughts and rephrased documents, to a token budget. Writes checkpoints to "
-            "OUTPUT_DIR/checkpoints and the final model and tokenizer to OUTPUT_DIR/model."
+            "OUT/checkpoints and the final model and tokenizer to OUT/model (OUT: --out, else the "
+            "configuration's output_dir)."
         ),
     )
     parser.add_argument("--config", help="YAML file of TrainConfig options (see configs/train/)")
     parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="option overrides, e.g. optim.lr=3e-4"
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="option overrides, e.g. optim.lr=3e-4"
     )
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more option overrides")
-    parser.add_argument("--output-dir", help="shorthand for output_dir=...")
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR"
-    )
+    deprecated_overrides(parser)
+    parser.add_argument("--out", help="run folder: checkpoints/ and model/ (shorthand for output_dir=...)")
+    deprecated_alias(parser, "--output-dir", canonical="--out")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT")
+    add_progress_option(parser)
     parser.set_defaults(handler=run, run_paths=run_paths)
 
 
@@ -43,15 +45,17 @@ def _config(args: argparse.Namespace) -> Any:
     from latent_thoughts.train import load_train_config
 
     overrides = [*args.overrides, *args.set]
-    if args.output_dir:
-        overrides.append(f"output_dir={args.output_dir}")
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    if args.no_progress:
+        overrides.append("progress_bar=false")
     return load_train_config(args.config, overrides)
 
 
 def run_paths(args: argparse.Namespace) -> RunPaths:
-    """The configuration, the model, tokenizer and data it names read; OUTPUT_DIR written, its
-    ``model/`` and ``checkpoints/`` filled with model files (so no input may lie there, and OUTPUT_DIR
-    may not lie in the input model's folder)."""
+    """The configuration, the model, tokenizer and data it names read; OUT (``output_dir``) written, its
+    ``model/`` and ``checkpoints/`` filled with model files (so no input may lie there, and OUT may
+    not lie in the input model's folder)."""
     from latent_thoughts.train.trainer import CHECKPOINT_DIR, MODEL_DIR
 
     config = _config(args)
@@ -62,7 +66,7 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
         files=[out / "train_config.yaml", out / "metrics.json"],
         folders=[out],
         replaced=[out / MODEL_DIR, out / CHECKPOINT_DIR],
-        flag="output_dir",
+        flag="--out" if args.out else "output_dir",
     )
 
 

@@ -1,7 +1,10 @@
 """Typed options of ``latent-thoughts em`` (METHOD section 6); every number is a field, never a constant.
 
-The defaults are the small testbed run that fits a 2-core CPU in under 25 minutes (warm start and two
-iterations); ``configs/em/testbed-small.yaml`` spells them out, and ``bench/bolt.py`` runs larger ones.
+:class:`EMConfig` holds what every EM run has (the run folder, seed, iterations, the E-step, the
+M-step); an experiment (:mod:`latent_thoughts.em.experiment`) extends it with its own sections: the
+testbed its recipe (``experiment: testbed``, the default, ``configs/em/testbed-small.yaml``), a real
+corpus its documents, teacher, model and evaluations (``experiment: corpus``,
+``configs/em/textbooks-tiny.yaml``). :func:`load_em_config` picks the experiment's class.
 """
 
 from __future__ import annotations
@@ -10,22 +13,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from latent_thoughts.config import StageConfig, deep_merge, load_config
+from latent_thoughts.config import (
+    ConfigError,
+    StageConfig,
+    deep_merge,
+    parse_overrides,
+    read_yaml,
+    validate_config,
+)
 from latent_thoughts.em.stage import EStepConfig
-from latent_thoughts.testbed.recipe import TestbedRecipe
-from latent_thoughts.testbed.world import TestbedConfig
+from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.train.config import parse_token_count
 
-
-def _small_world() -> TestbedRecipe:
-    """The testbed recipe at the small default's size: 200 warm-start and 100 bootstrap documents,
-    1.5 M tokens per training run."""
-    return TestbedRecipe(
-        world=TestbedConfig(warm_start_documents=200, bootstrap_documents=100, eval_problems=200),
-        tokens=1_500_000,
-    )
+DEFAULT_EXPERIMENT = "testbed"
 
 
 class MStepConfig(StageConfig):
@@ -48,42 +50,41 @@ class MStepConfig(StageConfig):
     tokens: int | None = Field(
         None,
         gt=0,
-        description="training tokens of every M-step (default: testbed.tokens, the warm start's); the "
-        "paper gives the M-step 16x the warm start's tokens",
+        description="training tokens of every M-step (default: the warm start's budget); the paper gives "
+        "the M-step 16x the warm start's tokens",
+    )
+    epochs: float | None = Field(
+        None, gt=0.0, description="passes over the M-step's data instead of a token budget"
     )
 
     _parse = field_validator("tokens", mode="before")(parse_token_count)
 
+    @model_validator(mode="after")
+    def _one_budget(self) -> MStepConfig:
+        if self.tokens is not None and self.epochs is not None:
+            raise ValueError("set at most one of mstep.tokens and mstep.epochs")
+        return self
 
-class PretrainConfig(StageConfig):
-    """An optional base model that is not random: pretrained on raw documents of a split that neither
-    the warm start nor the E-step sees (the testbed world's validation bucket,
-    ``testbed.world.validation_documents`` documents). The warm start and every M-step from the base
-    continue from it, as the paper continues pretraining TinyLlama."""
-
-    tokens: int | None = Field(
-        None, gt=0, description="raw pretraining tokens of the base model (unset: a random base, the default)"
-    )
-
-    _parse = field_validator("tokens", mode="before")(parse_token_count)
+    def budget(self) -> dict[str, Any] | None:
+        """The M-step's budget as a TrainConfig ``budget`` section, None for the warm start's."""
+        if self.tokens is not None:
+            return {"tokens": self.tokens}
+        if self.epochs is not None:
+            return {"epochs": self.epochs}
+        return None
 
 
-class EvaluationConfig(StageConfig):
-    """Evaluation of every model (warm start and each M-step) on the testbed's held-out problems."""
-
-    max_thought_tokens: int = Field(96, gt=0, description="longest thought when answering")
-    batch_size: int = Field(64, gt=0, description="problems per engine call")
+def _small_estep() -> EStepConfig:
+    return EStepConfig(k=4, max_thought_tokens=64, batch_chunks=64)
 
 
 class EMConfig(StageConfig):
-    """The whole EM run: data, warm start, T iterations of E-step, M-step and evaluation.
+    """What every EM run has: a warm start, then T iterations of E-step, M-step and evaluation.
 
-    ``testbed`` is the recipe (world, tokenizer, model shape, optimiser) shared by every training
-    stage; its ``tokens`` is the warm start's budget, and every M-step's unless ``mstep.tokens`` sets
-    another (the M-steps are matched across iterations). The bootstrap split's size, relative to the
-    warm-start split, is ``testbed.world.bootstrap_documents`` against ``warm_start_documents``.
+    The experiment's own class adds its data, model and evaluation sections.
     """
 
+    experiment: str = Field(DEFAULT_EXPERIMENT, description="testbed or corpus (or a plug-in's)")
     out: str = Field("runs/em", description="run folder")
     seed: int = Field(0, description="seed of training; E-step t samples with estep.seed + t")
     iterations: int = Field(2, ge=0, description="EM iterations T after the warm start")
@@ -91,33 +92,49 @@ class EMConfig(StageConfig):
         None,
         description="another run folder whose data, warm start and its evaluation this run starts from",
     )
-    testbed: TestbedRecipe = Field(default_factory=_small_world)
-    estep: EStepConfig = Field(
-        default_factory=lambda: EStepConfig(k=4, max_thought_tokens=64, batch_chunks=64)
-    )
+    estep: EStepConfig = Field(default_factory=_small_estep)
     mstep: MStepConfig = Field(default_factory=MStepConfig)
-    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     final_estep: bool = Field(
         False,
         description="after the last iteration, run the E-step once more with the last model (no M-step): "
         "it measures that model's fidelity and the next selection gain",
     )
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     device: str = Field("auto", description="where the E-step and evaluation run: auto, cpu, cuda")
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="E-step and evaluation dtype")
     progress: bool = Field(True, description="progress bars")
 
-    @field_validator("testbed", "estep", mode="before")
+    @field_validator("estep", mode="before")
     @classmethod
     def _over_small_default(cls, value: Any, info: ValidationInfo) -> Any:
-        # A partial ``testbed:`` or ``estep:`` section overrides the small default, not the section's
-        # own class defaults (the recipe's 1,000 documents, the reference 1,024-token thoughts).
+        # A partial section overrides the small default, not the section's own class defaults (the
+        # reference 1,024-token thoughts); experiments apply this to their own sections too.
         if isinstance(value, dict):
             default = cls.model_fields[str(info.field_name)].get_default(call_default_factory=True)
             return deep_merge(default.model_dump(mode="json"), value)
         return value
 
 
-def load_em_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> EMConfig:
-    """An :class:`EMConfig` from an optional YAML file and ``key=value`` overrides (one-line errors)."""
-    return load_config(EMConfig, path, overrides)
+def load_em_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Any:
+    """The EM configuration of an optional YAML file and ``key=value`` overrides, validated by its
+    experiment's class (``experiment:``, default testbed); one-line errors."""
+    values: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        values = read_yaml(path)
+        source = str(path)
+    return em_config_from(deep_merge(values, parse_overrides(overrides)), source)
+
+
+def em_config_from(values: dict[str, Any], source: str = "config") -> Any:
+    """Validate ``values`` (a YAML mapping, or a manifest's recorded ``config``) as its experiment's
+    configuration class."""
+    from latent_thoughts.em.experiment import get_experiment
+
+    name = values.get("experiment", DEFAULT_EXPERIMENT)
+    if not isinstance(name, str):
+        raise ConfigError(f"{source}: experiment: expected a name, got {name!r}")
+    try:
+        experiment = get_experiment(name)
+    except LatentThoughtsError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return validate_config(experiment.config_class, values, source)

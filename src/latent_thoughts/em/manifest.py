@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from latent_thoughts import __version__
-from latent_thoughts.atomic import atomic_write
+from latent_thoughts.atomic import write_json
 from latent_thoughts.errors import LatentThoughtsError
 
 MANIFEST = "manifest.json"
@@ -60,6 +60,39 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         described = ""
     return f"{__version__}+git.{described}" if described else __version__
+
+
+def runtime_versions(device: str = "auto") -> dict[str, str]:
+    """What else decides a stage's numbers besides its configuration: the torch and transformers
+    versions, Python's, and the device (``auto`` resolved: a GPU's name, else the CPU's)."""
+    import platform
+
+    import torch
+    import transformers
+
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        where = f"cuda ({torch.cuda.get_device_name(0)})"
+    else:
+        where = f"cpu ({_cpu_name()})"
+    return {
+        "torch": str(torch.__version__),
+        "transformers": str(transformers.__version__),
+        "python": platform.python_version(),
+        "device": where,
+    }
+
+
+def _cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else the machine type."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 @dataclass
@@ -95,9 +128,7 @@ class Manifest:
 
     def save(self) -> None:
         """Write the manifest atomically."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.path) as partial:
-            partial.write_text(json.dumps(self.data, indent=2, default=str) + "\n", encoding="utf-8")
+        write_json(self.path, self.data)
 
     def check(self, name: str, print_: str, forced: bool) -> Decision:
         """What to do with stage ``name`` whose fingerprint is now ``print_``: ``skip`` (done, same),
@@ -144,6 +175,7 @@ class Manifest:
             "fingerprint": print_,
             **record,
             "code_version": code_version(),
+            **runtime_versions(),
             "started": time.time(),
         }
         self.save()

@@ -12,10 +12,12 @@ Policies, by name (``estep.policy`` in a config, ``--policy`` on the command lin
   self-normalised importance resampling by inverse CDF on ``u``; K = 1 keeps its sample;
 - ``highest``: the largest log-weight (the first on ties);
 - ``uniform``: each of the K with probability 1/K (the samples as the posterior wrote them);
-- ``checker``: STaR-style, testbed only: a thought the testbed checker passes (every claim true and
-  every result of the chunk derived), drawn uniformly among those that pass; None when none passes.
+- ``checker``: STaR-style, registered by the testbed experiment
+  (:mod:`latent_thoughts.recipes.testbed_em`): a thought the testbed checker passes, drawn uniformly
+  among those that pass; None when none passes.
 
-:func:`register_policy` adds another.
+:func:`register_policy` adds another; a plug-in (:func:`~latent_thoughts.em.experiment.load_plugins`)
+may register its own when it is imported.
 """
 
 from __future__ import annotations
@@ -54,12 +56,19 @@ def register_policy(name: str, policy: Policy) -> None:
 
 
 def policy_names() -> list[str]:
-    """The registered policy names, sorted."""
+    """The registered policy names (the plug-ins' included), sorted."""
+    from latent_thoughts.em.experiment import load_plugins
+
+    load_plugins()
     return sorted(_POLICIES)
 
 
 def get_policy(name: str) -> Policy:
     """The policy called ``name``; an unknown name is a one-line error listing the known ones."""
+    if name not in _POLICIES:
+        from latent_thoughts.em.experiment import load_plugins
+
+        load_plugins()
     try:
         return _POLICIES[name]
     except KeyError:
@@ -125,30 +134,6 @@ def uniform_choice(candidates: Candidates, u: float) -> int:
     return min(int(u * len(candidates.thoughts)), len(candidates.thoughts) - 1)
 
 
-def checker_pass(candidates: Candidates, u: float) -> int | None:
-    """A thought the testbed checker passes, uniformly among those that do; None when none does.
-
-    A chunk that is not testbed text is an error naming the chunk (the checker cannot read it).
-    """
-    from latent_thoughts.testbed.checker import check_thought
-
-    try:
-        passing = [
-            index
-            for index, thought in enumerate(candidates.thoughts)
-            if check_thought(thought, candidates.chunk_text).valid
-        ]
-    except LatentThoughtsError as exc:
-        raise LatentThoughtsError(
-            f"selection policy 'checker' works on testbed chunks only: chunk {candidates.chunk_index} "
-            f"of {candidates.doc_id!r}: {exc}"
-        ) from None
-    if not passing:
-        return None
-    return passing[min(int(u * len(passing)), len(passing) - 1)]
-
-
 register_policy("importance", importance_resampling)
 register_policy("highest", highest_weight)
 register_policy("uniform", uniform_choice)
-register_policy("checker", checker_pass)

@@ -15,8 +15,13 @@ Steps 1-3 of a batch of chunks are appended to the generation cache
 (:mod:`latent_thoughts.generation.cache`, ``NAME.cache/``) before the next batch starts, so a killed
 run resumes where it stopped and shards share one cache. The key hashes the prefix, the chunk, the
 model (its identity and a hash of its weights), the layout version and the sampling settings (K,
-thought budget, context, seed, proposal temperature). Selection runs when the output is written,
-from the cached samples, so changing the policy costs no sampling.
+thought budget, context, seed, proposal temperature); the record's payload is the chunk's
+:class:`ChunkSamples` (records of older runs, which hold it as JSON text, read the same). Selection
+runs when the output is written, from the cached samples, so changing the policy costs no sampling.
+
+:class:`EStepStage` is the stage as the generation runner (and the Ray and Slurm executors) run it
+(:mod:`latent_thoughts.generation.stage`); :func:`run_estep` runs it in this process. Its engine is
+an engine spec (:func:`engine_spec`) opened by :func:`latent_thoughts.engines.spec.open_engine`.
 
 The output ``NAME.parquet`` has one row per chunk: ``doc_id, chunk_index, thought`` (the selected
 thought's text, null when the policy kept none) -- the columns the trainer's ``thoughts`` source
@@ -32,25 +37,28 @@ written before the ids were), on the text otherwise. ``NAME.summary.json`` holds
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from latent_thoughts.atomic import write_json
 from latent_thoughts.config import StageConfig
 from latent_thoughts.corpus import Chunk
 from latent_thoughts.em.estep import ThoughtScore, effective_sample_size, estep_chunks, log_mean_weight
 from latent_thoughts.em.selection import Candidates, get_policy, select
 from latent_thoughts.engines.base import Engine
+from latent_thoughts.engines.spec import EngineSpec
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.fingerprint import model_fingerprint
 from latent_thoughts.format import (
     TOKENIZER_KEY,
     EStepLayout,
@@ -61,16 +69,16 @@ from latent_thoughts.format import (
     tokenizer_fingerprint,
 )
 from latent_thoughts.generation.cache import CacheRecord, ResultCache, cache_key
-from latent_thoughts.generation.shards import LoadedShard, order_shard_outputs, select_shard, shard_files
-from latent_thoughts.synthesis.pipeline import (
-    chunks_fingerprint,
-    load_chunks,
+from latent_thoughts.generation.outputs import (
+    OutputPaths,
     output_paths,
     read_metadata,
     with_metadata,
-    write_json,
     write_table,
 )
+from latent_thoughts.generation.shards import order_shard_outputs, shard_files, shard_or_whole
+from latent_thoughts.generation.stage import STAGE_KEY, request_json, request_of, run_stage, stage_name
+from latent_thoughts.outputs import RunPaths
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +88,7 @@ most ``max_thought_tokens - 1`` tokens (a cut thought's appended EOL fits the bu
 and log q of a cut thought leaves out that appended EOL, which the sampler never drew."""
 
 MODE = "estep"
-"""The ``mode`` stored in an E-step output's metadata (``latent-thoughts merge`` dispatches on it)."""
+"""The ``mode`` stored in an E-step output's metadata (its merge accepts only shards of this mode)."""
 
 SAMPLE_SCHEMA = pa.schema(
     [
@@ -163,40 +171,33 @@ class EStepItem:
     layout: EStepLayout
     key: str
 
+    @property
+    def keys(self) -> list[str]:
+        """The one cache key of this item."""
+        return [self.key]
+
 
 # --- model identity ----------------------------------------------------------------------------
 
 
-def model_fingerprint(folder: str | Path) -> str:
-    """A short hash of a model folder's configuration and weights (not of its path or file times), so
-    a model retrained into the same folder gets new cache keys."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    files = sorted(
-        path
-        for path in folder.iterdir()
-        if path.name == "config.json" or path.suffix in (".safetensors", ".bin", ".pt")
-    )
-    if not files:
-        raise LatentThoughtsError(f"{folder}: not a model folder (no config.json or weights)")
-    for path in files:
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def context_limit(model: Path, configured: int | None) -> int:
-    """The E-step context: ``configured``, else the model folder's ``max_position_embeddings``, else 2048."""
+def context_limit(model: Path, configured: int | None, engine: Any = None) -> int:
+    """The E-step context: ``configured``, else the model folder's ``max_position_embeddings`` (else
+    2048), never beyond the engine's own ``max_context_tokens`` (a server's ``max_model_len``), which
+    also stands in for a folder without ``config.json`` (a served model's tokenizer folder)."""
+    limit = getattr(engine, "max_context_tokens", None)
     if configured is not None:
+        if limit is not None and configured > limit:
+            raise LatentThoughtsError(
+                f"context_tokens={configured} is longer than the model's context of {limit} tokens "
+                "(the engine's max_context_tokens; a server's max_model_len)"
+            )
         return configured
     config_file = model / "config.json"
-    if config_file.exists():
-        value = json.loads(config_file.read_text()).get("max_position_embeddings")
-        if isinstance(value, int) and value > 8:
-            return value
-    return 2048
+    value = (
+        json.loads(config_file.read_text()).get("max_position_embeddings") if config_file.exists() else None
+    )
+    known = [v for v in (value if isinstance(value, int) and value > 8 else None, limit) if v is not None]
+    return min(known) if known else 2048
 
 
 # --- layouts and keys -----------------------------------------------------------------------------
@@ -276,28 +277,74 @@ def make_items(
     ]
 
 
-# --- running ----------------------------------------------------------------------------------------
+# --- the cache's payload ---------------------------------------------------------------------------
+
+
+class ChunkSamples(BaseModel):
+    """One chunk's K samples: the typed payload of its E-step cache record (token ids closed by EOL,
+    log q, log p, and the finish of each: ``stop`` at EOL, ``length`` at the thought budget)."""
+
+    model_config = ConfigDict(strict=True, frozen=True)
+
+    thought_ids: list[list[int]]
+    log_q: list[float]
+    log_p: list[float]
+    finish: list[str]
+
+    @model_validator(mode="after")
+    def _k_of_each(self) -> ChunkSamples:
+        k = len(self.thought_ids)
+        if k < 1 or not all(ids for ids in self.thought_ids):
+            raise ValueError("E-step samples: no thought, or an empty one")
+        if not len(self.log_q) == len(self.log_p) == len(self.finish) == k:
+            raise ValueError("E-step samples: the lists of thoughts and of their scores differ in length")
+        return self
+
+    @classmethod
+    def of_scores(cls, scores: Sequence[ThoughtScore]) -> ChunkSamples:
+        """The samples of one chunk's K scored thoughts."""
+        return cls(
+            thought_ids=[score.thought_ids for score in scores],
+            log_q=[score.log_q for score in scores],
+            log_p=[score.log_p for score in scores],
+            finish=[score.finish_reason for score in scores],
+        )
+
+    @classmethod
+    def from_record(cls, record: CacheRecord) -> ChunkSamples:
+        """The samples of a cache record; raises ValueError when it holds none of the right shape.
+
+        Records written before the cache held typed payloads keep the same object as JSON in their
+        ``text``; they read the same, so a killed run's samples are never drawn again.
+        """
+        data = record.payload if record.payload is not None else json.loads(record.text)
+        return cls.model_validate(data)
+
+    @property
+    def scores(self) -> list[ThoughtScore]:
+        return [
+            ThoughtScore(ids, q, p, f)
+            for ids, q, p, f in zip(self.thought_ids, self.log_q, self.log_p, self.finish, strict=True)
+        ]
 
 
 def record_of(item: EStepItem, scores: Sequence[ThoughtScore], model: str) -> CacheRecord:
-    """The cache record of one chunk's K scored thoughts (token ids with EOL, log q, log p, finish)."""
-    payload = {
-        "thought_ids": [score.thought_ids for score in scores],
-        "log_q": [score.log_q for score in scores],
-        "log_p": [score.log_p for score in scores],
-        "finish": [score.finish_reason for score in scores],
-    }
+    """The cache record of one chunk's K scored thoughts (its :class:`ChunkSamples` as the payload)."""
     return CacheRecord(
         key=item.key,
         status="ok",
-        text=json.dumps(payload, separators=(",", ":")),
+        text="",
         teacher=model,
         prompt_version=LAYOUT_VERSION,
         finish_reason="stop" if all(score.finish_reason == "stop" for score in scores) else "length",
         completion_tokens=sum(len(score.thought_ids) for score in scores),
         doc_id=item.chunk.doc_id,
         chunk_index=item.chunk.chunk_index,
+        payload=ChunkSamples.of_scores(scores).model_dump(),
     )
+
+
+# --- running ----------------------------------------------------------------------------------------
 
 
 def sample_batches(
@@ -325,28 +372,6 @@ def sample_batches(
     finally:
         bar.close()
     return len(todo)
-
-
-@dataclass
-class ChunkSamples:
-    """One chunk's K samples as read back from the cache."""
-
-    thought_ids: list[list[int]]
-    log_q: list[float]
-    log_p: list[float]
-    finish: list[str]
-
-    @classmethod
-    def from_record(cls, record: CacheRecord) -> ChunkSamples:
-        data = json.loads(record.text)
-        return cls(data["thought_ids"], data["log_q"], data["log_p"], data["finish"])
-
-    @property
-    def scores(self) -> list[ThoughtScore]:
-        return [
-            ThoughtScore(ids, q, p, f)
-            for ids, q, p, f in zip(self.thought_ids, self.log_q, self.log_p, self.finish, strict=True)
-        ]
 
 
 def drawn_ids(thought_ids: Sequence[int], eol: int) -> list[int]:
@@ -428,113 +453,200 @@ def table_summary(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def open_engine(request: EStepRequest) -> tuple[Engine, str]:
-    """The engine of ``request`` and the model identity that goes into cache keys."""
-    from latent_thoughts.engines.spec import build_engine
+# --- the engine ---------------------------------------------------------------------------------------
 
+
+class EStepEngine(NamedTuple):
+    """The E-step's open engine: the engine, the model identity that goes into cache keys, and the
+    tokenizer that lays the chunks out."""
+
+    engine: Engine
+    identity: str
+    tokenizer: Any
+
+
+def engine_spec(request: EStepRequest) -> EngineSpec:
+    """The engine of ``request`` as an engine file would name it (opened by
+    :func:`latent_thoughts.engines.spec.open_engine`): the model served at ``base_url``, with the
+    vLLM extensions the E-step needs, or the local model with the stage's device, dtype and token
+    batch (an engine file's options win over them)."""
     if request.base_url:
-        from latent_thoughts.engines.http_engine import HTTPEngine
-
         if request.config.temperature != 1.0:  # refused before any sampling, not at the first score
             raise LatentThoughtsError(
                 f"temperature={request.config.temperature}: a served model scores at temperature 1 only; "
                 "use a local model for a tempered proposal"
             )
-
         # stop ids and ignore_eos (thoughts end at EOL, never at EOS) are vLLM extensions that
         # ``latent-thoughts serve`` also speaks
         served = {"vllm_extras": True, **request.engine_options, "base_url": request.base_url}
-        remote = build_engine("http", served, "E-step engine options")
-        assert isinstance(remote, HTTPEngine)
-        _ = remote.model  # resolves the served model's name, which completes the identity
-        return remote, remote.identity
+        return EngineSpec(kind="http", http=served, tokenizer=str(request.model))
     options: dict[str, Any] = {"device": request.device, "dtype": request.dtype}
     if request.config.batch_tokens is not None:
         options["batch_tokens"] = request.config.batch_tokens
-    # an engine file's options win over the stage's defaults
-    options = {**options, **request.engine_options, "model": str(request.model)}
-    local = build_engine("transformers", options, "E-step engine options")
-    return local, f"{local.identity}:{model_fingerprint(request.model)}"
+    return EngineSpec(
+        kind="transformers", transformers={**options, **request.engine_options, "model": str(request.model)}
+    )
 
 
-def run_estep(
-    request: EStepRequest,
-    *,
-    engine: tuple[Engine, str] | None = None,
-    loaded: LoadedShard | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) the E-step of ``request``; returns the summary also written next to the output.
+def model_identity(engine: Engine, request: EStepRequest) -> str:
+    """The model's name in cache keys: a served model's identity (its name asked of the server), or a
+    local model's with the hash of its weights (:func:`~latent_thoughts.fingerprint.model_fingerprint`:
+    the one the trainer recorded beside them while they are unchanged, so no E-step hashes them)."""
+    if request.base_url:
+        _ = getattr(engine, "model", None)  # resolves the served model's name, which completes the identity
+        return engine.identity
+    return f"{engine.identity}:{model_fingerprint(request.model)}"
 
-    A worker that runs many shards (:mod:`latent_thoughts.generation.ray_pipeline`) passes its open
-    ``engine`` with the model identity (:func:`open_engine`; kept open) and the shard's chunks as
-    ``loaded``.
-    """
-    from latent_thoughts.tokenizer import load_tokenizer
 
-    started = time.monotonic()
-    config = request.config
-    paths = output_paths(request.out, request.shard)
-    if loaded is None:
-        chunks = load_chunks(request.chunks)
-        selected = chunks if request.shard is None else select_shard(chunks, *request.shard)
-        fingerprint = chunks_fingerprint(chunks)
-    else:
-        selected, fingerprint = loaded.chunks, loaded.fingerprint
-    # a local engine's options may name another tokenizer folder; a served model's tokenizer is ``model``
-    tokenizer = load_tokenizer(request.engine_options.get("tokenizer") or request.model)
-    context_tokens = context_limit(request.model, config.context_tokens)
-    laid_out = chunk_layouts(selected, tokenizer, context_tokens, config.max_thought_tokens)
-    own_engine = engine is None
-    active, model = open_engine(request) if engine is None else engine
-    try:
-        items = make_items(laid_out, model, sampling_key(config, context_tokens))
-        with ResultCache(paths.cache_dir, paths.writer, {item.key for item in items}) as cache:
-            todo = [item for item in items if cache.status(item.key) != "ok"]
-            logger.info("%d chunks: %d cached, %d to sample", len(items), len(items) - len(todo), len(todo))
-            sampled = sample_batches(todo, active, cache, config, model, request.progress) if todo else 0
-            table, missing = build_table(items, cache, tokenizer, config.policy, config.seed)
-    finally:
-        usage = active.usage
-        close = getattr(active, "close", None)
-        if own_engine and callable(close):  # a worker's engine stays open for its next shard
-            close()
-    if missing:
-        raise LatentThoughtsError(f"{request.out}: {missing} chunks have no samples after the run")
-    metadata = {
-        "format": 1,
-        "mode": MODE,
-        "model": model,
-        "layout_version": LAYOUT_VERSION,
-        "chunks_fingerprint": fingerprint,
-        "sampling": sampling_key(config, context_tokens),
-        "policy": config.policy,
-        "shard": f"{request.shard[0]}/{request.shard[1]}" if request.shard and request.shard[1] > 1 else None,
-        TOKENIZER_KEY: tokenizer_fingerprint(tokenizer),
-    }
-    write_table(with_metadata(table, metadata), paths.result)
-    summary = {
-        **table_summary(table),
-        "sampled_now": sampled,
-        "from_cache": len(items) - sampled,
-        "policy": config.policy,
-        "model": model,
-        "result": str(paths.result),
-        "elapsed_s": round(time.monotonic() - started, 2),
-        "shard": metadata["shard"],
-        # requests the engine retried this run (timeouts, lost connections, 429/5xx) and why
-        "retries": usage.retries,
-        "failures": dict(usage.failures),
-    }
-    write_json(summary, paths.summary)
-    return summary
+# --- the stage ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class EStepStage:
+    """The E-step as a :class:`~latent_thoughts.generation.stage.GenerationStage`: one work item per
+    chunk (its layout and key), K thoughts sampled and scored per batch of chunks, the selection and
+    the output written from the cache. One object runs one shard once."""
+
+    request: EStepRequest
+    name: ClassVar[str] = "estep"
+    _started: float = field(default_factory=time.monotonic, init=False, repr=False, compare=False)
+    _sampled: int = field(default=0, init=False, repr=False, compare=False)
+
+    @property
+    def chunks(self) -> Path:
+        return self.request.chunks
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return self.request.shard
+
+    def with_shard(self, shard: tuple[int, int] | None) -> EStepStage:
+        return EStepStage(replace(self.request, shard=shard_or_whole(shard), progress=False))
+
+    def check(self, executor: str | None = None) -> None:
+        engine_spec(self.request)
+
+    def run_paths(self) -> RunPaths:
+        paths = self.outputs()
+        return RunPaths(
+            inputs=[self.request.chunks, self.request.model],
+            models=[self.request.model],
+            files=[paths.result, paths.summary],
+            folders=[paths.cache_dir],
+        )
+
+    def outputs(self) -> OutputPaths:
+        return output_paths(self.request.out, self.request.shard)
+
+    @contextmanager
+    def engine(self) -> Iterator[EStepEngine]:
+        from latent_thoughts.engines.spec import open_engine
+
+        with open_engine(engine_spec(self.request)) as (engine, tokenizer):
+            yield EStepEngine(engine, model_identity(engine, self.request), tokenizer)
+
+    def items(self, chunks: Sequence[Chunk], engine: EStepEngine) -> list[EStepItem]:
+        config = self.request.config
+        context_tokens = context_limit(self.request.model, config.context_tokens, engine.engine)
+        laid_out = chunk_layouts(chunks, engine.tokenizer, context_tokens, config.max_thought_tokens)
+        return make_items(laid_out, engine.identity, sampling_key(config, context_tokens))
+
+    def validate(self, record: CacheRecord) -> None:
+        ChunkSamples.from_record(record)
+
+    def pending(self, items: Sequence[EStepItem], cache: ResultCache) -> list[EStepItem]:
+        todo = [item for item in items if cache.status(item.key) != "ok"]
+        logger.info("%d chunks: %d cached, %d to sample", len(items), len(items) - len(todo), len(todo))
+        return todo
+
+    def run_batch(self, engine: EStepEngine, todo: Sequence[EStepItem], cache: ResultCache) -> None:
+        config = self.request.config
+        if todo:
+            self._sampled = sample_batches(
+                todo, engine.engine, cache, config, engine.identity, self.request.progress
+            )
+
+    def write(
+        self, items: Sequence[EStepItem], cache: ResultCache, engine: EStepEngine, fingerprint: str
+    ) -> dict[str, Any]:
+        request, config, paths = self.request, self.request.config, self.outputs()
+        table, missing = build_table(items, cache, engine.tokenizer, config.policy, config.seed)
+        if missing:
+            raise LatentThoughtsError(f"{request.out}: {missing} chunks have no samples after the run")
+        shard = request.shard
+        metadata = {
+            "format": 1,
+            STAGE_KEY: stage_name(type(self)),
+            "mode": MODE,
+            "model": engine.identity,
+            "layout_version": LAYOUT_VERSION,
+            "chunks_fingerprint": fingerprint,
+            "sampling": sampling_key(
+                config, context_limit(request.model, config.context_tokens, engine.engine)
+            ),
+            "policy": config.policy,
+            "shard": f"{shard[0]}/{shard[1]}" if shard and shard[1] > 1 else None,
+            TOKENIZER_KEY: tokenizer_fingerprint(engine.tokenizer),
+        }
+        write_table(with_metadata(table, metadata), paths.result)
+        usage = engine.engine.usage
+        summary = {
+            **table_summary(table),
+            "sampled_now": self._sampled,
+            "from_cache": len(items) - self._sampled,
+            "policy": config.policy,
+            "model": engine.identity,
+            "result": str(paths.result),
+            "elapsed_s": round(time.monotonic() - self._started, 2),
+            "shard": metadata["shard"],
+            # requests the engine retried this run (timeouts, lost connections, 429/5xx) and why
+            "retries": usage.retries,
+            "failures": dict(usage.failures),
+        }
+        write_json(paths.summary, summary)
+        return summary
+
+    @classmethod
+    def merge(cls, out: Path, shards: Sequence[Path]) -> dict[str, Any]:
+        return merge_sample_shards(out, shards)
+
+    def combine(
+        self, summaries: Sequence[dict[str, Any]], merged: dict[str, Any] | None, started: float
+    ) -> dict[str, Any]:
+        """The shards' summaries with chunks sampled now and from the cache added up over them."""
+        first = summaries[0]
+        if merged is None:
+            summary = dict(first)
+        else:
+            summary = {
+                **merged,
+                "sampled_now": sum(s.get("sampled_now", 0) for s in summaries),
+                "from_cache": sum(s.get("from_cache", 0) for s in summaries),
+                "policy": first["policy"],
+                "model": first["model"],
+                "result": str(self.outputs().result),
+                "shard": None,
+            }
+        summary["elapsed_s"] = round(time.monotonic() - started, 2)
+        return summary
+
+    def spec(self) -> dict[str, Any]:
+        request = self.request
+        absolute = {name: getattr(request, name).resolve() for name in ("model", "chunks", "out")}
+        return request_json(replace(request, **absolute))
+
+    @classmethod
+    def from_spec(cls, data: dict[str, Any]) -> EStepStage:
+        return cls(request_of(EStepRequest, data))
+
+
+def run_estep(request: EStepRequest) -> dict[str, Any]:
+    """Run (or resume) the E-step of ``request`` in this process; returns the summary also written
+    next to the output (:func:`~latent_thoughts.generation.stage.run_stage` of :class:`EStepStage`)."""
+    return run_stage(EStepStage(request))
 
 
 # --- merge -----------------------------------------------------------------------------------------
-
-
-def is_sample_file(path: str | Path) -> bool:
-    """Whether ``path`` is an E-step output (or shard of one)."""
-    return read_metadata(Path(path)).get("mode") == MODE
 
 
 def merge_sample_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
@@ -585,5 +697,5 @@ def merge_sample_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any
         "merged_from": [str(path) for path in ordered],
         "result": str(out),
     }
-    write_json(summary, output_paths(out).summary)
+    write_json(output_paths(out).summary, summary)
     return summary

@@ -8,7 +8,10 @@
   ``prompt_logprobs`` so that a vLLM server gives the same answer; ``score_many`` (one context,
   several continuations) falls back to ``score`` of the pairs (the server computes each context);
 - banned token ids are sent as ``logit_bias`` of -100 (a ban in the OpenAI API and in vLLM);
-  ``stop_on_eos=False`` as vLLM's ``ignore_eos``.
+  ``stop_on_eos=False`` as vLLM's ``ignore_eos``;
+- ``max_context_tokens`` is the servers' ``max_model_len`` from ``/models`` (vLLM gives it, and so does
+  ``latent-thoughts serve``; None from a server that does not): the E-step lays its sequences out
+  within it, as within a local model's positions.
 
 ``base_url`` may list several servers of the same model (one vLLM per GPU, say): requests then go
 round-robin over them, and a retried request goes to the next server, so a server that is down or
@@ -201,6 +204,13 @@ def _finish(value: Any) -> FinishReason:
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")
 
 
+def _context_length(value: Any) -> int | None:
+    """A ``/models`` entry's ``max_model_len``: a positive whole number, else None (not said)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
 class HTTPEngine:
     """The :class:`~latent_thoughts.engines.base.Engine` protocol over an OpenAI-compatible server.
 
@@ -234,6 +244,8 @@ class HTTPEngine:
         self._turn = itertools.count()  # round-robin over the servers (next() is atomic in CPython)
         self.requests_per_server = [0] * len(self.clients)
         self._model = self.config.model
+        self._listings: dict[int, list[dict[str, Any]]] = {}  # each server's /models, once asked
+        self._context: tuple[int, ...] | None = None  # (max_model_len,), () when no server says one
         self.identity = self._identity()
         self.device = "remote"  # the server places the model (``latent-thoughts serve --set device=...``)
 
@@ -254,19 +266,31 @@ class HTTPEngine:
             client.close()
 
     # ------------------------------------------------------------------ requests with retries
+    def _listing(self, index: int) -> list[dict[str, Any]]:
+        """Server ``index``'s ``GET /models`` entries, each ``{"id", "max_model_len"}`` (None where it
+        says none); asked once, then remembered."""
+        listing = self._listings.get(index)
+        if listing is None:
+            listing = self._request(
+                "GET /models",
+                lambda client: client.models.with_raw_response.list(),
+                1,
+                lambda body: [
+                    {"id": str(entry["id"]), "max_model_len": _context_length(entry.get("max_model_len"))}
+                    for entry in body["data"]
+                ],
+                server=index,
+            )
+            self._listings[index] = listing
+        return listing
+
     @property
     def model(self) -> str:
         """The model name sent with requests; asked from ``/models`` when not configured."""
         if not self._model:
             served = {}
             for index, url in enumerate(self.base_urls):  # every server: one pool serves one model
-                names = self._request(
-                    "GET /models",
-                    lambda client: client.models.with_raw_response.list(),
-                    1,
-                    lambda body: [str(entry["id"]) for entry in body["data"]],
-                    server=index,
-                )
+                names = [entry["id"] for entry in self._listing(index)]
                 if not names:
                     raise LatentThoughtsError(f"GET {url}/models lists no model; set model=NAME")
                 served[url] = names[0]
@@ -276,6 +300,26 @@ class HTTPEngine:
             self._model = served[self.base_url]
             self.identity = self._identity()
         return self._model
+
+    @property
+    def max_context_tokens(self) -> int | None:
+        """The longest sequence the servers compute (a prompt with its completion, or an echoed prompt):
+        the smallest ``max_model_len`` their ``/models`` give for the model (vLLM and
+        ``latent-thoughts serve`` give it), None when none does (the OpenAI API). A stage that lays
+        out its own sequences (the E-step, the likelihood windows) stays within it, as it stays
+        within a local model's ``max_position_embeddings``. Asked once per server."""
+        if self._context is None:
+            limits = []
+            for index, url in enumerate(self.base_urls):
+                try:
+                    entries = self._listing(index)
+                except LatentThoughtsError as exc:
+                    log.warning("cannot ask %s/models for the context length: %s", url, exc)
+                    continue
+                named = [entry for entry in entries if entry["id"] == self._model] or entries[:1]
+                limits += [entry["max_model_len"] for entry in named if entry["max_model_len"] is not None]
+            self._context = (min(limits),) if limits else ()
+        return self._context[0] if self._context else None
 
     def _count(self, reason: str) -> None:
         with self._usage_lock:

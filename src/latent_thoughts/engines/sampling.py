@@ -2,16 +2,25 @@
 and the decode loop with a shared prefill.
 
 1. prompts are sorted by length and packed into batches of at most ``batch_tokens`` cached positions
-   (rows x (longest prompt + max_new_tokens)) by :func:`plan_batches`;
-2. each batch's distinct prompts are left-padded and prefilled ONCE; the cache rows are then copied
-   to the prompt's sample rows (``Cache.batch_select_indices`` with repeated indices);
+   (rows x (padded prompt + max_new_tokens)) by :func:`plan_batches`; a batch holds prompts of ONE
+   padded width (:func:`padded_width`: the length rounded up to a multiple of ``pad_multiple``,
+   :data:`PAD_MULTIPLE` by default);
+2. each batch's distinct prompts are left-padded to that width and prefilled ONCE; the cache rows are
+   then copied to the prompt's sample rows (``Cache.batch_select_indices`` with repeated indices);
 3. one token per row per step is drawn by inverse-CDF sampling from per-row uniforms (:func:`draw`);
    finished rows are dropped from the batch (cache included) so long and short samples do not cost
    the same.
 
 Randomness is a pure function of (seed, prompt token ids, sample index): each row draws its uniforms
-from its own ``torch.Generator`` seeded by :func:`row_seed`. So a sample does not depend on which
-other prompts share its batch, on ``batch_tokens``, or on sharding.
+from its own ``torch.Generator`` seeded by :func:`row_seed`. The arithmetic is one too: the width a
+prompt is padded to depends on its own length only, so its rows see the same padded positions
+whichever prompts share the batch. (Padding to the batch's longest prompt did not: the attention
+kernels' results depend on the key length, by rounding, and in bf16 a 32 k vocabulary's inverse-CDF
+draw flips on such differences within a few hundred tokens.) So a sample does not depend on which
+other prompts share its batch, on ``batch_tokens``, on sharding, or on whether a server or this
+process runs the engine. The price: prompts of different widths never share a batch, and each is
+padded by up to ``pad_multiple - 1`` tokens. ``pad_multiple`` 0 pads a batch to its longest prompt
+and mixes lengths (fewer, fuller batches; draws that depend on the batch by rounding).
 """
 
 from __future__ import annotations
@@ -33,6 +42,12 @@ GREEDY_BELOW = 1e-4
 infinities (1e-300 made every draw the last vocabulary id), and such a law is a point mass anyway."""
 
 
+PAD_MULTIPLE = 64
+"""The default ``pad_multiple``: a sampling batch's prompts are left-padded to their length rounded up
+to a multiple of this, and only prompts of one such width share a batch (see the module notes: a
+row's arithmetic must not depend on the other prompts of its batch)."""
+
+
 class Cancelled(Exception):
     """Raised inside a decode loop when its caller has gone away (``should_stop`` said so)."""
 
@@ -51,6 +66,7 @@ class SamplingSettings:
     seed: int
     stop_ids: frozenset[int] = frozenset()
     banned_ids: tuple[int, ...] = ()
+    pad_multiple: int = PAD_MULTIPLE  # see padded_width
 
 
 @dataclass
@@ -149,23 +165,38 @@ def draw(
     return tokens, logprobs.gather(1, tokens[:, None]).squeeze(1)
 
 
-def plan_batches(
-    lengths: Sequence[int], n: int, max_new_tokens: int, batch_tokens: int
-) -> Iterator[list[tuple[int, list[int]]]]:
-    """Pack (prompt index, sample indices) jobs into batches of at most ``batch_tokens`` cached positions.
+def padded_width(length: int, multiple: int = PAD_MULTIPLE) -> int:
+    """The width a prompt of ``length`` tokens is left-padded to for sampling: a function of its own
+    length only, rounded up to a multiple of ``multiple`` (at least one multiple); ``multiple`` 0
+    leaves it as it is."""
+    if multiple <= 0:
+        return length
+    return max(1, -(-length // multiple)) * multiple
 
-    Longest prompts first so that a batch's left padding stays small; a prompt whose ``n`` rows do
-    not fit one batch is split over several (each re-prefills it, the price of the memory bound).
+
+def plan_batches(
+    lengths: Sequence[int], n: int, max_new_tokens: int, batch_tokens: int, pad_multiple: int = PAD_MULTIPLE
+) -> Iterator[list[tuple[int, list[int]]]]:
+    """Pack (prompt index, sample indices) jobs into batches of at most ``batch_tokens`` cached positions,
+    rows x (:func:`padded_width` + ``max_new_tokens``).
+
+    Widest prompts first; a batch holds prompts of one padded width only, so that no prompt is padded
+    further because of another (``pad_multiple`` 0: prompts of any length, padded to the batch's
+    longest); a prompt whose ``n`` rows do not fit one batch is split over several (each re-prefills
+    it, the price of the memory bound).
     """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    order = sorted(range(len(lengths)), key=lambda i: -padded_width(lengths[i], pad_multiple))
     batch: list[tuple[int, list[int]]] = []
-    capacity = used = 0
+    capacity = used = width = 0
     for index in order:
+        if batch and pad_multiple > 0 and padded_width(lengths[index], pad_multiple) != width:
+            yield batch
+            batch = []
         remaining = list(range(n))
         while remaining:
             if not batch:
-                width = lengths[index] + max_new_tokens
-                capacity, used = max(1, batch_tokens // max(width, 1)), 0
+                width = padded_width(lengths[index], pad_multiple)
+                capacity, used = max(1, batch_tokens // max(width + max_new_tokens, 1)), 0
             take = min(len(remaining), capacity - used)
             if take <= 0:
                 yield batch
@@ -247,7 +278,8 @@ def sample_batch(
     stop_check: Callable[[list[int]], bool] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> list[Row]:
-    """Prefill the batch's prompts once, copy each prompt's cache to its sample rows, decode.
+    """Prefill the batch's prompts once (left-padded to their :func:`padded_width`), copy each
+    prompt's cache to its sample rows, decode.
 
     ``make_cache(capacity)`` gives an empty KV cache; ``stop_check(tokens)`` says whether a row's
     tokens so far complete a stop string. A row ends at a stop id (kept in its tokens), at a stop
@@ -259,8 +291,11 @@ def sample_batch(
         for row in rows:
             row.finish = "length"
         return rows
-    input_ids, mask, positions = left_pad([encoded[index] for index, _ in batch], pad_id, device)
-    cache = make_cache(input_ids.shape[1] + settings.max_new_tokens)
+    prompts = [encoded[index] for index, _ in batch]
+    # one width per batch (plan_batches), from the prompts' own lengths
+    width = padded_width(max(len(prompt) for prompt in prompts), settings.pad_multiple)
+    input_ids, mask, positions = left_pad(prompts, pad_id, device, width)
+    cache = make_cache(width + settings.max_new_tokens)
     logits = forward(input_ids, mask, positions, cache, 1)[:, -1]
     # Shared prefill: row r of the decode batch reads prompt expand[r]'s cache.
     counts = torch.tensor([len(samples) for _, samples in batch], device=device)

@@ -9,8 +9,11 @@ batch. Scoring has two forms: :meth:`TransformersEngine.score` (pairs, one left-
 per batch) and :meth:`TransformersEngine.score_many` (one context prefilled once, its cache shared
 by all continuations: the K thoughts of a chunk).
 
-Randomness is a pure function of (seed, prompt token ids, sample index), so a restarted or
-re-sharded E-step job reproduces the same thoughts, and batched calls equal per-prompt calls.
+Randomness is a pure function of (seed, prompt token ids, sample index), and a prompt's arithmetic
+does not depend on the other prompts of its batch (its padded width is a function of its own length,
+:func:`~latent_thoughts.engines.sampling.padded_width`), so a restarted or re-sharded E-step job, or
+one run through ``latent-thoughts serve``, reproduces the same thoughts, and batched calls equal
+per-prompt calls, in bf16 as in fp32.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from latent_thoughts.engines.base import ChatMessage, ChatReply, Prompt, Sample,
 from latent_thoughts.engines.cache import new_cache
 from latent_thoughts.engines.padding import left_pad
 from latent_thoughts.engines.sampling import (
+    PAD_MULTIPLE,
     Row,
     SamplingSettings,
     plan_batches,
@@ -51,8 +55,9 @@ class TransformersEngineConfig(StageConfig):
     """Options of :class:`TransformersEngine`.
 
     ``batch_tokens`` bounds memory: a sampling batch holds at most ``batch_tokens`` cached positions
-    (rows x (longest prompt + max_new_tokens)) and a scoring batch at most ``batch_tokens`` input
-    tokens (its logits hold at most ``batch_tokens x vocab`` floats).
+    (rows x (padded prompt + max_new_tokens); prompts are padded to a multiple of ``pad_multiple``) and a
+    scoring batch at most ``batch_tokens`` input tokens (its logits hold at most ``batch_tokens x
+    vocab`` floats).
     """
 
     model: str = Field(default="", description="folder of a Hugging Face causal LM (config.json + weights)")
@@ -64,6 +69,13 @@ class TransformersEngineConfig(StageConfig):
         default="auto", description="'auto': bf16 where the device supports it, else fp32"
     )
     batch_tokens: int = Field(default=16384, gt=0, description="memory bound of one batch, in tokens")
+    pad_multiple: int = Field(
+        default=PAD_MULTIPLE,
+        ge=0,
+        description="sampling pads a prompt to a multiple of this and batches prompts of one padded width, "
+        "so that its draws do not depend on the other prompts of its batch (a server and this process "
+        "draw alike); 0: pad to the batch's longest prompt (fuller batches, batch-dependent rounding)",
+    )
     max_context_tokens: int | None = Field(
         default=None, gt=1, description="longest sequence; default the model's max_position_embeddings"
     )
@@ -337,6 +349,7 @@ class TransformersEngine:
             seed=base_seed,
             stop_ids=frozenset(stop_ids),
             banned_ids=banned,
+            pad_multiple=self.config.pad_multiple,
         )
         max_stop_chars = max((len(s) for s in stop_strings), default=0)
 
@@ -346,7 +359,9 @@ class TransformersEngine:
         results: list[list[Sample | None]] = [[None] * n for _ in prompts]
         with self._lock, torch.inference_mode():
             lengths = [len(ids) for ids in encoded]
-            for batch in plan_batches(lengths, n, max_new_tokens, self.config.batch_tokens):
+            for batch in plan_batches(
+                lengths, n, max_new_tokens, self.config.batch_tokens, self.config.pad_multiple
+            ):
                 rows = sample_batch(
                     self._forward,
                     self._new_cache,

@@ -290,8 +290,9 @@ def evaluate_to_files(
     *,
     grading_timeout: float = 5.0,
     info: dict[str, Any] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """:func:`evaluate_benchmark` on one task, writing ``out_dir/TASK_MODE.jsonl`` (a record per problem,
+    """:func:`evaluate_benchmark` on one task (a progress bar unless ``progress`` is false), writing ``out_dir/TASK_MODE.jsonl`` (a record per problem,
     appended as it is graded) and ``out_dir/TASK_MODE.json`` (``info`` plus :func:`aggregate`).
 
     Both are written under temporary names and renamed when the task is done, the log first: a run
@@ -313,7 +314,7 @@ def evaluate_to_files(
 
         with MathGrader(grading_timeout) as grader:
             records = evaluate_benchmark(
-                engine, tokenizer, problems, mode, settings, grader=grader, on_record=write
+                engine, tokenizer, problems, mode, settings, grader=grader, progress=progress, on_record=write
             )
         summary = {**(info or {}), **aggregate(records, mode, settings.samples)}
         if aggregate_partial is not None:

@@ -6,7 +6,8 @@ training data:
 
 - ``gsm8k``: ``gsm8k_train.jsonl`` (7,473 problems); evaluated on ``gsm8k_test.jsonl``;
 - ``math``: a MATH train split (``math_train.jsonl`` in the data folder, or ``--train-file``) when
-  there is one, evaluated on the MATH test set. The shared data folder has none: then the model is
+  there is one, evaluated on the MATH test set. The shared data folder and the cache fetched from the
+  Hub (:mod:`latent_thoughts.evaluate.benchmark_data`) have none: then the model is
   trained on the 4,500 MATH test problems that are not in MATH-500 (the split PRM800K trains on) and
   evaluated on MATH-500, which is disjoint from them by construction (:func:`finetune_split` checks).
 
@@ -30,7 +31,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,19 +128,26 @@ def finetune_split(
     *,
     train_file: str | Path | None = None,
     eval_file: str | Path | None = None,
+    files: Callable[[str], Path] | None = None,
 ) -> FinetuneSplit:
-    """The training problems and the evaluated task of ``task`` (see module notes)."""
+    """The training problems and the evaluated task of ``task`` (see module notes).
+
+    ``files(name)`` gives the path of a data folder's file (default: ``data_dir / name``); the
+    evaluation verbs pass one that fetches a file missing from the cache folder
+    (:func:`~latent_thoughts.evaluate.benchmark_data.benchmark_file`), asked only for the files
+    this split reads."""
     if task not in TRAIN_FILES:
         raise LatentThoughtsError(f"--task: unknown task {task!r}; choose gsm8k or math")
     data_dir = Path(data_dir)
-    train_path = Path(train_file) if train_file else data_dir / TRAIN_FILES[task]
+    file_of = files or (lambda name: data_dir / name)
+    train_path = Path(train_file) if train_file else file_of(TRAIN_FILES[task])
     if task == "gsm8k" or train_path.is_file():
-        eval_path = Path(eval_file) if eval_file else data_dir / DEFAULT_FILES[task]
+        eval_path = Path(eval_file) if eval_file else file_of(DEFAULT_FILES[task])
         return FinetuneSplit(read_solved(task, train_path), task, eval_path)
     # No MATH train split: the MATH test problems outside MATH-500 train, MATH-500 evaluates.
-    eval_path = Path(eval_file) if eval_file else data_dir / DEFAULT_FILES["math500"]
+    eval_path = Path(eval_file) if eval_file else file_of(DEFAULT_FILES["math500"])
     held_out = {problem.question for problem in read_task("math500", eval_path)}
-    pool = read_solved("math", data_dir / DEFAULT_FILES["math"])
+    pool = read_solved("math", file_of(DEFAULT_FILES["math"]))
     train = [problem for problem in pool if problem.question not in held_out]
     if not train:
         raise LatentThoughtsError(f"{data_dir}: no MATH problem outside {eval_path.name} to train on")

@@ -13,6 +13,11 @@ full disk) is reported as corrupt and its request is redone rather than trusted.
 Keys hash exactly what determines a result: the prefix and text, the engine's identity (the
 teacher's, or the model's in the E-step), the prompt (or layout) version, the sampling parameters
 and the sample index. They do not depend on the shard.
+
+A record's answer is its ``text`` (a teacher's thought or rephrasing) or, for a stage whose answer
+is structured, its ``payload``: a JSON object that the stage reads with its own typed model (the
+E-step's :class:`~latent_thoughts.em.stage.ChunkSamples`), and checks when the cache is opened
+(``validate``), so that an answer of the wrong shape is reported as corrupt and redone too.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -71,10 +76,13 @@ def cache_key(
 
 @dataclass
 class CacheRecord:
-    """One finished request: ``status`` ``ok`` with the answer in ``text``, or ``failed`` with a ``reason``.
+    """One finished request: ``status`` ``ok`` with the answer in ``text`` (or ``payload``), or
+    ``failed`` with a ``reason``.
 
     ``doc_id``, ``chunk_index`` and ``style`` say which work item first asked for it (informational:
     identical requests share one record); token counts are the teacher's reported usage.
+    ``payload`` is a structured answer (a JSON object; the stage that wrote it reads it with its own
+    typed model), absent from the line when None.
     """
 
     key: str
@@ -90,6 +98,7 @@ class CacheRecord:
     chunk_index: int = -1
     style: str = ""
     created: float = field(default_factory=time.time)
+    payload: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, line: str) -> CacheRecord:
@@ -117,8 +126,11 @@ class CacheRecord:
         return cls(**known)
 
     def to_json(self) -> str:
-        """The record as one JSON line (without the newline)."""
-        return json.dumps(asdict(self), ensure_ascii=False, separators=(",", ":"))
+        """The record as one JSON line (without the newline); no ``payload`` entry when it has none."""
+        data = asdict(self)
+        if data["payload"] is None:
+            del data["payload"]
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
 
 _REQUIRED = ("key", "status", "text", "teacher", "prompt_version", "finish_reason")
@@ -136,6 +148,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "chunk_index": int,
     "style": str,
     "created": (int, float),
+    "payload": dict,
 }
 
 
@@ -161,15 +174,22 @@ class ResultCache:
 
     With a ``writer`` name the cache holds an exclusive lock on that writer's file, so that two runs
     of the same shard cannot interleave their lines; ``writer=None`` opens it read-only (dry run).
+    ``validate`` (a stage's check of its answers' shape: it raises ValueError or TypeError) is applied
+    to every ``ok`` record indexed; one it refuses counts as a corrupt line, and its request is redone.
     Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(
-        self, folder: str | Path, writer: str | None = "all", keys: Collection[str] | None = None
+        self,
+        folder: str | Path,
+        writer: str | None = "all",
+        keys: Collection[str] | None = None,
+        validate: Callable[[CacheRecord], object] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.writer = writer
         self._keys = set(keys) if keys is not None else None
+        self._validate = validate
         self._index: dict[str, _Entry] = {}
         self._files: list[Path] = []
         self._handles: dict[int, BinaryIO] = {}
@@ -239,6 +259,8 @@ class ResultCache:
                         continue
                     try:
                         record = CacheRecord.from_json(line.decode("utf-8"))
+                        if self._validate is not None and record.status == "ok":
+                            self._validate(record)
                     except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError is a ValueError
                         corrupt.append(line_number)
                     else:

@@ -1,17 +1,18 @@
-"""Synthesis and the E-step as a Ray Data pipeline (``--executor ray``), on one machine or a cluster.
+"""Any generation stage as a Ray Data pipeline (``--executor ray``), on one machine or a cluster.
 
 The chunk file is split into S shards of whole documents (the ``--shard i/N`` split of
 :func:`~latent_thoughts.generation.shards.select_shard`). The shards, each carrying its chunks, are
 the rows of a Ray dataset; the rows go one at a time to a pool of actors
-(``map_batches(..., compute=ActorPoolStrategy(size=workers))``). Each actor builds one engine when it
-starts -- the teacher of a teacher file (a transformers model, a client of one vLLM / ``serve``
-endpoint, the oracle), or the E-step's model (in process, or a client of ``--base-url``) -- and runs
-the stage's own shard code on every shard it is handed: the content-addressed result cache (each
-finished request fsynced, each shard appending to its own file of ``NAME.cache/``) and the shard's
-Parquet output ``NAME.shard-i-of-S.parquet``. The driver then joins the shards with the stage's own
-merge (:func:`~latent_thoughts.generation.shards.order_shard_outputs`), so the output is exactly
-what a single process writes. A killed run is rerun the same way (or by any other executor): every
-finished request is in the cache, so nothing finished is asked again.
+(``map_batches(..., compute=ActorPoolStrategy(size=workers))``). Each actor opens the stage's engine
+once (:meth:`~latent_thoughts.generation.stage.GenerationStage.engine`: a teacher of a teacher
+file, a transformers model, a client of one vLLM / ``serve`` endpoint, the oracle, or the E-step's
+model) and runs :func:`~latent_thoughts.generation.stage.run_stage` on every shard it is handed: the
+content-addressed result cache (each finished request fsynced, each shard appending to its own file
+of ``NAME.cache/``) and the shard's Parquet output ``NAME.shard-i-of-S.parquet``. The driver then
+joins the shards with the stage's own merge (:func:`~latent_thoughts.generation.stage.merge_stage`),
+so the output is exactly what a single process writes. A killed run is rerun the same way (or by
+any other executor): every finished request is in the cache, so nothing finished is asked again.
+The pipeline knows no stage by name: it asks the stage for everything through its contract.
 
 Without an address the driver starts a local instance with ``cpus`` logical CPUs. They must exceed
 the actors' share: the actors hold one CPU each for their lifetime and Ray Data's own tasks need
@@ -23,25 +24,25 @@ a Slurm array, and the package must be installed on every node.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import pyarrow as pa
 
+from latent_thoughts.atomic import write_json
 from latent_thoughts.corpus import Chunk
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.generation.shards import LoadedShard, select_shard
+from latent_thoughts.generation.shards import LoadedShard, chunks_fingerprint, load_chunks, select_shard
+from latent_thoughts.generation.stage import GenerationStage, guard, merge_stage, run_stage
 
 logger = logging.getLogger(__name__)
-
-Stage = Literal["synthesize", "estep"]
 
 
 @dataclass(frozen=True)
@@ -88,40 +89,16 @@ class RayOptions:
 # --- the actor -----------------------------------------------------------------------------------
 
 
-def open_stage_engine(stage: Stage, request: Any) -> Any:
-    """The engine a worker holds for its lifetime: the teacher (synthesis) or ``(engine, identity)``."""
-    if stage == "synthesize":
-        from latent_thoughts.synthesis.teachers import build_teacher, load_teacher
-
-        return build_teacher(load_teacher(request.teacher, request.overrides), str(request.teacher))
-    from latent_thoughts.em.stage import open_engine
-
-    return open_engine(request)
-
-
-def run_stage_shard(stage: Stage, request: Any, engine: Any, loaded: LoadedShard) -> dict[str, Any]:
-    """Run the stage on one shard with an open engine; returns the shard's summary."""
-    shard = (loaded.index, loaded.count) if loaded.count > 1 else None
-    shard_request = replace(request, shard=shard, progress=False)
-    if stage == "synthesize":
-        from latent_thoughts.synthesis.stage import run_synthesis
-
-        return run_synthesis(shard_request, engine=engine, loaded=loaded)
-    from latent_thoughts.em.stage import run_estep
-
-    return run_estep(shard_request, engine=engine, loaded=loaded)
-
-
 class ShardWorker:
-    """A Ray Data actor: opens one engine, then runs each shard row it is handed (``__call__``)."""
+    """A Ray Data actor: opens the stage's engine once, then runs each shard row it is handed (``__call__``)."""
 
-    def __init__(self, stage: Stage, request: Any) -> None:
+    def __init__(self, stage: GenerationStage) -> None:
         self.stage = stage
-        self.request = request
         self.engine: Any = None
         self.error: LatentThoughtsError | None = None
+        self._open = contextlib.ExitStack()  # the engine stays open for the actor's lifetime
         try:
-            self.engine = open_stage_engine(stage, request)
+            self.engine = self._open.enter_context(stage.engine())
         except LatentThoughtsError as exc:
             self.error = exc  # reported with the first shard, as every error of a shard is
 
@@ -163,7 +140,8 @@ class ShardWorker:
             fingerprint=row["fingerprint"],
         )
         started = time.monotonic()
-        summary = run_stage_shard(self.stage, self.request, self.engine, loaded)
+        stage = self.stage.with_shard((loaded.index, loaded.count))
+        summary = run_stage(stage, engine=self.engine, loaded=loaded)
         summary["worker"] = {
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -220,7 +198,7 @@ def connect(options: RayOptions) -> bool:
 
 
 def run_shards(
-    stage: Stage, request: Any, chunks: list[Chunk], fingerprint: str, options: RayOptions
+    stage: GenerationStage, chunks: list[Chunk], fingerprint: str, options: RayOptions
 ) -> dict[int, dict[str, Any]]:
     """Run every shard of ``chunks`` through the actor pool; returns each shard's summary by index."""
     import ray
@@ -239,12 +217,12 @@ def run_shards(
             batch_size=1,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=options.workers, max_tasks_in_flight_per_actor=1),
-            fn_constructor_kwargs={"stage": stage, "request": request},
+            fn_constructor_kwargs={"stage": stage},
             num_cpus=1,
             num_gpus=options.gpus_per_worker or None,
         )
         summaries: dict[int, dict[str, Any]] = {}
-        bar = tqdm(total=count, unit="shard", desc=f"{stage} (ray)", disable=not options.progress)
+        bar = tqdm(total=count, unit="shard", desc=f"{stage.name} (ray)", disable=not options.progress)
         try:
             for row in _rows(results):
                 if row["error"]:
@@ -291,104 +269,31 @@ def _executor_record(
     }
 
 
-# --- the two stages ------------------------------------------------------------------------------------
+# --- a stage on the pipeline -----------------------------------------------------------------------------
 
 
-def synthesize_on_ray(request: Any, options: RayOptions) -> dict[str, Any]:
-    """``latent-thoughts synthesize --executor ray``: the shards through the actor pool, then the merge.
+def run_on_ray(stage: GenerationStage, options: RayOptions) -> dict[str, Any]:
+    """``latent-thoughts synthesize|estep --executor ray``: the shards of ``stage`` (a whole-file stage)
+    through the actor pool, then the merge.
 
-    ``request`` is a :class:`~latent_thoughts.synthesis.stage.SynthesisRequest` (no ``--shard``, no
-    Batch API). Returns the merged summary (also written next to the output) with an ``executor``
-    entry; ``run.elapsed_s`` is the wall time of the whole pipeline.
+    Returns the run's summary (the stage's :meth:`~latent_thoughts.generation.stage.GenerationStage.combine`
+    of the shards'; its wall time that of the whole pipeline), also written next to the output, with an
+    ``executor`` entry.
     """
-    from latent_thoughts.outputs import check_outputs
-    from latent_thoughts.synthesis.pipeline import chunks_fingerprint, load_chunks, output_paths, write_json
-    from latent_thoughts.synthesis.stage import merge_shards
-    from latent_thoughts.synthesis.teachers import load_teacher
-
     options.check()
-    if request.batch_api:
-        raise LatentThoughtsError(
-            "--batch-api and --executor ray do not mix: the Batch API runs in one process"
-        )
-    if request.shard is not None:
+    if stage.shard is not None:
         raise LatentThoughtsError("--shard and --executor ray do not mix: the pipeline makes its own shards")
-    final = output_paths(request.out)
-    check_outputs(
-        inputs=[request.chunks, request.teacher],
-        files=[final.result, final.failures, final.summary],
-        folders=[final.cache_dir],
-    )
-    load_teacher(request.teacher, request.overrides)  # a bad teacher file fails here, not in every actor
+    stage.check("ray")  # a bad option or teacher file fails here, not in every actor
+    guard(stage)
     started = time.monotonic()
-    chunks = load_chunks(request.chunks)
-    summaries = run_shards("synthesize", request, chunks, chunks_fingerprint(chunks), options)
+    chunks = load_chunks(stage.chunks)
+    summaries = run_shards(stage, chunks, chunks_fingerprint(chunks), options)
     count = len(summaries)
-    summary = summaries[0] if count == 1 else merge_shards(request.out, shard_paths(request.out, count))
-    summary.setdefault("batch_api", False)
-    summary["run"]["elapsed_s"] = round(time.monotonic() - started, 2)
+    merged = merge_stage(stage, count) if count > 1 else None
+    summary = stage.combine([summaries[index] for index in range(count)], merged, started)
     summary["executor"] = _executor_record(options, summaries, time.monotonic() - started)
-    write_json(summary, final.summary)
+    write_json(stage.outputs().summary, summary)
     return summary
 
 
-def estep_on_ray(request: Any, options: RayOptions) -> dict[str, Any]:
-    """``latent-thoughts estep --executor ray``: the shards through the actor pool, then the merge.
-
-    ``request`` is an :class:`~latent_thoughts.em.stage.EStepRequest` without ``shard``. Returns the
-    summary ``estep`` prints (chunks sampled now and from the cache added over the shards, wall time),
-    also written next to the output, with an ``executor`` entry.
-    """
-    from latent_thoughts.em.stage import merge_sample_shards
-    from latent_thoughts.outputs import check_outputs
-    from latent_thoughts.synthesis.pipeline import chunks_fingerprint, load_chunks, output_paths, write_json
-
-    options.check()
-    if request.shard is not None:
-        raise LatentThoughtsError("--shard and --executor ray do not mix: the pipeline makes its own shards")
-    final = output_paths(request.out)
-    check_outputs(
-        inputs=[request.chunks, request.model], files=[final.result, final.summary], folders=[final.cache_dir]
-    )
-    started = time.monotonic()
-    chunks = load_chunks(request.chunks)
-    summaries = run_shards("estep", request, chunks, chunks_fingerprint(chunks), options)
-    count = len(summaries)
-    first = summaries[0]
-    if count == 1:
-        summary = dict(first)
-    else:
-        merged = merge_sample_shards(request.out, shard_paths(request.out, count))
-        summary = {
-            **merged,
-            "sampled_now": sum(s.get("sampled_now", 0) for s in summaries.values()),
-            "from_cache": sum(s.get("from_cache", 0) for s in summaries.values()),
-            "policy": first["policy"],
-            "model": first["model"],
-            "result": str(final.result),
-            "shard": None,
-        }
-    summary["elapsed_s"] = round(time.monotonic() - started, 2)
-    summary["executor"] = _executor_record(options, summaries, time.monotonic() - started)
-    write_json(summary, final.summary)
-    return summary
-
-
-def shard_paths(out: Path, count: int) -> list[Path]:
-    """The shard outputs a run with ``count`` shards writes next to ``out``."""
-    from latent_thoughts.synthesis.pipeline import output_paths
-
-    return [output_paths(out, (i, count)).result for i in range(count)] if count > 1 else [Path(out)]
-
-
-__all__ = [
-    "RayOptions",
-    "ShardWorker",
-    "connect",
-    "estep_on_ray",
-    "run_shards",
-    "shard_count",
-    "shard_paths",
-    "shard_rows",
-    "synthesize_on_ray",
-]
+__all__ = ["RayOptions", "ShardWorker", "connect", "run_on_ray", "run_shards", "shard_count", "shard_rows"]

@@ -1,4 +1,4 @@
-"""Shards: ``--shard i/N``, the split of a chunk file into N shards, and the names of shard files.
+"""Shards: the chunk file, ``--shard i/N``, its split into N shards, and the names of shard files.
 
 A shard is whole documents, contiguous in file order and balanced by characters, so that the shards'
 outputs concatenated in shard order are the unsharded output and a stage that needs whole documents
@@ -8,16 +8,34 @@ job runner (a Slurm array, Kubernetes jobs, Ray) can run shard i of N anywhere, 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from latent_thoughts.corpus import Chunk
+from latent_thoughts.corpus import Chunk, read_chunks
 from latent_thoughts.errors import LatentThoughtsError
 
 _SHARD_NAME = re.compile(r"\.shard-(\d+)-of-(\d+)\.parquet$")
+
+
+def load_chunks(path: str | Path) -> list[Chunk]:
+    """All chunks of a chunk file (``latent-thoughts chunk`` output), in file order."""
+    chunks = read_chunks(path)
+    if not chunks:
+        raise LatentThoughtsError(f"{path}: the chunk file holds no chunks")
+    return chunks
+
+
+def chunks_fingerprint(chunks: Sequence[Chunk]) -> str:
+    """A short hash of the chunks' content, stored in outputs so that merge can refuse foreign shards."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(json.dumps([chunk.doc_id, chunk.chunk_index, chunk.prefix, chunk.text]).encode("utf-8"))
+    return digest.hexdigest()[:16]
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -71,6 +89,11 @@ class LoadedShard:
     count: int
     chunks: list[Chunk]
     fingerprint: str
+
+
+def shard_or_whole(shard: tuple[int, int] | None) -> tuple[int, int] | None:
+    """``shard``, or None when it is the whole file (no shard, or N = 1)."""
+    return shard if shard is not None and shard[1] > 1 else None
 
 
 def shard_writer(shard: tuple[int, int] | None) -> str:

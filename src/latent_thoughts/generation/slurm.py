@@ -1,11 +1,14 @@
-"""Shards as a Slurm job array through submitit (``--executor slurm``): N ``--shard i/N`` jobs, then the merge.
+"""Any generation stage as a Slurm job array through submitit (``--executor slurm``): N shard jobs, then the merge.
 
-Each array task runs the same command line as a hand-written Slurm array would
-(``latent-thoughts synthesize|estep ... --shard i/N``), in a Python job that submitit pickles; the
-merge (``latent-thoughts merge --out OUT SHARD...``) is submitted at once with the dependency
-``afterok`` on the whole array, so the launcher returns while the jobs wait in the queue. The
-shards share the content-addressed cache, so a failed or preempted task is simply resubmitted
-(or the whole launch repeated): nothing finished is asked again.
+The launcher writes the stage's serialised request (:func:`~latent_thoughts.generation.stage.stage_spec`)
+to ``FOLDER/stage-HASH.json`` and submits N jobs that each run one shard of it, as
+``python -m latent_thoughts.generation.run_shard SPEC.json --shard i/N`` does (submitit pickles that
+module's :func:`~latent_thoughts.generation.run_shard.run` with its arguments); the merge
+(``SPEC.json --merge N``) is submitted at once with the dependency ``afterok`` on the whole array,
+so the launcher returns while the jobs wait in the queue. The shards share the content-addressed
+cache, so a failed or preempted task is simply resubmitted (or the whole launch repeated): nothing
+finished is asked again. The launcher knows no stage by name: a job runs whatever stage the spec
+names.
 
 ``cluster`` ``local`` (a subprocess per job) and ``debug`` (in this process) are submitit's own
 stand-ins for Slurm, used to try a launch on one machine; they know no job dependencies, so there
@@ -14,12 +17,15 @@ the launcher waits for the shards before it runs the merge.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from latent_thoughts.atomic import write_text
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.generation.stage import GenerationStage, guard, stage_spec
 
 Cluster = Literal["slurm", "local", "debug"]
 
@@ -62,45 +68,45 @@ class Launched:
         return [str(job.job_id) for job in jobs]
 
 
-def run_cli(argv: Sequence[str]) -> int:
-    """One job: ``latent-thoughts ARGV`` in the job's process; a non-zero exit fails the job."""
-    from latent_thoughts.cli import main
-
-    status = main(list(argv))
-    if status != 0:
-        raise LatentThoughtsError(
-            f"latent-thoughts {' '.join(argv)}: exit status {status} (see this job's log)"
-        )
-    return status
+def write_spec(stage: GenerationStage, folder: Path) -> Path:
+    """Write ``stage``'s spec into ``folder`` as ``stage-HASH.json`` (the same launch, the same file)."""
+    text = json.dumps(stage_spec(stage), indent=2, sort_keys=True) + "\n"
+    path = Path(folder) / f"stage-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    write_text(path, text)
+    return path
 
 
-def shard_commands(stage_argv: Sequence[str], shards: int) -> list[list[str]]:
-    """The command line of each array task: ``stage_argv --shard i/N`` (the whole run for one shard)."""
+def shard_commands(spec: Path, shards: int) -> list[list[str]]:
+    """The arguments of each array task's ``run_shard``: ``SPEC --shard i/N`` (the whole run for one shard)."""
     if shards == 1:
-        return [list(stage_argv)]
-    return [[*stage_argv, "--shard", f"{index}/{shards}"] for index in range(shards)]
+        return [[str(spec)]]
+    return [[str(spec), "--shard", f"{index}/{shards}"] for index in range(shards)]
 
 
-def merge_command(out: Path, shards: int) -> list[str]:
-    """The merge job's command line, naming the N shard outputs next to ``out``."""
-    from latent_thoughts.generation.ray_pipeline import shard_paths
-
-    return ["merge", "--out", str(out), *(str(path) for path in shard_paths(out, shards))]
+def merge_command(spec: Path, shards: int) -> list[str]:
+    """The merge job's ``run_shard`` arguments: join the N shard outputs of the spec's stage."""
+    return [str(spec), "--merge", str(shards)]
 
 
-def launch(stage_argv: Sequence[str], out: Path, options: SlurmOptions) -> Launched:
-    """Submit the shards of ``stage_argv`` (a ``synthesize`` or ``estep`` command line without
-    ``--shard``) as an array, then the merge into ``out``; returns the jobs.
+def launch(stage: GenerationStage, options: SlurmOptions) -> Launched:
+    """Submit the shards of ``stage`` (a whole-file stage) as an array, then the merge; returns the jobs.
 
     On Slurm the merge waits in the queue (``afterok`` on the array) and this returns at once; with
     ``local`` or ``debug`` this waits for the shards, runs the merge and returns when it is done.
     """
     import submitit
 
+    from latent_thoughts.generation.run_shard import run
+
     options.check()
+    if stage.shard is not None:
+        raise LatentThoughtsError("--shard and --executor slurm do not mix: the array makes its own shards")
+    stage.check("slurm")
+    guard(stage)
+    spec = write_spec(stage, options.folder)
     executor = submitit.AutoExecutor(folder=options.folder, cluster=options.cluster)
     parameters: dict[str, Any] = {
-        "name": f"latent-thoughts-{stage_argv[0]}",
+        "name": f"latent-thoughts-{stage.name}",
         "timeout_min": options.time_min,
         "cpus_per_task": options.cpus_per_task,
     }
@@ -113,18 +119,18 @@ def launch(stage_argv: Sequence[str], out: Path, options: SlurmOptions) -> Launc
     if options.parallelism is not None:
         parameters["slurm_array_parallelism"] = options.parallelism
     executor.update_parameters(**parameters)
-    shard_jobs = executor.map_array(run_cli, shard_commands(stage_argv, options.shards))
+    shard_jobs = executor.map_array(run, shard_commands(spec, options.shards))
     if options.shards == 1:
         if options.cluster != "slurm":
-            shard_jobs[0].result()
+            _wait(shard_jobs[0])
         return Launched(shard_jobs, None)
     if options.cluster == "slurm":
         array_id = str(shard_jobs[0].job_id).split("_")[0]
         executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{array_id}"})
-        return Launched(shard_jobs, executor.submit(run_cli, merge_command(out, options.shards)))
+        return Launched(shard_jobs, executor.submit(run, merge_command(spec, options.shards)))
     for job in shard_jobs:
         _wait(job)
-    merge = executor.submit(run_cli, merge_command(out, options.shards))
+    merge = executor.submit(run, merge_command(spec, options.shards))
     _wait(merge)
     return Launched(shard_jobs, merge)
 
@@ -141,4 +147,4 @@ def _wait(job: Any) -> None:
         ) from None
 
 
-__all__ = ["Launched", "SlurmOptions", "launch", "merge_command", "run_cli", "shard_commands"]
+__all__ = ["Launched", "SlurmOptions", "launch", "merge_command", "shard_commands", "write_spec"]

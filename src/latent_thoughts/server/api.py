@@ -31,6 +31,30 @@ from latent_thoughts.server.wire import (
 )
 
 
+def shared_prefix_groups(prompts: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
+    """Runs of consecutive ``prompts`` scored after one shared prefix: ``(prefix length, indices)``.
+
+    A prompt joins the run before it when the prefix they share is at least half of the run's (so a
+    run never trades most of its sharing for one more member); a run of one has the whole prompt as
+    its prefix. Any grouping gives the same log-probabilities up to float rounding.
+    """
+    groups: list[tuple[int, list[int]]] = []
+    for index, seq in enumerate(prompts):
+        if groups:
+            length, members = groups[-1]
+            first = prompts[members[0]]
+            common = 0
+            for a, b in zip(first[:length], seq, strict=False):
+                if a != b:
+                    break
+                common += 1
+            if common >= 1 and 2 * common >= length:
+                groups[-1] = (common, [*members, index])
+                continue
+        groups.append((len(seq), [index]))
+    return groups
+
+
 class ModelAPI:
     """Completions and chat of one engine, served under one model name, within ``limits``.
 
@@ -41,6 +65,7 @@ class ModelAPI:
     def __init__(self, engine: TransformersEngine, model_name: str, limits: Limits | None = None) -> None:
         self.engine = engine
         self.model_name = model_name
+        self._pieces: dict[int, str] = {}
         limits = limits or Limits()
         context = engine.max_context_tokens
         max_prompt_tokens = limits.max_prompt_tokens if limits.max_prompt_tokens is not None else 4 * context
@@ -94,12 +119,58 @@ class ModelAPI:
             )
 
     def models(self) -> dict[str, Any]:
-        """The ``/v1/models`` list."""
-        entry = {"id": self.model_name, "object": "model", "created": 0, "owned_by": "latent-thoughts"}
+        """The ``/v1/models`` list. ``max_model_len`` (vLLM's field) is the engine's context length, the
+        longest sequence it computes (prompt and completion, or an echoed prompt): a client that lays
+        out sequences itself (the E-step) reads it, so that it never asks for more than the server
+        does."""
+        entry = {
+            "id": self.model_name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "latent-thoughts",
+            "max_model_len": self.engine.max_context_tokens,
+        }
         return {"object": "list", "data": [entry]}
 
+    def _piece(self, token: int) -> str:
+        """The text of one token id (decoded once per id: an echo lists every prompt token twice)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.engine.decode([token])
+        return piece
+
     def _token_strings(self, ids: Sequence[int]) -> list[str]:
-        return [self.engine.decode([i]) for i in ids]
+        return [self._piece(i) for i in ids]
+
+    def _echo_scores(self, prompts: Sequence[list[int]]) -> list[list[float]]:
+        """Log-probabilities of every prompt token after the first (an echo's), computing a prefix that
+        consecutive prompts share once (:func:`shared_prefix_groups`): its own tokens in one pass,
+        then each prompt's rest after it by the engine's shared-context scoring. The E-step's K
+        sequences of a chunk share its prompt; scoring each whole cost K passes over it."""
+        most = self.engine.max_context_tokens
+        for i, seq in enumerate(prompts):
+            if len(seq) < 1:
+                raise APIError(f"prompt {i} is empty", param="prompt")
+            if len(seq) > most:
+                raise APIError(
+                    f"prompt {i} has {len(seq)} tokens, more than this model's context of {most} "
+                    "(max_model_len): an echoed prompt is scored whole",
+                    param="prompt",
+                )
+        groups = shared_prefix_groups(prompts)
+        prefixes = [prompts[members[0]][:length] for length, members in groups]
+        heads = self.engine.score([prefix[:1] for prefix in prefixes], [prefix[1:] for prefix in prefixes])
+        rests = self.engine.score_groups(
+            [
+                (prefix, [prompts[i][len(prefix) :] for i in members])
+                for prefix, (_, members) in zip(prefixes, groups, strict=True)
+            ]
+        )
+        scores: list[list[float]] = [[] for _ in prompts]
+        for head, rest, (_, members) in zip(heads, rests, groups, strict=True):
+            for i, tail in zip(members, rest, strict=True):
+                scores[i] = [*head.token_logprobs, *tail.token_logprobs]
+        return scores
 
     def _logprobs(self, ids: list[int], values: list[float | None]) -> dict[str, Any]:
         tokens = self._token_strings(ids)
@@ -140,11 +211,7 @@ class ModelAPI:
                 self._check_length(ids[-1], i, "prompt")
             prompt_scores: list[list[float]] = []
             if echo or prompt_logprobs is not None:
-                for i, seq in enumerate(ids):
-                    if len(seq) < 1:
-                        raise APIError(f"prompt {i} is empty", param="prompt")
-                scores = engine.score([seq[:1] for seq in ids], [seq[1:] for seq in ids])
-                prompt_scores = [s.token_logprobs for s in scores]
+                prompt_scores = self._echo_scores(ids)
             samples: list[list[Sample]]
             if params.max_tokens == 0:
                 samples = [[Sample([], "", [], "length") for _ in range(params.n)] for _ in ids]
@@ -181,7 +248,7 @@ class ModelAPI:
                     choice["logprobs"] = None
                 if prompt_logprobs is not None:
                     choice["prompt_logprobs"] = [None] + [
-                        {str(t): {"logprob": v, "decoded_token": engine.decode([t])}}
+                        {str(t): {"logprob": v, "decoded_token": self._piece(t)}}
                         for t, v in zip(seq[1:], prompt_scores[p], strict=True)
                     ]
                     choice["prompt_token_ids"] = seq

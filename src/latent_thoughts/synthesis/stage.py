@@ -1,50 +1,66 @@
 """The synthesis stage end to end: what ``latent-thoughts synthesize``, ``merge`` and ``--dry-run`` do.
 
-:func:`run_synthesis` reads the chunks, takes its shard, builds the work items and the teacher,
-sends what the cache lacks (online, or through the Batch API), writes the outputs and a summary.
-:func:`project_run` is the dry run. :func:`merge_shards` joins shard outputs into the file an
-unsharded run writes.
+:class:`SynthesisStage` is teacher synthesis as a generation stage
+(:class:`~latent_thoughts.generation.stage.GenerationStage`): its work items are one request per
+chunk (or per document, rephrasing), its engine the teacher, its batch run the online loop or the
+Batch API, its outputs the thoughts, failures and summary files. :func:`run_synthesis` runs it in
+this process (:func:`~latent_thoughts.generation.stage.run_stage`); the Ray and Slurm executors run
+it on shards. :func:`project_run` is the dry run. :func:`merge_shards` joins shard outputs into the
+file an unsharded run writes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from latent_thoughts.atomic import write_json
 from latent_thoughts.corpus import Chunk
 from latent_thoughts.engines.base import Engine
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.generation.cache import ResultCache
-from latent_thoughts.generation.shards import LoadedShard, order_shard_outputs, select_shard, shard_files
-from latent_thoughts.outputs import check_outputs
+from latent_thoughts.generation.cache import CacheRecord, ResultCache
+from latent_thoughts.generation.outputs import (
+    OutputPaths,
+    output_paths,
+    read_metadata,
+    with_metadata,
+    write_table,
+)
+from latent_thoughts.generation.shards import order_shard_outputs, shard_files, shard_or_whole
+from latent_thoughts.generation.stage import (
+    STAGE_KEY,
+    request_json,
+    request_of,
+    run_stage,
+    shard_chunks,
+    stage_name,
+)
+from latent_thoughts.outputs import RunPaths
 from latent_thoughts.prompts import WRAP_STYLES, LatentThoughtPrompt, RephrasePrompt
 from latent_thoughts.synthesis.costs import Projection, project_usage
 from latent_thoughts.synthesis.pipeline import (
     Mode,
-    OutputPaths,
     RunStats,
     WorkItem,
     build_tables,
-    chunks_fingerprint,
+    is_final,
     latent_work,
-    load_chunks,
-    output_paths,
     plan_work,
-    read_metadata,
     rephrase_work,
+    resolve,
     summary_record,
     synthesize_online,
-    with_metadata,
-    write_json,
     write_outputs,
-    write_table,
 )
 from latent_thoughts.synthesis.teachers import (
     TeacherConfig,
@@ -79,18 +95,6 @@ class SynthesisRequest:
     progress: bool = True
 
 
-@dataclass
-class Plan:
-    """A prepared run: the teacher, the shard's work items in output order, and where results go."""
-
-    config: TeacherConfig
-    engine: Engine | None
-    teacher_identity: str
-    items: list[WorkItem]
-    paths: OutputPaths
-    metadata: dict[str, Any]
-
-
 def prompt_version(mode: Mode) -> str:
     """The prompt version of a mode (it goes into every key and output row)."""
     return LatentThoughtPrompt().version if mode == "thoughts" else RephrasePrompt("cot").version
@@ -101,61 +105,10 @@ def make_items(
 ) -> list[WorkItem]:
     """The work items of ``chunks`` for ``teacher``: one per chunk (thoughts) or per document (rephrase)."""
     if mode == "thoughts":
-        return latent_work(chunks, teacher, config.sampling)
+        return latent_work(chunks, teacher, config.sampling, cut=config.cut_policy)
     if style not in REPHRASE_STYLES:
         raise LatentThoughtsError(f"--style {style!r}: expected one of {', '.join(REPHRASE_STYLES)}")
-    return rephrase_work(chunks, style, teacher, config.sampling, config.style_seed)
-
-
-def prepare(
-    request: SynthesisRequest,
-    *,
-    need_engine: bool = True,
-    engine: Engine | None = None,
-    loaded: LoadedShard | None = None,
-) -> Plan:
-    """Load the teacher and the chunks, take the shard and build its work items.
-
-    Without ``need_engine`` (the dry run) a teacher that cannot be built yet (say, no API key set)
-    is not an error: the plan then has no engine and no cache look-ups are possible. A worker that
-    already holds the teacher passes it as ``engine``, and the shard's chunks as ``loaded``.
-    """
-    config = load_teacher(request.teacher, request.overrides)
-    if request.batch_api:
-        require_kind(config, "http", "--batch-api")
-    if request.mode == "thoughts" and request.style != "wrap":
-        raise LatentThoughtsError("--style applies to --mode rephrase only")
-    if loaded is None:
-        chunks = load_chunks(request.chunks)
-        selected = chunks if request.shard is None else _select(chunks, request.shard)
-        fingerprint = chunks_fingerprint(chunks)
-    else:
-        selected, fingerprint = loaded.chunks, loaded.fingerprint
-    try:
-        engine = engine or build_teacher(config, str(request.teacher))
-        identity = teacher_identity(config, engine)
-    except LatentThoughtsError as exc:
-        if need_engine:
-            raise
-        logger.warning("teacher not available (%s); the dry run cannot look up cached answers", exc)
-        engine, identity = None, teacher_identity(config, None)
-    metadata = {
-        "format": 1,
-        "mode": request.mode,
-        "style": request.style if request.mode == "rephrase" else None,
-        "teacher": identity,
-        "prompt_version": prompt_version(request.mode),
-        "chunks_fingerprint": fingerprint,
-        "shard": f"{request.shard[0]}/{request.shard[1]}" if request.shard and request.shard[1] > 1 else None,
-    }
-    return Plan(
-        config=config,
-        engine=engine,
-        teacher_identity=identity,
-        items=make_items(selected, config, identity, request.mode, request.style),
-        paths=output_paths(request.out, request.shard),
-        metadata=metadata,
-    )
+    return rephrase_work(chunks, style, teacher, config.sampling, config.style_seed, cut=config.cut_policy)
 
 
 def teacher_identity(config: TeacherConfig, engine: Engine | None) -> str:
@@ -173,95 +126,185 @@ def teacher_identity(config: TeacherConfig, engine: Engine | None) -> str:
     return engine.identity
 
 
-def _select(chunks: Sequence[Chunk], shard: tuple[int, int]) -> list[Chunk]:
-    return select_shard(chunks, *shard)
+@dataclass
+class SynthesisStage:
+    """Teacher synthesis as a :class:`~latent_thoughts.generation.stage.GenerationStage`: one request
+    per chunk (or document), the teacher as the engine, answers cached as they come, the thoughts,
+    failures and summary written when every item has an answer or a recorded failure (a Batch API
+    run with ``wait=False`` whose batches are still in flight writes only its summary, with
+    ``output.missing > 0``). One object runs one shard once."""
 
+    request: SynthesisRequest
+    name: ClassVar[str] = "synthesize"
+    _stats: RunStats = field(default_factory=RunStats, init=False, repr=False, compare=False)
 
-def run_synthesis(
-    request: SynthesisRequest, *, engine: Engine | None = None, loaded: LoadedShard | None = None
-) -> dict[str, Any]:
-    """Run (or resume) one synthesis job; returns the summary also saved next to the output.
+    @cached_property
+    def config(self) -> TeacherConfig:
+        """The teacher file with its overrides."""
+        return load_teacher(self.request.teacher, self.request.overrides)
 
-    The outputs are written only when every item has an answer or a recorded failure; a Batch API
-    run with ``wait=False`` whose batches are still in flight returns with ``output.missing > 0``.
-    ``engine`` (the teacher, kept open) and ``loaded`` (the shard's chunks) come from a worker that
-    runs many shards (:mod:`latent_thoughts.generation.ray_pipeline`).
-    """
-    paths = output_paths(request.out, request.shard)
-    check_outputs(
-        inputs=[request.chunks, request.teacher],
-        files=[paths.result, paths.failures, paths.summary, paths.batch_state],
-        folders=[paths.cache_dir],
-    )
-    plan = prepare(request, engine=engine, loaded=loaded)
-    assert plan.engine is not None
-    config = plan.config
-    try:
-        keys = {item.key for item in plan.items}
-        with ResultCache(plan.paths.cache_dir, plan.paths.writer, keys) as cache:
-            todo, stats = plan_work(plan.items, cache, request.retry_failures)
-            logger.info(
-                "%d items: %d cached, %d recorded failures kept, %d to send",
-                stats.items,
-                stats.cached,
-                stats.cached_failures,
-                len(todo),
+    @property
+    def chunks(self) -> Path:
+        return self.request.chunks
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        return self.request.shard
+
+    def with_shard(self, shard: tuple[int, int] | None) -> SynthesisStage:
+        return SynthesisStage(replace(self.request, shard=shard_or_whole(shard), progress=False))
+
+    def check(self, executor: str | None = None) -> None:
+        request = self.request
+        if request.batch_api and executor is not None:
+            raise LatentThoughtsError(
+                f"--batch-api and --executor {executor} do not mix: the Batch API runs in one process"
             )
-            if request.batch_api:
-                from latent_thoughts.synthesis.batch import synthesize_batch
+        config = self.config  # a bad teacher file fails here, once
+        if request.batch_api:
+            require_kind(config, "http", "--batch-api")
+        if request.mode == "thoughts" and request.style != "wrap":
+            raise LatentThoughtsError("--style applies to --mode rephrase only")
 
-                synthesize_batch(
-                    todo,
-                    cache,
-                    stats,
-                    client=batch_client(config, str(request.teacher)),
-                    model=str(getattr(plan.engine, "model", "")),
-                    max_tokens_field=str(
-                        getattr(engine_options(config), "chat_max_tokens_field", "max_tokens")
-                    ),
-                    teacher=plan.teacher_identity,
-                    sampling=config.sampling,
-                    state_path=plan.paths.batch_state,
-                    poll_interval_s=config.batch_api.poll_interval_s,
-                    max_requests_per_batch=config.batch_api.max_requests_per_batch,
-                    refusal_patterns=config.refusal_patterns,
-                    wait=request.wait,
-                    progress=request.progress,
-                )
-            elif todo:
-                synthesize_online(
-                    todo,
-                    plan.engine,
-                    cache,
-                    stats,
-                    teacher=plan.teacher_identity,
-                    sampling=config.sampling,
-                    batch_size=config.batch_size,
-                    delay_s=config.delay_s,
-                    max_consecutive_errors=config.max_consecutive_errors,
-                    refusal_patterns=config.refusal_patterns,
-                    prices=config.prices,
-                    progress=request.progress,
-                )
-            counts = write_outputs(plan.items, cache, plan.paths, request.mode, plan.metadata)
-        stats.retries = plan.engine.usage.retries
-    finally:
-        close = getattr(plan.engine, "close", None)
-        if engine is None and callable(close):  # a worker's own engine stays open for its next shard
-            close()
-    summary = summary_record(
-        stats,
-        counts,
-        teacher=plan.teacher_identity,
-        prompt_version=str(plan.metadata["prompt_version"]),
-        mode=request.mode,
-        shard=request.shard,
-        prices=config.prices,
-        batch_api=request.batch_api,
-        paths=plan.paths,
-    )
-    write_json(summary, plan.paths.summary)
-    return summary
+    def run_paths(self) -> RunPaths:
+        paths = self.outputs()
+        return RunPaths(
+            inputs=[self.request.chunks, self.request.teacher],
+            files=[paths.result, paths.failures, paths.summary, paths.batch_state],
+            folders=[paths.cache_dir],
+        )
+
+    def outputs(self) -> OutputPaths:
+        return output_paths(self.request.out, self.request.shard)
+
+    @contextmanager
+    def engine(self) -> Iterator[Engine]:
+        teacher = build_teacher(self.config, str(self.request.teacher))
+        try:
+            yield teacher
+        finally:
+            close = getattr(teacher, "close", None)
+            if callable(close):
+                close()
+
+    def items(self, chunks: Sequence[Chunk], engine: Engine) -> list[WorkItem]:
+        request = self.request
+        return make_items(
+            chunks, self.config, teacher_identity(self.config, engine), request.mode, request.style
+        )
+
+    def validate(self, record: CacheRecord) -> None:
+        """A teacher's answer is the record's text, whose type the cache checks already."""
+
+    def pending(self, items: Sequence[WorkItem], cache: ResultCache) -> list[WorkItem]:
+        todo, self._stats = plan_work(items, cache, self.request.retry_failures)
+        stats = self._stats
+        logger.info(
+            "%d items: %d cached, %d recorded failures kept, %d to send",
+            stats.items,
+            stats.cached,
+            stats.cached_failures,
+            len(todo),
+        )
+        return todo
+
+    def run_batch(self, engine: Engine, todo: Sequence[WorkItem], cache: ResultCache) -> None:
+        request, config = self.request, self.config
+        teacher = teacher_identity(config, engine)
+        if request.batch_api:  # also with nothing to send: it collects batches still in flight
+            from latent_thoughts.synthesis.batch import synthesize_batch
+
+            synthesize_batch(
+                todo,
+                cache,
+                self._stats,
+                client=batch_client(config, str(request.teacher)),
+                model=str(getattr(engine, "model", "")),
+                max_tokens_field=str(getattr(engine_options(config), "chat_max_tokens_field", "max_tokens")),
+                teacher=teacher,
+                sampling=config.sampling,
+                state_path=self.outputs().batch_state,
+                poll_interval_s=config.batch_api.poll_interval_s,
+                max_requests_per_batch=config.batch_api.max_requests_per_batch,
+                refusal_patterns=config.refusal_patterns,
+                wait=request.wait,
+                progress=request.progress,
+            )
+        elif todo:
+            synthesize_online(
+                todo,
+                engine,
+                cache,
+                self._stats,
+                teacher=teacher,
+                sampling=config.sampling,
+                batch_size=config.batch_size,
+                delay_s=config.delay_s,
+                max_consecutive_errors=config.max_consecutive_errors,
+                refusal_patterns=config.refusal_patterns,
+                prices=config.prices,
+                progress=request.progress,
+            )
+
+    def write(
+        self, items: Sequence[WorkItem], cache: ResultCache, engine: Engine, fingerprint: str
+    ) -> dict[str, Any]:
+        request, config, paths = self.request, self.config, self.outputs()
+        teacher = teacher_identity(config, engine)
+        shard = request.shard
+        metadata = {
+            "format": 1,
+            STAGE_KEY: stage_name(type(self)),
+            "mode": request.mode,
+            "style": request.style if request.mode == "rephrase" else None,
+            "teacher": teacher,
+            "prompt_version": prompt_version(request.mode),
+            "chunks_fingerprint": fingerprint,
+            "shard": f"{shard[0]}/{shard[1]}" if shard and shard[1] > 1 else None,
+        }
+        counts = write_outputs(items, cache, paths, request.mode, metadata)
+        self._stats.retries = engine.usage.retries
+        summary = summary_record(
+            self._stats,
+            counts,
+            teacher=teacher,
+            prompt_version=str(metadata["prompt_version"]),
+            mode=request.mode,
+            shard=shard,
+            prices=config.prices,
+            batch_api=request.batch_api,
+            paths=paths,
+        )
+        write_json(paths.summary, summary)
+        return summary
+
+    @classmethod
+    def merge(cls, out: Path, shards: Sequence[Path]) -> dict[str, Any]:
+        return merge_shards(out, shards)
+
+    def combine(
+        self, summaries: Sequence[dict[str, Any]], merged: dict[str, Any] | None, started: float
+    ) -> dict[str, Any]:
+        """The merged summary (a single shard's own), ``run.elapsed_s`` the wall time of the whole run."""
+        summary = summaries[0] if merged is None else merged
+        summary.setdefault("batch_api", False)
+        summary["run"]["elapsed_s"] = round(time.monotonic() - started, 2)
+        return summary
+
+    def spec(self) -> dict[str, Any]:
+        request = self.request
+        absolute = {name: getattr(request, name).resolve() for name in ("chunks", "teacher", "out")}
+        return request_json(replace(request, **absolute))
+
+    @classmethod
+    def from_spec(cls, data: dict[str, Any]) -> SynthesisStage:
+        return cls(request_of(SynthesisRequest, data))
+
+
+def run_synthesis(request: SynthesisRequest) -> dict[str, Any]:
+    """Run (or resume) one synthesis job in this process; returns the summary also saved next to the
+    output (:func:`~latent_thoughts.generation.stage.run_stage` of :class:`SynthesisStage`)."""
+    return run_stage(SynthesisStage(request))
 
 
 def batch_client(config: TeacherConfig, source: str = "teacher") -> Any:
@@ -280,26 +323,43 @@ def batch_client(config: TeacherConfig, source: str = "teacher") -> Any:
 
 
 def project_run(request: SynthesisRequest, sample_size: int = 200, seed: int = 0) -> Projection:
-    """The dry run: projected tokens and cost of ``request`` from a seeded sample, spending nothing."""
-    plan = prepare(request, need_engine=False)
-    cached = [False] * len(plan.items)
-    if plan.engine is not None and plan.paths.cache_dir.exists():
-        cached = _cached_flags(plan)
+    """The dry run: projected tokens and cost of ``request`` from a seeded sample, spending nothing.
+
+    A teacher that cannot be built yet (say, no API key set) is not an error: then no cache look-ups
+    are possible.
+    """
+    stage = SynthesisStage(request)
+    stage.check()
+    config = stage.config
+    chunks, _ = shard_chunks(stage)
+    engine: Engine | None = None
+    try:
+        engine = build_teacher(config, str(request.teacher))
+        identity = teacher_identity(config, engine)
+    except LatentThoughtsError as exc:
+        logger.warning("teacher not available (%s); the dry run cannot look up cached answers", exc)
+        engine, identity = None, teacher_identity(config, None)
+    close = getattr(engine, "close", None)
+    if callable(close):
+        close()  # the dry run sends nothing: the engine only named the teacher in the keys
+    items = make_items(chunks, config, identity, request.mode, request.style)
+    cached = [False] * len(items)
+    cache_dir = stage.outputs().cache_dir
+    if engine is not None and cache_dir.exists():
+        # read-only: no lock is taken
+        with ResultCache(cache_dir, None, {key for item in items for key in item.keys}) as cache:
+            cached = [is_final(resolve(item, cache)[1]) for item in items]
     return project_usage(
-        [(item.messages, item.text) for item in plan.items],
+        [(item.messages, item.text) for item in items],
         cached,
-        token_counter(plan.config),
-        plan.config.prices,
+        token_counter(config),
+        config.prices,
         sample_size=sample_size,
         seed=seed,
-        output_ratio=plan.config.thought_ratio,
+        output_ratio=config.thought_ratio,
+        budgets=(config.sampling.max_new_tokens, *config.cut_policy.budgets),
+        on_cut=config.on_cut,
     )
-
-
-def _cached_flags(plan: Plan) -> list[bool]:
-    """Which items already have a successful answer in the cache (read-only: no lock is taken)."""
-    with ResultCache(plan.paths.cache_dir, None, {item.key for item in plan.items}) as cache:
-        return [cache.status(item.key) == "ok" for item in plan.items]
 
 
 # --- merge ---------------------------------------------------------------------------------------
@@ -318,12 +378,6 @@ def merge_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
         raise LatentThoughtsError(
             f"{out}: no shard outputs ({out.with_suffix('')}.shard-i-of-N.parquet) to merge"
         )
-    companions = [
-        Path(p).with_name(Path(p).name.replace(".parquet", suffix))
-        for p in inputs
-        for suffix in (".failures.parquet", ".summary.json")
-    ]
-    check_outputs(inputs=[*inputs, *companions], files=[paths.result, paths.failures, paths.summary])
     ordered, first = order_shard_outputs(
         out,
         [(Path(path), read_metadata(Path(path))) for path in inputs],
@@ -340,7 +394,7 @@ def merge_shards(out: Path, inputs: Sequence[Path] = ()) -> dict[str, Any]:
     write_table(with_metadata(failures, metadata), paths.failures)
     write_table(with_metadata(results, metadata), paths.result)
     summary = _merged_summary(ordered, results.num_rows, failures.num_rows, metadata, paths)
-    write_json(summary, paths.summary)
+    write_json(paths.summary, summary)
     return summary
 
 
@@ -399,12 +453,11 @@ _KEY_SCHEMA = pa.schema([("doc_id", pa.string()), ("chunk_index", pa.int64())])
 
 __all__ = [
     "REPHRASE_STYLES",
-    "Plan",
     "SynthesisRequest",
+    "SynthesisStage",
     "build_tables",
     "make_items",
     "merge_shards",
-    "prepare",
     "project_run",
     "read_output_tables",
     "run_synthesis",

@@ -10,8 +10,11 @@ import pyarrow.compute as pc
 
 from latent_thoughts.corpus import Chunk, iter_chunks
 from latent_thoughts.errors import LatentThoughtsError
-from latent_thoughts.synthesis.pipeline import chunks_fingerprint, read_metadata
+from latent_thoughts.generation.outputs import read_metadata
+from latent_thoughts.generation.shards import chunks_fingerprint
 from latent_thoughts.synthesis.stage import read_output_tables
+
+LEFT_RAW = "left raw, its answer was cut at the token limit (the teacher's on_cut)"
 
 
 def document_chunks(chunks_path: Path, doc_id: str | None) -> tuple[str, list[Chunk]]:
@@ -60,8 +63,9 @@ def render_document(
 ) -> str:
     """The document's chunks in order, each followed by its thought in a marked box.
 
-    A chunk without a thought shows the recorded failure reason, or that it has not been answered.
-    A rephrasing output (``--mode rephrase``) shows the document followed by its rephrasing.
+    A chunk without a thought shows the recorded failure reason, that it was left raw (its answer was
+    cut at the token limit), or that it has not been answered. A rephrasing output (``--mode
+    rephrase``) shows the document followed by its rephrasing.
     """
     doc_id, chunks = document_chunks(chunks_path, doc_id)
     results, failures = read_output_tables(thoughts_path)
@@ -74,6 +78,9 @@ def render_document(
     if "thought" not in results.column_names:
         out.append("".join(chunk.text for chunk in chunks))
         for row in rows:
+            if row["text"] is None:
+                out.append(f"  · no rephrasing: {LEFT_RAW}")
+                continue
             out.extend(
                 _box(f"rephrased ({row['style']}) · {row['completion_tokens']} tokens", row["text"], width)
             )
@@ -86,8 +93,12 @@ def render_document(
         out.append(f"── chunk {chunk.chunk_index} · characters {chunk.start}-{chunk.end} ──")
         out.append(chunk.text.strip("\n"))
         thought = thoughts.get(chunk.chunk_index)
-        if thought is not None:
-            out.extend(_box(f"thought · {thought['completion_tokens']} tokens", thought["thought"], width))
+        if thought is not None and thought["thought"] is None:
+            out.append(f"  · no thought: {LEFT_RAW}")
+        elif thought is not None:
+            cut = " (cut at the token limit)" if thought["finish_reason"] == "length" else ""
+            title = f"thought · {thought['completion_tokens']} tokens{cut}"
+            out.extend(_box(title, thought["thought"], width))
         elif chunk.chunk_index in reasons:
             out.append(f"  ✗ no thought: {reasons[chunk.chunk_index]}")
         else:

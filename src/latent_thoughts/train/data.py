@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 from latent_thoughts.corpus import group_by_document, iter_chunks
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import TOKENIZER_KEY, BuiltDocument, DocumentBuilder, FormatConfig, Layout
-from latent_thoughts.synthesis.pipeline import read_metadata
+from latent_thoughts.generation.outputs import read_metadata
 from latent_thoughts.tables import damaged_parquet, open_parquet, read_parquet
 from latent_thoughts.train.config import SourceConfig
 from latent_thoughts.train.windows import PackedWindows, write_windows
@@ -82,7 +82,8 @@ class SourceDocument:
 
 @dataclass
 class SourceStats:
-    """What one source contributed: documents and tokens available, tokens drawn, passes made."""
+    """What one source contributed: documents and tokens available, tokens drawn, passes made; for a
+    thoughts source, its chunks and how many of them have a thought (:class:`ThoughtCoverage`)."""
 
     name: str
     documents: int
@@ -90,11 +91,52 @@ class SourceStats:
     weight: float = 0.0
     drawn_tokens: int = 0
     drawn_documents: int = 0
+    chunks: int | None = None
+    chunks_with_thought: int | None = None
 
     @property
     def epochs(self) -> float:
         """Passes over the source's data (drawn tokens / available tokens)."""
         return self.drawn_tokens / self.tokens if self.tokens else 0.0
+
+
+THOUGHT_COVERAGE_WARNING = 0.9
+"""A thoughts source whose share of chunks with a thought is below this is warned about: its other
+chunks train as raw text, so the run is mostly a raw-text run (a teacher whose answers were cut or
+refused, a thoughts file of another chunk file, an E-step whose policy kept few thoughts)."""
+
+
+@dataclass(frozen=True)
+class ThoughtCoverage:
+    """How many chunks of a thoughts source have a thought (a text, or token ids) to train on."""
+
+    chunks: int
+    with_thought: int
+
+    @property
+    def share(self) -> float:
+        """The share of chunks with a thought (1.0 for a source without chunks)."""
+        return self.with_thought / self.chunks if self.chunks else 1.0
+
+    def describe(self, label: str) -> str:
+        """E.g. ``thoughts source X: 3 of 90 chunks (3.3%) have a thought; the other 87 train as raw text``."""
+        return (
+            f"thoughts source {label}: {self.with_thought:,} of {self.chunks:,} chunks "
+            f"({100 * self.share:.1f}%) have a thought; the other {self.chunks - self.with_thought:,} "
+            "train as raw text"
+        )
+
+
+def warn_coverage(label: str, coverage: ThoughtCoverage) -> None:
+    """Log the coverage of a thoughts source as a warning when below :data:`THOUGHT_COVERAGE_WARNING`
+    (as information otherwise)."""
+    below = coverage.share < THOUGHT_COVERAGE_WARNING
+    logger.log(
+        logging.WARNING if below else logging.INFO,
+        "%s%s",
+        coverage.describe(label),
+        f" (below {THOUGHT_COVERAGE_WARNING:.0%}: check the thoughts file's failures)" if below else "",
+    )
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -142,6 +184,27 @@ def thought_ids_tokenizer(path: str | Path) -> str | None:
     return str(tokenizer) if tokenizer else None
 
 
+def _present(thoughts: dict[tuple[str, int], str | None], ids: ThoughtIds | None) -> set[tuple[str, int]]:
+    """The chunks a thoughts file gives a thought: a text, or token ids (an empty sampled thought)."""
+    given = ids.ids if ids is not None else {}
+    return {key for key, thought in thoughts.items() if thought is not None or key in given}
+
+
+def thought_coverage(source: SourceConfig) -> ThoughtCoverage | None:
+    """How many chunks of a thoughts source have a thought to train on (None for another kind),
+    counted as :func:`read_source` joins them, from the files."""
+    if source.kind != "thoughts":
+        return None
+    assert source.chunks is not None and source.thoughts is not None
+    table = _read_table(Path(source.chunks), ["doc_id"], "chunks")  # the keys only, not the texts
+    per_document: dict[str, int] = {}
+    for doc_id in table.column("doc_id").to_pylist():
+        per_document[doc_id] = per_document.get(doc_id, 0) + 1
+    present = _present(*_read_thoughts(Path(source.thoughts)))
+    keys = [(doc_id, index) for doc_id, count in per_document.items() for index in range(count)]
+    return ThoughtCoverage(len(keys), sum(key in present for key in keys))
+
+
 def _read_thoughts(path: Path) -> tuple[dict[tuple[str, int], str | None], ThoughtIds | None]:
     """:func:`read_thoughts`, and the thoughts as token ids when the file has them (None when it has
     no ``thought_ids`` column or the column is all null: an older E-step output)."""
@@ -186,7 +249,11 @@ def _read_thoughts(path: Path) -> tuple[dict[tuple[str, int], str | None], Thoug
 
 
 def read_source(source: SourceConfig) -> list[SourceDocument]:
-    """Read one source of the mixture into documents (see :class:`SourceConfig` for the kinds)."""
+    """Read one source of the mixture into documents (see :class:`SourceConfig` for the kinds).
+
+    A thoughts source's chunks without a thought are written raw; the share of chunks with one is
+    logged, as a warning below :data:`THOUGHT_COVERAGE_WARNING` (:func:`warn_coverage`).
+    """
     if source.kind == "rephrased":
         assert source.rephrased is not None
         table = _read_table(Path(source.rephrased), ["doc_id", "text"], "rephrased")
@@ -204,10 +271,9 @@ def read_source(source: SourceConfig) -> list[SourceDocument]:
     assert source.thoughts is not None
     thoughts, as_ids = _read_thoughts(Path(source.thoughts))
     ids = as_ids.ids if as_ids is not None else {}
-    # a chunk has a thought when the file gives it a text or token ids (an empty sampled thought)
-    present = {key for key, thought in thoughts.items() if thought is not None or key in ids}
+    present = _present(thoughts, as_ids)
     out = []
-    matched = 0
+    matched = chunks_in_all = 0
     for doc_id, chunks in documents.items():
         keys = [(doc_id, index) for index in range(len(chunks))]
         document = SourceDocument(doc_id, chunks, [thoughts.get(key) for key in keys])
@@ -216,7 +282,13 @@ def read_source(source: SourceConfig) -> list[SourceDocument]:
             document.ids_tokenizer = as_ids.tokenizer
             document.ids_file = str(source.thoughts)
         matched += sum(key in present for key in keys)
+        chunks_in_all += len(keys)
         out.append(document)
+    if thoughts and not present:
+        raise LatentThoughtsError(
+            f"{source.thoughts}: none of its {len(thoughts)} rows has a thought (answers cut or failed: see "
+            "its summary, or the teacher's on_cut); nothing to train on as thoughts"
+        )
     if thoughts and matched == 0:
         raise LatentThoughtsError(
             f"{source.thoughts}: none of its thoughts belongs to a chunk of {source.chunks} (wrong pairing?)"
@@ -224,6 +296,7 @@ def read_source(source: SourceConfig) -> list[SourceDocument]:
     unmatched = len(present) - matched
     if unmatched:
         logger.warning("%s: %d thoughts have no chunk in %s", source.thoughts, unmatched, source.chunks)
+    warn_coverage(source.label, ThoughtCoverage(chunks_in_all, matched))
     return out
 
 
@@ -590,11 +663,21 @@ class TrainingData:
     sources: list[SourceStats]
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-friendly summary for logs and metrics.json."""
+        """A JSON-friendly summary for logs and metrics.json; a thoughts source has its ``chunks``,
+        ``chunks_with_thought`` and ``thought_coverage`` (their share), other sources None there."""
         return {
             "windows": len(self.windows),
             "tokens": self.windows.num_tokens,
-            "sources": [{**asdict(stats), "epochs": round(stats.epochs, 4)} for stats in self.sources],
+            "sources": [
+                {
+                    **asdict(stats),
+                    "epochs": round(stats.epochs, 4),
+                    "thought_coverage": round(stats.chunks_with_thought / stats.chunks, 4)
+                    if stats.chunks and stats.chunks_with_thought is not None
+                    else None,
+                }
+                for stats in self.sources
+            ],
         }
 
 
@@ -636,7 +719,8 @@ def build_training_data(
     mixture is drawn as document indices and the packer reads the documents from ``built`` as it
     streams, so no drawn document is held twice. ``redraws`` (per source, from :func:`build_source`)
     redraws a thoughts source's layouts on every pass over it: each draw is cut from its pass-0 ids
-    as the packer reads it, so no pass is held whole either.
+    as the packer reads it, so no pass is held whole either. A thoughts source's coverage (chunks
+    with a thought) is counted from its files (:func:`thought_coverage`) for the summary.
     """
     fmt: FormatConfig = builder.config
     lengths = [document_lengths(documents) for documents in built]
@@ -654,12 +738,23 @@ def build_training_data(
         num_windows,
         fmt.reset_position_ids,
     )
-    stats = [
-        SourceStats(source.label, len(documents), size, share, tokens, count)
-        for source, documents, size, share, tokens, count in zip(
-            sources, built, sizes, shares, mixture.drawn_tokens, mixture.drawn_documents, strict=True
+    stats = []
+    for source, documents, size, share, tokens, count in zip(
+        sources, built, sizes, shares, mixture.drawn_tokens, mixture.drawn_documents, strict=True
+    ):
+        coverage = thought_coverage(source)
+        stats.append(
+            SourceStats(
+                source.label,
+                len(documents),
+                size,
+                share,
+                tokens,
+                count,
+                coverage.chunks if coverage is not None else None,
+                coverage.with_thought if coverage is not None else None,
+            )
         )
-    ]
     return TrainingData(windows, stats)
 
 

@@ -16,7 +16,8 @@ Layout of ``output_dir``::
     data/train-<hash>.json        what each source contributed (written last: the cache is complete)
     data/validation-<hash>.bin    the held-out windows, when the run has validation sources
     checkpoints/checkpoint-<N>/   HF model + tokenizer + optimizer/scheduler/RNG state
-    model/                        the final model and tokenizer (from_pretrained, engines)
+    model/                        the final model and tokenizer (from_pretrained, engines), and
+                                  fingerprint.json: the weights' hash (latent_thoughts.fingerprint)
     train_config.yaml, metrics.json
 """
 
@@ -43,10 +44,11 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from latent_thoughts.atomic import atomic_write, write_text
+from latent_thoughts.atomic import write_json, write_text
 from latent_thoughts.config import dump_config
 from latent_thoughts.engines.transformers_engine import cpu_supports_bf16
 from latent_thoughts.errors import LatentThoughtsError
+from latent_thoughts.fingerprint import FINGERPRINT_FILE, write_fingerprint
 from latent_thoughts.format import DocumentBuilder
 from latent_thoughts.modeling import count_parameters, create_llama, load_causal_lm
 from latent_thoughts.tokenizer import (
@@ -405,8 +407,7 @@ def _load_or_build(
     if len(data.windows) < steps * global_batch:
         raise LatentThoughtsError("the training sources produced fewer windows than the budget needs")
     summary = data.summary()
-    with atomic_write(summary_path) as partial:
-        partial.write_text(json.dumps(summary, indent=2))
+    write_json(summary_path, summary)
     return summary, data.windows, steps
 
 
@@ -562,7 +563,12 @@ def train(
 
     model_dir = output_dir / MODEL_DIR
     model.config.use_cache = True  # the saved model generates with a KV cache
+    if trainer.is_world_process_zero():  # a record of earlier weights never stands beside the new ones
+        (model_dir / FINGERPRINT_FILE).unlink(missing_ok=True)
     trainer.save_model(str(model_dir))
+    if trainer.is_world_process_zero():
+        # hashed once, from the files just written, so that no E-step has to hash them again
+        write_fingerprint(model_dir)
     metrics: dict[str, Any] = {
         "steps": steps,
         "max_steps": max_steps,
@@ -586,7 +592,7 @@ def train(
         if evals and evals[0]["step"] == 0:
             metrics["eval_loss_start"] = evals[0]["eval_loss"]
     if trainer.is_world_process_zero():
-        write_text(finished, json.dumps(metrics, indent=2, default=str))
+        write_json(finished, metrics)
     logger.info("saved the final model to %s", model_dir)
     return TrainResult(
         output_dir,

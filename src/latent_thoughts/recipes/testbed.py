@@ -17,7 +17,6 @@ chosen.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from latent_thoughts.atomic import atomic_write, write_text
+from latent_thoughts.atomic import atomic_write
 from latent_thoughts.config import StageConfig
 from latent_thoughts.testbed.checker import check_thought
 from latent_thoughts.testbed.task import Problem
@@ -314,8 +313,3 @@ def evaluate_arm(
         claims, true_claims, copied = thought_arithmetic(problems, result.generations)
     example = result.generations[0] if result.generations else ""
     return ArmEvaluation(mode, result.accuracy, result.total, claims, true_claims, copied, example)
-
-
-def write_json(path: str | Path, payload: Any) -> None:
-    """Write ``payload`` as indented JSON (results files of the recipe's runs)."""
-    write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
