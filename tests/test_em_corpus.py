@@ -18,7 +18,7 @@ import yaml
 
 from latent_thoughts.em.config import load_em_config
 from latent_thoughts.em.experiment import experiment_names, get_experiment
-from latent_thoughts.em.loop import run_em
+from latent_thoughts.em.loop import run_em, summary_table
 from latent_thoughts.em.plan import plan_lines
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.recipes.corpus_em import CorpusEMConfig, SplitRule, split_corpus
@@ -73,7 +73,9 @@ def test_the_split_rule_sends_document_i_by_i_mod_the_modulus() -> None:
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, Any], Path]:
     """textbooks-tiny (smaller still), run in this process."""
     out = tmp_path_factory.mktemp("textbooks") / "run"
-    config = load_em_config(TINY_CONFIG, [*SMALLER, f"out={out}"])
+    config = load_em_config(
+        TINY_CONFIG, [*SMALLER, f"out={out}", "baselines=[raw_token_match,raw_flop_match]"]
+    )
     summary = run_em(config, say=lambda line: None)
     return config, summary, out
 
@@ -84,7 +86,10 @@ def test_textbooks_tiny_runs_every_stage_on_the_bundled_corpus(
     _, summary, out = tiny_run
     manifest = json.loads((out / "manifest.json").read_text())
     stages = manifest["stages"]
-    assert list(stages) == ["data", "base", "teacher", "warm_start", "eval_0", "estep_1", "mstep_1", "eval_1"]
+    assert list(stages) == [
+        "data", "base", "teacher", "warm_start", "eval_0", "estep_1", "mstep_1", "eval_1",
+        "baseline_raw_token_match", "eval_raw_token_match", "baseline_raw_flop_match", "eval_raw_flop_match",
+    ]  # fmt: skip
     assert all(record["status"] == "done" for record in stages.values())
     # the base model carries the four latent tokens, and every training run starts from it
     tokenizer = load_tokenizer(out / "data" / "base_model")
@@ -107,6 +112,26 @@ def test_textbooks_tiny_runs_every_stage_on_the_bundled_corpus(
     for key in ("code_version", "torch", "transformers", "device"):
         assert stages["eval_1"][key]
         assert manifest["invocations"][-1][key]
+
+
+def test_the_raw_baselines_match_the_first_m_step_in_tokens_and_in_flops(
+    tiny_run: tuple[Any, dict[str, Any], Path],
+) -> None:
+    config, summary, out = tiny_run
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    mstep = stages["mstep_1"]["metrics"]["tokens"]
+    token_match = stages["baseline_raw_token_match"]["metrics"]["tokens"]
+    flop_match = stages["baseline_raw_flop_match"]["metrics"]["tokens"]
+    window = config.training.format.seq_len * config.training.optim.global_batch  # budgets are whole steps
+    assert mstep <= token_match < mstep + window
+    assert flop_match > token_match  # the E-step's compute, in training tokens, on top
+    # raw data of the bootstrap split, from the base model, evaluated with the latent tokens banned
+    raw = stages["baseline_raw_token_match"]["inputs"]
+    assert raw["model"] == str(out / "data" / "base_model")
+    assert (out / "baselines" / "raw_token_match" / "eval" / "gsm8k_raw.json").is_file()
+    assert set(summary["baselines"]) == {"raw_token_match", "raw_flop_match"}
+    assert summary["baselines"]["raw_flop_match"]["train_tokens"] == flop_match
+    assert "| raw_flop_match |" in "\n".join(summary_table(config, summary))
 
 
 def test_a_rerun_of_a_finished_corpus_run_redoes_nothing(tiny_run: tuple[Any, dict[str, Any], Path]) -> None:

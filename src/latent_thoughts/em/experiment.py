@@ -93,6 +93,10 @@ class RunPaths:
     def evaluation(self, t: int) -> Path:
         return self.iteration(t) / "eval.json"
 
+    def baseline(self, name: str) -> Path:
+        """A baseline's folder: its training output ``train/`` and its ``eval.json``."""
+        return self.root / "baselines" / name
+
 
 class Experiment(Protocol):
     """The parts of an EM run that depend on its world (see the module docstring)."""
@@ -141,12 +145,13 @@ class Experiment(Protocol):
         """The part of the configuration that decides an evaluation's result (for its fingerprint)."""
         ...
 
-    def evaluation_inputs(self, config: Any, paths: RunPaths, t: int) -> dict[str, Any]:
+    def evaluation_inputs(self, config: Any, paths: RunPaths, model: Path) -> dict[str, Any]:
         """What the manifest records as an evaluation's inputs (the model, the problems)."""
         ...
 
-    def evaluate(self, config: Any, paths: RunPaths, t: int) -> StageResult:
-        """Evaluate iteration t's model; writes ``paths.evaluation(t)``."""
+    def evaluate(self, config: Any, paths: RunPaths, model: Path, out: Path, mode: str | None) -> StageResult:
+        """Evaluate ``model`` in ``mode`` (``raw``: the latent tokens banned, for the raw baselines; None:
+        the experiment's mode for a model trained on thoughts); writes ``out`` (an ``eval.json``)."""
         ...
 
     def summarize(self, config: Any, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:

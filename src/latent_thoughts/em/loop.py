@@ -182,8 +182,8 @@ def plan_stages(experiment: Experiment, config: EMConfig, paths: RunPaths) -> li
             f"eval_{t}",
             [model_stage(t), "data"],
             experiment.evaluation_config(config),
-            {"seed": None, "inputs": experiment.evaluation_inputs(config, paths, t)},
-            lambda: experiment.evaluate(config, paths, t),
+            {"seed": None, "inputs": experiment.evaluation_inputs(config, paths, paths.model(t))},
+            lambda: experiment.evaluate(config, paths, paths.model(t), paths.evaluation(t), None),
             remove(paths.evaluation(t)),
         )
 
@@ -211,7 +211,90 @@ def plan_stages(experiment: Experiment, config: EMConfig, paths: RunPaths) -> li
         stages += [estep_stage(t), training_stage(t), eval_stage(t)]
     if config.final_estep:
         stages.append(estep_stage(config.iterations + 1))
+    for name in config.baselines:
+        stages += baseline_stages(experiment, config, paths, name)
     return stages
+
+
+# --- the raw baselines ---------------------------------------------------------------------------------
+
+
+def baseline_stages(experiment: Experiment, config: EMConfig, paths: RunPaths, name: str) -> list[Stage]:
+    """A raw baseline's training (``baseline_NAME``) and evaluation in raw mode (``eval_NAME``).
+
+    It trains the warm start's model (the base) on the raw text of the documents the first M-step
+    trained on, for the tokens that M-step trained (``raw_token_match``), or for those plus the first
+    E-step's compute counted in training tokens (``raw_flop_match``: a forward token costs a third of a
+    training token, 2N against 6N FLOPs): the paper's baselines matched in tokens and in FLOPs.
+    """
+    if config.iterations < 1:
+        raise LatentThoughtsError(f"baselines: {name} is matched to the first M-step; set iterations >= 1")
+    folder = paths.baseline(name)
+    upstream = ["data", "estep_1", "mstep_1", *experiment.training_upstream(config, 0)]
+    template = experiment.training_config(config, paths, 0).model_dump(mode="json")
+    splits = ["bootstrap", *(["warm_start"] if config.mstep.keep_warm_start else [])]
+    template["data"]["sources"] = [{"kind": "raw", "chunks": str(paths.chunks(split))} for split in splits]
+    template["output_dir"] = str(folder / "train")
+
+    def train_config() -> Any:
+        from latent_thoughts.train import TrainConfig
+
+        values = dict(template, budget={"tokens": baseline_tokens(config, paths, name)})
+        return TrainConfig.model_validate(values)
+
+    def work() -> StageResult:
+        outputs, metrics = run_training(train_config())
+        return outputs, {**metrics, "matched_to": name}
+
+    evaluation = folder / "eval.json"
+    return [
+        Stage(
+            f"baseline_{name}",
+            upstream,
+            {**{key: value for key, value in template.items() if key != "progress_bar"}, "baseline": name},
+            {"seed": config.seed, "inputs": {"model": template["model"].get("path") or "base (scratch)"}},
+            work,
+            remove(folder / "train"),
+        ),
+        Stage(
+            f"eval_{name}",
+            [f"baseline_{name}", "data"],
+            {**experiment.evaluation_config(config), "mode": "raw"},
+            {"seed": None, "inputs": experiment.evaluation_inputs(config, paths, folder / "train" / "model")},
+            lambda: experiment.evaluate(config, paths, folder / "train" / "model", evaluation, "raw"),
+            remove(evaluation),
+        ),
+    ]
+
+
+def baseline_tokens(config: EMConfig, paths: RunPaths, name: str) -> int:
+    """The training tokens of baseline ``name``, from what the first E-step and M-step recorded."""
+    manifest = Manifest.open(paths.root)
+    mstep = int(manifest.stages["mstep_1"]["metrics"]["tokens"])
+    if name == "raw_token_match":
+        return mstep
+    return mstep + estep_forward_tokens(config, paths, manifest.stages["estep_1"]["metrics"]) // 3
+
+
+def estep_forward_tokens(config: EMConfig, paths: RunPaths, metrics: dict[str, Any]) -> int:
+    """Forward-pass tokens of the first E-step: per chunk and sample, the sampler reads the posterior
+    prompt and writes the thought (its measured mean length), log q reads both again, log p reads the
+    joint context, the thought and the chunk."""
+    from latent_thoughts.corpus import read_chunks
+    from latent_thoughts.em.stage import chunk_layouts, context_limit
+    from latent_thoughts.tokenizer import load_tokenizer
+
+    model = paths.model(0)
+    tokenizer = load_tokenizer(model)
+    chunks = read_chunks(paths.chunks("bootstrap"))
+    context = context_limit(model, config.estep.context_tokens)
+    thought = float(metrics.get("mean_sample_tokens") or config.estep.max_thought_tokens)
+    forward = 0.0
+    for _, layout in chunk_layouts(chunks, tokenizer, context, config.estep.max_thought_tokens):
+        prompt = len(layout.posterior_prompt)
+        joint = len(layout.joint_context) + 2 + thought + len(layout.chunk_ids)
+        forward += config.estep.k * (2 * (prompt + thought) + joint)
+    return int(forward)
 
 
 def _resolved(record: dict[str, Any]) -> dict[str, Any]:
@@ -288,8 +371,9 @@ def run_em(
         manifest.start(stage.name, prints[stage.name], {"config": stage.config, **_resolved(stage.record)})
         outputs, metrics = stage.work()
         manifest.finish(stage.name, outputs, metrics)
-        write_summary(paths.root / "summary.json", experiment.summarize(config, manifest.stages))
-    summary = experiment.summarize(config, manifest.stages)
+        summary = with_baselines(config, experiment.summarize(config, manifest.stages), manifest.stages)
+        write_summary(paths.root / "summary.json", summary)
+    summary = with_baselines(config, experiment.summarize(config, manifest.stages), manifest.stages)
     write_summary(paths.root / "summary.json", summary)
     return summary
 
@@ -326,5 +410,38 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
 
 
 def summary_table(config: EMConfig, summary: dict[str, Any]) -> list[str]:
-    """The run's per-iteration table as Markdown lines, as its experiment writes it."""
-    return get_experiment(config.experiment).summary_table(summary)
+    """The run's per-iteration table as Markdown lines, as its experiment writes it, and its baselines."""
+    lines = get_experiment(config.experiment).summary_table(summary)
+    baselines = summary.get("baselines") or {}
+    figures = sorted(
+        {key for row in baselines.values() for key, value in row.items() if isinstance(value, float)}
+    )
+    if baselines:
+        lines += [
+            "",
+            "| baseline | train tokens | " + " | ".join(figures) + " |",
+            "|" + " --- |" * (len(figures) + 2),
+        ]
+        for name, row in baselines.items():
+            cells = [f"{row[key]:.4f}" if isinstance(row.get(key), float) else "-" for key in figures]
+            tokens = f"{row['train_tokens']:,}" if row.get("train_tokens") else "-"
+            lines.append(f"| {name} | {tokens} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def with_baselines(
+    config: EMConfig, summary: dict[str, Any], stages: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """``summary`` with each configured baseline's training tokens and evaluation figures."""
+    if not config.baselines:
+        return summary
+    rows = {}
+    for name in config.baselines:
+        train = stages.get(f"baseline_{name}", {})
+        evaluation = stages.get(f"eval_{name}", {})
+        row = dict(evaluation.get("metrics", {})) if evaluation.get("status") == "done" else {}
+        row["train_tokens"] = (
+            train.get("metrics", {}).get("tokens") if train.get("status") == "done" else None
+        )
+        rows[name] = row
+    return {**summary, "baselines": rows}

@@ -230,11 +230,6 @@ def teacher_file(paths: RunPaths) -> Path:
     return paths.data / "teacher.yaml"
 
 
-def evaluation_dir(paths: RunPaths, t: int) -> Path:
-    """The benchmark logs and aggregates of iteration t's evaluation."""
-    return paths.iteration(t) / "eval"
-
-
 # --- data ------------------------------------------------------------------------------------------
 
 
@@ -431,28 +426,31 @@ def run_teacher(config: CorpusEMConfig, paths: RunPaths) -> StageResult:
 # --- evaluation ------------------------------------------------------------------------------------
 
 
-def run_evaluation(config: CorpusEMConfig, paths: RunPaths, t: int) -> StageResult:
-    """Evaluate iteration t's model on every task of ``evaluation.tasks``; writes ``eval.json``."""
+def run_evaluation(config: CorpusEMConfig, paths: RunPaths, model: Path, out: Path, mode: str) -> StageResult:
+    """Evaluate ``model`` on every task of ``evaluation.tasks`` (benchmarks in ``mode``); writes ``out``
+    and, beside it, the benchmarks' logs (``eval/TASK_MODE.jsonl``)."""
     from latent_thoughts.atomic import write_json
     from latent_thoughts.engines.spec import EngineSpec, open_engine
 
-    options = {"model": str(paths.model(t)), "device": config.device, "dtype": config.dtype}
+    options = {"model": str(model), "device": config.device, "dtype": config.dtype}
     results: dict[str, Any] = {}
     with open_engine(EngineSpec(kind="transformers", transformers=options)) as (engine, tokenizer):
         for task in config.evaluation.tasks:
             if task == "likelihood":
                 results[task] = likelihood(config, paths, engine, tokenizer)
             else:
-                results[task] = benchmark(config, paths, t, task, engine, tokenizer)
-    write_json(paths.evaluation(t), {"model": str(paths.model(t)), **results})
-    return {"evaluation": str(paths.evaluation(t))}, flat_metrics(results)
+                results[task] = benchmark(config, task, (engine, tokenizer), mode, out.parent / "eval", model)
+    write_json(out, {"model": str(model), **results})
+    return {"evaluation": str(out)}, flat_metrics(results)
 
 
 def benchmark(
-    config: CorpusEMConfig, paths: RunPaths, t: int, task: str, engine: Any, tokenizer: Any
+    config: CorpusEMConfig, task: str, opened: tuple[Any, Any], mode: str, out: Path, model: Path
 ) -> dict[str, Any]:
-    """One benchmark as ``latent-thoughts evaluate`` runs it: its aggregate (accuracy, stderr, ...)."""
+    """One benchmark as ``latent-thoughts evaluate`` runs it on the ``opened`` (engine, tokenizer) of
+    ``model``, logs under ``out``: its aggregate (accuracy, stderr, ...)."""
     from latent_thoughts.evaluate.benchmark import BenchmarkSettings, evaluate_to_files
+    from latent_thoughts.evaluate.prompting import PromptMode
     from latent_thoughts.evaluate.tasks import read_task, select_problems
 
     evaluation = config.evaluation
@@ -465,16 +463,13 @@ def benchmark(
         seed=config.seed,
         shots=evaluation.shots,
     )
-    out = evaluation_dir(paths, t)
+    if mode not in ("latent", "raw"):
+        raise LatentThoughtsError(f"evaluation mode {mode!r}: choose latent or raw")
     out.mkdir(parents=True, exist_ok=True)
+    engine, tokenizer = opened
+    prompt_mode: PromptMode = "latent" if mode == "latent" else "raw"
     return evaluate_to_files(
-        engine,
-        tokenizer,
-        problems,
-        evaluation.mode,
-        settings,
-        out,
-        info={"model": str(paths.model(t)), "file": str(path)},
+        engine, tokenizer, problems, prompt_mode, settings, out, info={"model": str(model), "file": str(path)}
     )
 
 
@@ -821,15 +816,17 @@ class CorpusExperiment:
             "estep_max_thought_tokens": config.estep.max_thought_tokens,
         }
 
-    def evaluation_inputs(self, config: CorpusEMConfig, paths: RunPaths, t: int) -> dict[str, Any]:
+    def evaluation_inputs(self, config: CorpusEMConfig, paths: RunPaths, model: Path) -> dict[str, Any]:
         return {
-            "model": str(paths.model(t)),
+            "model": str(model),
             "tasks": list(config.evaluation.tasks),
             "held_out": str(held_out_file(paths)),
         }
 
-    def evaluate(self, config: CorpusEMConfig, paths: RunPaths, t: int) -> StageResult:
-        return run_evaluation(config, paths, t)
+    def evaluate(
+        self, config: CorpusEMConfig, paths: RunPaths, model: Path, out: Path, mode: str | None
+    ) -> StageResult:
+        return run_evaluation(config, paths, model, out, mode or config.evaluation.mode)
 
     def summarize(self, config: CorpusEMConfig, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return summarize(config, stages)

@@ -174,28 +174,30 @@ def run_pretraining(config: TestbedEMConfig, paths: RunPaths) -> StageResult:
     return {**outputs, "chunks": str(chunks_file)}, {**metrics, "documents": len({c.doc_id for c in chunks})}
 
 
-def run_evaluation(config: TestbedEMConfig, paths: RunPaths, t: int) -> StageResult:
-    """Latent-mode accuracy of iteration t's model on the held-out problems, and its thoughts' claims."""
+def run_evaluation(
+    config: TestbedEMConfig, paths: RunPaths, model: Path, out: Path, mode: str
+) -> StageResult:
+    """Accuracy of ``model`` in ``mode`` on the held-out problems, and (latent mode) its thoughts' claims."""
     from latent_thoughts.atomic import write_json
     from latent_thoughts.recipes.testbed import evaluate_arm
     from latent_thoughts.testbed.task import read_problems
 
     problems = read_problems(problems_file(paths))
     result = evaluate_arm(
-        paths.model(t),
+        model,
         problems,
-        "latent",
+        mode,
         progress=config.progress,
         device=config.device,
         max_thought_tokens=config.evaluation.max_thought_tokens,
         batch_size=config.evaluation.batch_size,
     )
     payload = result.as_dict()
-    write_json(paths.evaluation(t), payload)
+    write_json(out, payload)
     metrics = {
         key: payload[key] for key in ("accuracy", "problems", "true_claim_share", "copied_operand_share")
     }
-    return {"evaluation": str(paths.evaluation(t))}, metrics
+    return {"evaluation": str(out)}, metrics
 
 
 # --- the summary -----------------------------------------------------------------------------------
@@ -408,11 +410,13 @@ class TestbedExperiment:
     def evaluation_config(self, config: TestbedEMConfig) -> dict[str, Any]:
         return config.evaluation.model_dump(mode="json")
 
-    def evaluation_inputs(self, config: TestbedEMConfig, paths: RunPaths, t: int) -> dict[str, Any]:
-        return {"model": str(paths.model(t)), "problems": str(problems_file(paths))}
+    def evaluation_inputs(self, config: TestbedEMConfig, paths: RunPaths, model: Path) -> dict[str, Any]:
+        return {"model": str(model), "problems": str(problems_file(paths))}
 
-    def evaluate(self, config: TestbedEMConfig, paths: RunPaths, t: int) -> StageResult:
-        return run_evaluation(config, paths, t)
+    def evaluate(
+        self, config: TestbedEMConfig, paths: RunPaths, model: Path, out: Path, mode: str | None
+    ) -> StageResult:
+        return run_evaluation(config, paths, model, out, mode or "latent")
 
     def summarize(self, config: TestbedEMConfig, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
         return summarize(config, stages)
