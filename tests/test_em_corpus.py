@@ -134,6 +134,15 @@ def test_the_raw_baselines_match_the_first_m_step_in_tokens_and_in_flops(
     assert "| raw_flop_match |" in "\n".join(summary_table(config, summary))
 
 
+def test_a_run_may_not_start_from_its_own_folder(tiny_run: tuple[Any, dict[str, Any], Path]) -> None:
+    _, _, out = tiny_run
+    for target in (out, out / "inside"):
+        config = load_em_config(TINY_CONFIG, [*SMALLER, f"out={target}", f"warm_start_from={out}"])
+        with pytest.raises(LatentThoughtsError, match="is \\(or lies inside\\) warm_start_from"):
+            run_em(config, say=lambda line: None)
+    assert not (out / "inside").exists()
+
+
 def test_a_rerun_of_a_finished_corpus_run_redoes_nothing(tiny_run: tuple[Any, dict[str, Any], Path]) -> None:
     config, summary, out = tiny_run
     lines: list[str] = []
@@ -272,6 +281,34 @@ def test_an_e_step_on_servers_the_run_starts_draws_what_the_in_process_one_draws
     assert there.column("thought").to_pylist() == here.column("thought").to_pylist()
     assert there.column("thought_ids").to_pylist() == here.column("thought_ids").to_pylist()
     assert list((out / "iter_1" / "servers").glob("server-*.log"))
+
+
+@pytest.mark.parametrize(
+    "engine",
+    [
+        [
+            "estep_engine.kind=ray",
+            "estep_engine.workers=1",
+            "estep_engine.shards=2",
+            "estep_engine.ray_cpus=4",
+        ],
+        ["estep_engine.kind=slurm", "estep_engine.shards=2", "estep_engine.slurm_cluster=local"],
+    ],
+    ids=["ray", "slurm-local"],
+)
+def test_an_e_step_spread_by_an_executor_writes_the_in_process_samples(
+    tiny_run: tuple[Any, dict[str, Any], Path], tmp_path: Path, engine: list[str]
+) -> None:
+    _, _, local = tiny_run
+    out = tmp_path / "spread"
+    run_em(
+        load_em_config(TINY_CONFIG, [*SMALLER, f"out={out}", f"warm_start_from={local}", *engine]),
+        say=lambda _: None,
+    )
+    here = pq.read_table(local / "iter_1" / "samples.parquet")
+    there = pq.read_table(out / "iter_1" / "samples.parquet")
+    for column in ("doc_id", "chunk_index", "thought", "thought_ids", "log_w"):
+        assert there.column(column).to_pylist() == here.column(column).to_pylist()
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from latent_thoughts.config import (
     read_yaml,
     validate_config,
 )
+from latent_thoughts.em.estep_engine import EStepEngine
 from latent_thoughts.em.stage import EStepConfig
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.train.config import parse_token_count
@@ -93,6 +94,7 @@ class EMConfig(StageConfig):
         description="another run folder whose data, warm start and its evaluation this run starts from",
     )
     estep: EStepConfig = Field(default_factory=_small_estep)
+    estep_engine: EStepEngine = Field(default_factory=EStepEngine)
     mstep: MStepConfig = Field(default_factory=MStepConfig)
     final_estep: bool = Field(
         False,

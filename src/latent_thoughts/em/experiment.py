@@ -6,8 +6,7 @@ An :class:`Experiment` supplies what differs between a procedural testbed and a 
 
 - the stages before the warm start (``prepare_stages``: the data; a teacher's thoughts; a base model),
 - each training run's :class:`~latent_thoughts.train.TrainConfig` (``training_config``),
-- the E-step's request for iteration t (``estep_request``), the engine it runs on (``run_estep``),
-  and what to measure of its samples
+- the E-step's request for iteration t (``estep_request``) and what to measure of its samples
   (``sample_metrics``: a checker where the world has one),
 - how a model is evaluated (``evaluation_config`` and ``evaluate``),
 - the per-iteration summary and its table (``summarize`` and ``summary_table``),
@@ -130,11 +129,6 @@ class Experiment(Protocol):
 
     def estep_request(self, config: Any, paths: RunPaths, t: int) -> EStepRequest:
         """E-step t's request: the model of t-1 over the bootstrap split's chunks into ``paths.samples(t)``."""
-        ...
-
-    def run_estep(self, config: Any, paths: RunPaths, request: EStepRequest) -> dict[str, Any]:
-        """Run E-step ``request`` on the experiment's engine (in this process, or on servers it
-        starts); returns the E-step's summary (:func:`~latent_thoughts.em.stage.run_estep`)."""
         ...
 
     def sample_metrics(self, config: Any, samples: Path) -> dict[str, Any]:

@@ -142,8 +142,10 @@ def run_training(train_config: Any) -> StageResult:
 
 def run_estep_stage(experiment: Experiment, config: EMConfig, paths: RunPaths, t: int) -> StageResult:
     """E-step t with the model of t-1 on the bootstrap split; the experiment's reading of its samples."""
+    from latent_thoughts.em.estep_engine import run_estep_on
+
     request = experiment.estep_request(config, paths, t)
-    summary = experiment.run_estep(config, paths, request)
+    summary = run_estep_on(config.estep_engine, request, config.device, config.dtype)
     metrics = {key: value for key, value in summary.items() if key not in ("result", "shard")}
     metrics.update(experiment.sample_metrics(config, request.out))
     return {"samples": str(request.out)}, metrics
@@ -314,6 +316,12 @@ def run_em(
     """Run, resume or extend the EM run of ``config``; returns the experiment's summary."""
     experiment = get_experiment(config.experiment)
     base = Path(config.warm_start_from) if config.warm_start_from else None
+    if base is not None and (
+        base.resolve() == Path(config.out).resolve() or base.resolve() in Path(config.out).resolve().parents
+    ):
+        raise LatentThoughtsError(
+            f"out {config.out}: is (or lies inside) warm_start_from {base}; a run starts from another run's folder"
+        )
     paths = RunPaths(Path(config.out), base)
     stages = plan_stages(experiment, config, paths)
     names = [stage.name for stage in stages]

@@ -122,20 +122,20 @@ def launch(stage: GenerationStage, options: SlurmOptions) -> Launched:
     shard_jobs = executor.map_array(run, shard_commands(spec, options.shards))
     if options.shards == 1:
         if options.cluster != "slurm":
-            _wait(shard_jobs[0])
+            wait_for(shard_jobs[0])
         return Launched(shard_jobs, None)
     if options.cluster == "slurm":
         array_id = str(shard_jobs[0].job_id).split("_")[0]
         executor.update_parameters(slurm_additional_parameters={"dependency": f"afterok:{array_id}"})
         return Launched(shard_jobs, executor.submit(run, merge_command(spec, options.shards)))
     for job in shard_jobs:
-        _wait(job)
+        wait_for(job)
     merge = executor.submit(run, merge_command(spec, options.shards))
-    _wait(merge)
+    wait_for(merge)
     return Launched(shard_jobs, merge)
 
 
-def _wait(job: Any) -> None:
+def wait_for(job: Any) -> None:
     """Wait for a local job; its failure is a one-line error naming the job and its log folder."""
     try:
         job.result()
@@ -147,4 +147,4 @@ def _wait(job: Any) -> None:
         ) from None
 
 
-__all__ = ["Launched", "SlurmOptions", "launch", "merge_command", "shard_commands", "write_spec"]
+__all__ = ["Launched", "SlurmOptions", "launch", "merge_command", "shard_commands", "wait_for", "write_spec"]

@@ -25,7 +25,6 @@ Evaluation (``evaluation.tasks``): GSM8K, MATH, MATH-500 (few-shot, latent-aware
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -177,25 +176,6 @@ class ModelShape(StageConfig):
     _parse = field_validator("parameters", mode="before")(parse_token_count)
 
 
-class EStepEngine(StageConfig):
-    """Where each E-step samples: in this process, or on HTTP servers of the model of t-1 that the
-    run starts for the E-step and stops after it (vLLM, one per GPU, or ``latent-thoughts serve``)."""
-
-    kind: Literal["local", "http"] = Field("local", description="local: in this process; http: servers")
-    command: str = Field(
-        "{python} -m latent_thoughts serve {model} --port {port} --device {device} --dtype {dtype}",
-        description="http: the server command; {model}, {port}, {python} (this interpreter), {device} and "
-        "{dtype} (the run's, so that a served E-step draws what an in-process one draws) are filled in "
-        "(vLLM: 'vllm serve {model} --port {port} --dtype bfloat16')",
-    )
-    ports: list[int] = Field(default_factory=lambda: [8100], min_length=1, description="one server per port")
-    ready_timeout_s: float = Field(600.0, gt=0, description="how long a server may take to start")
-    http: dict[str, Any] = Field(
-        default_factory=dict,
-        description="the HTTP engine's options (concurrency, timeout_s, max_attempts, ...)",
-    )
-
-
 class CorpusEMConfig(EMConfig):
     """The EM run over a real corpus, teacher and model (see the module docstring)."""
 
@@ -206,7 +186,6 @@ class CorpusEMConfig(EMConfig):
     training: TrainingOptions = Field(default_factory=TrainingOptions)
     warm_start: BudgetConfig = Field(default_factory=lambda: BudgetConfig(epochs=1.0))
     evaluation: CorpusEvaluation = Field(default_factory=CorpusEvaluation)
-    estep_engine: EStepEngine = Field(default_factory=EStepEngine)
     plan_model: ModelShape | None = Field(
         None, description="for `em --plan` when model.path cannot be read here (a hub id offline)"
     )
@@ -789,21 +768,6 @@ class CorpusExperiment:
             dtype=config.dtype,
             progress=config.progress,
         )
-
-    def run_estep(self, config: CorpusEMConfig, paths: RunPaths, request: EStepRequest) -> dict[str, Any]:
-        from latent_thoughts.em.servers import launched_servers
-        from latent_thoughts.em.stage import run_estep
-
-        engine = config.estep_engine
-        if engine.kind == "local":
-            return run_estep(request)
-        logs = request.out.parent / "servers"
-        fields = {"device": config.device, "dtype": config.dtype}
-        with launched_servers(
-            engine.command, request.model, engine.ports, logs, engine.ready_timeout_s, **fields
-        ) as urls:
-            served = dataclasses.replace(request, base_url=urls, engine_options=dict(engine.http))
-            return run_estep(served)
 
     def sample_metrics(self, config: CorpusEMConfig, samples: Path) -> dict[str, Any]:
         return {}  # no checker for real text: the bound, ESS and lengths come from the E-step itself

@@ -394,11 +394,6 @@ class TestbedExperiment:
             progress=config.progress,
         )
 
-    def run_estep(self, config: TestbedEMConfig, paths: RunPaths, request: EStepRequest) -> dict[str, Any]:
-        from latent_thoughts.em.stage import run_estep
-
-        return run_estep(request)
-
     def sample_metrics(self, config: TestbedEMConfig, samples: Path) -> dict[str, Any]:
         """The testbed checker on the K sampled thoughts and on the selected ones
         (:func:`~latent_thoughts.report.thought_checks.sample_quality`): shares of true claims, of
