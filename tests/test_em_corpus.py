@@ -134,6 +134,31 @@ def test_the_raw_baselines_match_the_first_m_step_in_tokens_and_in_flops(
     assert "| raw_flop_match |" in "\n".join(summary_table(config, summary))
 
 
+def test_fine_tune_then_evaluate_is_an_evaluation_of_every_model(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    overrides = [*SMALLER, f"out={out}", "iterations=0", "evaluation.tasks=[finetune-gsm8k]",
+                 "evaluation.finetune.train_limit=4", "evaluation.finetune.steps=2"]  # fmt: skip
+    summary = run_em(load_em_config(TINY_CONFIG, overrides), say=lambda _: None)
+    folder = out / "iter_0" / "eval" / "finetune-gsm8k"
+    aggregate = json.loads((folder / "eval" / "gsm8k_latent.json").read_text())
+    assert (aggregate["shots"], aggregate["n"], aggregate["base_model"]) == (
+        0,
+        2,
+        str(out / "iter_0" / "train" / "model"),
+    )
+    assert summary["iterations"][0]["finetune-gsm8k_accuracy"] == aggregate["accuracy"]
+    tuned = json.loads((out / "iter_0" / "eval.json").read_text())["finetune-gsm8k"]["finetune"]
+    assert tuned["examples"] == 4 and tuned["steps"] == 2
+    # the copy was fine-tuned away from the model it started from
+    from safetensors.torch import load_file
+
+    before, after = (
+        load_file(out / "iter_0" / "train" / "model" / "model.safetensors"),
+        load_file(folder / "model" / "model.safetensors"),
+    )
+    assert any(not (before[name] == after[name]).all() for name in before)
+
+
 def test_a_run_may_not_start_from_its_own_folder(tiny_run: tuple[Any, dict[str, Any], Path]) -> None:
     _, _, out = tiny_run
     for target in (out, out / "inside"):

@@ -44,8 +44,8 @@ from latent_thoughts.train.config import BudgetConfig, ModelConfig, OptimConfig,
 SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "data" / "sample_corpus.jsonl"
 """The corpus bundled with the package (a few short math documents): the default ``data.documents``."""
 
-Task = Literal["gsm8k", "math", "math500", "likelihood"]
-TASKS: tuple[Task, ...] = ("gsm8k", "math", "math500", "likelihood")
+Task = Literal["gsm8k", "math", "math500", "likelihood", "finetune-gsm8k", "finetune-math"]
+TASKS: tuple[Task, ...] = ("gsm8k", "math", "math500", "likelihood", "finetune-gsm8k", "finetune-math")
 DEFAULT_TASKS: tuple[Task, ...] = ("gsm8k", "likelihood")
 
 
@@ -137,6 +137,18 @@ class TrainingOptions(StageConfig):
     save_steps: int = Field(500, gt=0)
 
 
+class FinetuneOptions(StageConfig):
+    """Fine-tune-then-evaluate (METHOD section 7, as ``latent-thoughts finetune-eval``): a copy of the
+    model is fine-tuned on the task's training problems (loss on the answer), then evaluated zero-shot."""
+
+    train_limit: int | None = Field(None, gt=0, description="training problems, a seeded draw (default all)")
+    epochs: float = Field(1.0, gt=0)
+    steps: int | None = Field(None, gt=0, description="optimizer steps instead of epochs")
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_length: int = Field(1024, gt=0, description="longer training examples are left out (counted)")
+
+
 class CorpusEvaluation(StageConfig):
     """How every model (the warm start, each M-step) is evaluated."""
 
@@ -152,6 +164,9 @@ class CorpusEvaluation(StageConfig):
     max_thought_tokens: int = Field(256, gt=0)
     max_answer_tokens: int = Field(384, gt=0)
     batch_size: int = Field(8, gt=0)
+    finetune: FinetuneOptions = Field(
+        default_factory=lambda: FinetuneOptions(), description="tasks finetune-gsm8k and finetune-math"
+    )
     likelihood_k: list[int] = Field(default_factory=lambda: [1, 2, 4], description="ELBO(K) for these K")
     likelihood_documents: int | None = Field(
         None, gt=0, description="held-out documents scored (default: all)"
@@ -417,6 +432,10 @@ def run_evaluation(config: CorpusEMConfig, paths: RunPaths, model: Path, out: Pa
         for task in config.evaluation.tasks:
             if task == "likelihood":
                 results[task] = likelihood(config, paths, engine, tokenizer)
+            elif task.startswith("finetune-"):
+                results[task] = finetune_then_evaluate(
+                    config, task.removeprefix("finetune-"), model, mode, out
+                )
             else:
                 results[task] = benchmark(config, task, (engine, tokenizer), mode, out.parent / "eval", model)
     write_json(out, {"model": str(model), **results})
@@ -450,6 +469,62 @@ def benchmark(
     return evaluate_to_files(
         engine, tokenizer, problems, prompt_mode, settings, out, info={"model": str(model), "file": str(path)}
     )
+
+
+def finetune_then_evaluate(
+    config: CorpusEMConfig, task: str, model: Path, mode: str, out: Path
+) -> dict[str, Any]:
+    """``latent-thoughts finetune-eval`` of ``model`` on ``task``: a copy fine-tuned on the task's
+    training problems (under ``eval/finetune-TASK/model``), evaluated zero-shot; its aggregate with the
+    fine-tune's figures."""
+    from latent_thoughts.engines.spec import EngineSpec, open_engine
+    from latent_thoughts.evaluate.benchmark import BenchmarkSettings, evaluate_to_files
+    from latent_thoughts.evaluate.benchmark_data import benchmark_file, locate_data
+    from latent_thoughts.evaluate.finetune import FinetuneSettings, finetune, finetune_split, select_training
+    from latent_thoughts.evaluate.prompting import PromptMode
+    from latent_thoughts.evaluate.tasks import read_task, select_problems
+
+    evaluation, options = config.evaluation, config.evaluation.finetune
+    location = locate_data(evaluation.data_dir)
+    split = finetune_split(task, location.folder, files=lambda name: benchmark_file(name, location))
+    train = select_training(split.train, options.train_limit, config.seed)
+    problems = select_problems(
+        read_task(split.eval_task, split.eval_path), limit=evaluation.limit, seed=config.seed
+    )
+    prompt_mode: PromptMode = "latent" if mode == "latent" else "raw"
+    folder = out.parent / "eval" / f"finetune-{task}"
+    settings = FinetuneSettings(
+        epochs=options.epochs,
+        steps=options.steps,
+        lr=options.lr,
+        batch_size=options.batch_size,
+        max_length=options.max_length,
+        seed=config.seed,
+        progress=config.progress,
+    )
+    tuned = finetune(model, task, train, prompt_mode, folder, settings)
+    zero_shot = BenchmarkSettings(
+        max_thought_tokens=evaluation.max_thought_tokens,
+        max_answer_tokens=evaluation.max_answer_tokens,
+        batch_size=evaluation.batch_size,
+        seed=config.seed,
+        shots=0,
+    )
+    spec = EngineSpec(
+        kind="transformers",
+        transformers={"model": str(folder / "model"), "device": config.device, "dtype": config.dtype},
+    )
+    info = {
+        "model": str(folder / "model"),
+        "base_model": str(model),
+        "file": str(split.eval_path),
+        "shots": 0,
+    }
+    with open_engine(spec) as (engine, tokenizer):
+        summary = evaluate_to_files(
+            engine, tokenizer, problems, prompt_mode, zero_shot, folder / "eval", info=info
+        )
+    return {**summary, "finetune": tuned}
 
 
 def benchmark_path(evaluation: CorpusEvaluation, task: str) -> Path:
