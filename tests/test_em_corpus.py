@@ -74,7 +74,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict[str, A
     """textbooks-tiny (smaller still), run in this process."""
     out = tmp_path_factory.mktemp("textbooks") / "run"
     config = load_em_config(
-        TINY_CONFIG, [*SMALLER, f"out={out}", "baselines=[raw_token_match,raw_flop_match]"]
+        TINY_CONFIG, [*SMALLER, f"out={out}", "baselines=[raw_token_match,raw_flop_match,wrap]"]
     )
     summary = run_em(config, say=lambda line: None)
     return config, summary, out
@@ -89,6 +89,7 @@ def test_textbooks_tiny_runs_every_stage_on_the_bundled_corpus(
     assert list(stages) == [
         "data", "base", "teacher", "warm_start", "eval_0", "estep_1", "mstep_1", "eval_1",
         "baseline_raw_token_match", "eval_raw_token_match", "baseline_raw_flop_match", "eval_raw_flop_match",
+        "rephrase_wrap", "baseline_wrap", "eval_wrap",
     ]  # fmt: skip
     assert all(record["status"] == "done" for record in stages.values())
     # the base model carries the four latent tokens, and every training run starts from it
@@ -129,7 +130,13 @@ def test_the_raw_baselines_match_the_first_m_step_in_tokens_and_in_flops(
     raw = stages["baseline_raw_token_match"]["inputs"]
     assert raw["model"] == str(out / "data" / "base_model")
     assert (out / "baselines" / "raw_token_match" / "eval" / "gsm8k_raw.json").is_file()
-    assert set(summary["baselines"]) == {"raw_token_match", "raw_flop_match"}
+    assert set(summary["baselines"]) == {"raw_token_match", "raw_flop_match", "wrap"}
+    # WRAP: the raw documents and the teacher's rephrasings of them, at the M-step's tokens
+    wrap = stages["baseline_wrap"]["metrics"]
+    assert [source["name"].split(":")[0] for source in wrap["sources"]] == ["raw", "rephrased"]
+    assert mstep <= wrap["tokens"] < mstep + window
+    rephrased = pq.read_table(out / "baselines" / "wrap" / "rephrased.parquet")
+    assert rephrased.num_rows == stages["data"]["metrics"]["bootstrap_documents"]
     assert summary["baselines"]["raw_flop_match"]["train_tokens"] == flop_match
     assert "| raw_flop_match |" in "\n".join(summary_table(config, summary))
 

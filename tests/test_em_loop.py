@@ -227,3 +227,21 @@ def test_a_finished_stage_whose_output_was_deleted_or_emptied_is_redone_with_the
     for name in names[: names.index("mstep_1")]:
         assert after[name] == first[name]
     assert (model / "model.safetensors").stat().st_size > 0
+
+
+def test_the_testbed_wrap_baseline_rephrases_with_the_worlds_oracle_and_trains_without_thoughts(
+    tmp_path: Path,
+) -> None:
+    values = {**TINY, "iterations": 1, "out": str(tmp_path / "run"), "baselines": ["wrap"]}
+    path = tmp_path / "em.yaml"
+    path.write_text(yaml.safe_dump(values))
+    summary = run_em(load_em_config(path), say=lambda line: None)
+    stages = json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]
+    assert list(stages)[-3:] == ["rephrase_wrap", "baseline_wrap", "eval_wrap"]
+    rephrased = pq.read_table(tmp_path / "run" / "baselines" / "wrap" / "rephrased.parquet")
+    assert rephrased.num_rows == TINY["testbed"]["world"]["bootstrap_documents"]  # type: ignore[index]
+    sources = [source["name"].split(":")[0] for source in stages["baseline_wrap"]["metrics"]["sources"]]
+    assert sources == ["raw", "rephrased"]
+    evaluation = json.loads((tmp_path / "run" / "baselines" / "wrap" / "eval.json").read_text())
+    assert evaluation["mode"] == "raw"
+    assert summary["baselines"]["wrap"]["accuracy"] == evaluation["accuracy"]

@@ -101,11 +101,12 @@ class EMConfig(StageConfig):
         description="after the last iteration, run the E-step once more with the last model (no M-step): "
         "it measures that model's fidelity and the next selection gain",
     )
-    baselines: list[Literal["raw_token_match", "raw_flop_match"]] = Field(
+    baselines: list[Literal["raw_token_match", "raw_flop_match", "wrap"]] = Field(
         default_factory=list,
-        description="raw-data models trained after the loop from the base model, evaluated in raw mode: "
-        "raw_token_match (the first M-step's training tokens), raw_flop_match (those plus the first "
-        "E-step's compute in training tokens)",
+        description="models without thoughts trained after the loop from the base model, evaluated in raw "
+        "mode: raw_token_match (the first M-step's training tokens), raw_flop_match (those plus the first "
+        "E-step's compute in training tokens), wrap (the raw documents and their WRAP rephrasings by the "
+        "experiment's teacher, at the first M-step's tokens)",
     )
     device: str = Field("auto", description="where the E-step and evaluation run: auto, cpu, cuda")
     dtype: Literal["auto", "bf16", "fp32"] = Field("auto", description="E-step and evaluation dtype")

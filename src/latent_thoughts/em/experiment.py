@@ -131,6 +131,11 @@ class Experiment(Protocol):
         """E-step t's request: the model of t-1 over the bootstrap split's chunks into ``paths.samples(t)``."""
         ...
 
+    def rephrase_teacher(self, config: Any, paths: RunPaths) -> tuple[Path, list[str]]:
+        """The teacher file (written under ``paths`` where the experiment makes one) and its overrides
+        that rephrase the bootstrap documents for the WRAP baseline."""
+        ...
+
     def sample_metrics(self, config: Any, samples: Path) -> dict[str, Any]:
         """What the experiment measures of an E-step's samples (empty where it has no checker)."""
         ...

@@ -222,7 +222,8 @@ def plan_stages(experiment: Experiment, config: EMConfig, paths: RunPaths) -> li
 
 
 def baseline_stages(experiment: Experiment, config: EMConfig, paths: RunPaths, name: str) -> list[Stage]:
-    """A raw baseline's training (``baseline_NAME``) and evaluation in raw mode (``eval_NAME``).
+    """A baseline's training (``baseline_NAME``) and evaluation in raw mode (``eval_NAME``); for
+    ``wrap``, the rephrasings first (``rephrase_wrap``).
 
     It trains the warm start's model (the base) on the raw text of the documents the first M-step
     trained on, for the tokens that M-step trained (``raw_token_match``), or for those plus the first
@@ -237,6 +238,21 @@ def baseline_stages(experiment: Experiment, config: EMConfig, paths: RunPaths, n
     splits = ["bootstrap", *(["warm_start"] if config.mstep.keep_warm_start else [])]
     template["data"]["sources"] = [{"kind": "raw", "chunks": str(paths.chunks(split))} for split in splits]
     template["output_dir"] = str(folder / "train")
+    stages: list[Stage] = []
+    if name == "wrap":  # the rephrasings first, then raw and rephrased text by size (WRAP's mixture)
+        rephrased = folder / "rephrased.parquet"
+        template["data"]["sources"].append({"kind": "rephrased", "rephrased": str(rephrased)})
+        stages.append(
+            Stage(
+                "rephrase_wrap",
+                ["data"],
+                {"chunks": str(paths.chunks("bootstrap")), "mode": "rephrase", "style": "wrap"},
+                {"seed": None, "inputs": {"chunks": str(paths.chunks("bootstrap"))}},
+                lambda: rephrase(experiment, config, paths, rephrased),
+                remove(rephrased),
+            )
+        )
+        upstream.append("rephrase_wrap")
 
     def train_config() -> Any:
         from latent_thoughts.train import TrainConfig
@@ -250,6 +266,7 @@ def baseline_stages(experiment: Experiment, config: EMConfig, paths: RunPaths, n
 
     evaluation = folder / "eval.json"
     return [
+        *stages,
         Stage(
             f"baseline_{name}",
             upstream,
@@ -269,11 +286,30 @@ def baseline_stages(experiment: Experiment, config: EMConfig, paths: RunPaths, n
     ]
 
 
+def rephrase(experiment: Experiment, config: EMConfig, paths: RunPaths, out: Path) -> StageResult:
+    """WRAP rephrasings of the bootstrap documents (a style drawn per document) by the experiment's
+    teacher: the synthesis stage in rephrase mode, cached and resumable."""
+    from latent_thoughts.synthesis.stage import SynthesisRequest, run_synthesis
+
+    teacher, overrides = experiment.rephrase_teacher(config, paths)
+    request = SynthesisRequest(
+        chunks=paths.chunks("bootstrap"),
+        teacher=teacher,
+        out=out,
+        overrides=overrides,
+        mode="rephrase",
+        style="wrap",
+        progress=config.progress,
+    )
+    summary = run_synthesis(request)
+    return {"rephrased": str(out)}, {key: summary[key] for key in ("teacher", "output") if key in summary}
+
+
 def baseline_tokens(config: EMConfig, paths: RunPaths, name: str) -> int:
     """The training tokens of baseline ``name``, from what the first E-step and M-step recorded."""
     manifest = Manifest.open(paths.root)
     mstep = int(manifest.stages["mstep_1"]["metrics"]["tokens"])
-    if name == "raw_token_match":
+    if name in ("raw_token_match", "wrap"):
         return mstep
     return mstep + estep_forward_tokens(config, paths, manifest.stages["estep_1"]["metrics"]) // 3
 

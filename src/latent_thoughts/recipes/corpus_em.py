@@ -844,6 +844,12 @@ class CorpusExperiment:
             progress=config.progress,
         )
 
+    def rephrase_teacher(self, config: CorpusEMConfig, paths: RunPaths) -> tuple[Path, list[str]]:
+        """The warm start's teacher (the base model's file is written by the teacher stage)."""
+        if config.teacher.base_model and not teacher_file(paths).exists():
+            write_base_teacher(config, paths)
+        return teacher_path(config, paths), list(config.teacher.set)
+
     def sample_metrics(self, config: CorpusEMConfig, samples: Path) -> dict[str, Any]:
         return {}  # no checker for real text: the bound, ESS and lengths come from the E-step itself
 

@@ -394,6 +394,26 @@ class TestbedExperiment:
             progress=config.progress,
         )
 
+    def rephrase_teacher(self, config: TestbedEMConfig, paths: RunPaths) -> tuple[Path, list[str]]:
+        """The world's oracle (its noise settings and seed) as a teacher file."""
+        import yaml
+
+        from latent_thoughts.atomic import write_text
+
+        world = config.testbed.world
+        teacher = {
+            "kind": "oracle",
+            "oracle": {
+                "noise": world.oracle_noise,
+                "irrelevant_share": world.oracle_irrelevant_share,
+                "seed": world.seed,
+                "plan_numbers": world.oracle_plan_numbers,
+            },
+        }
+        path = paths.baseline("wrap") / "oracle_teacher.yaml"  # this run's folder, never a base run's
+        write_text(path, yaml.safe_dump(teacher, sort_keys=False))
+        return path, []
+
     def sample_metrics(self, config: TestbedEMConfig, samples: Path) -> dict[str, Any]:
         """The testbed checker on the K sampled thoughts and on the selected ones
         (:func:`~latent_thoughts.report.thought_checks.sample_quality`): shares of true claims, of
