@@ -266,6 +266,20 @@ def test_em_plan_prints_the_stages_and_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_em_plan_times_the_stages_on_the_devices_named() -> None:
+    from latent_thoughts.em.plan import DEVICE_FLOPS, parse_devices
+
+    config = load_em_config(TINY_CONFIG)
+    assert parse_devices([]) == DEVICE_FLOPS
+    assert parse_devices(["a100=5.5e13", "h200"]) == {"a100": 5.5e13, "h200": DEVICE_FLOPS["h200"]}
+    total = next(line for line in plan_lines(config, {"slow": 1e6}) if line.startswith("total compute"))
+    flops = float(total.split()[2])
+    assert f"slow {flops / 1e6 / 3600:.3g} h" in total or f"slow {flops / 1e6 / 86400:,.3g} days" in total
+    for bad in ("a100=fast", "a100=-1", "=5e13", "tpu"):
+        with pytest.raises(LatentThoughtsError, match="--plan-device"):
+            parse_devices([bad])
+
+
 def test_the_paper_config_validates_and_plans_on_the_shared_corpus() -> None:
     config = load_em_config(
         PAPER_CONFIG, [f"data.documents={TEXTBOOKS}", "data.max_documents=200", f"model.tokenizer={LLAMA2}"]

@@ -44,6 +44,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="print every stage with its inputs, budgets, samples, teacher cost and compute; run nothing",
     )
+    parser.add_argument(
+        "--plan-device",
+        action="append",
+        default=[],
+        metavar="NAME[=FLOPS]",
+        help="with --plan: a device to time the stages on, as model FLOP/s (a100=5.5e13), or cpu, h100, "
+        "h200 (their measured rates); repeatable (default: those three)",
+    )
     add_progress_option(parser)
     parser.set_defaults(handler=run, run_paths=run_paths)
 
@@ -74,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
     config = _config(args)
     if args.plan:
-        from latent_thoughts.em.plan import plan_lines
+        from latent_thoughts.em.plan import parse_devices, plan_lines
 
-        for line in plan_lines(config):
+        for line in plan_lines(config, parse_devices(args.plan_device)):
             print(line)
         return 0
     summary = run_em(config, args.force_from, say=lambda line: print(line, flush=True))

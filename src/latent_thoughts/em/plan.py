@@ -31,9 +31,33 @@ DEVICE_FLOPS = {
 SPLIT_WORDS = (("documents", "documents"), ("chunks", "chunks"), ("text_tokens", "tokens"))
 
 
-def compute_hours(flops: float) -> str:
-    """``flops`` as the time it takes on each device of :data:`DEVICE_FLOPS`."""
-    return ", ".join(f"{name} {duration(flops / rate)}" for name, rate in DEVICE_FLOPS.items())
+def compute_hours(flops: float, devices: dict[str, float]) -> str:
+    """``flops`` as the time it takes on each of ``devices`` (name: model FLOP/s)."""
+    return ", ".join(f"{name} {duration(flops / rate)}" for name, rate in devices.items())
+
+
+def parse_devices(specs: list[str]) -> dict[str, float]:
+    """``NAME=RATE`` specs (RATE in model FLOP/s, e.g. ``a100=5.5e13``; a known name alone takes its
+    measured rate) as a device table; none given: :data:`DEVICE_FLOPS`."""
+    from latent_thoughts.errors import LatentThoughtsError
+
+    devices: dict[str, float] = {}
+    for spec in specs:
+        name, _, rate = spec.partition("=")
+        if not rate and name in DEVICE_FLOPS:
+            devices[name] = DEVICE_FLOPS[name]
+            continue
+        try:
+            value = float(rate)
+        except ValueError:
+            value = float("nan")
+        if not name or not value > 0 or value == float("inf"):
+            known = ", ".join(DEVICE_FLOPS)
+            raise LatentThoughtsError(
+                f"--plan-device {spec!r}: give NAME=FLOP/s (model FLOP/s, e.g. a100=5.5e13) or one of {known}"
+            )
+        devices[name] = value
+    return devices or dict(DEVICE_FLOPS)
 
 
 def passes(tokens: int, data_tokens: int | None) -> str:
@@ -59,8 +83,10 @@ def count(value: Any) -> str:
     return f"{value:,.0f}" if isinstance(value, float) else f"{value:,}"
 
 
-def plan_lines(config: EMConfig) -> list[str]:
-    """The plan of ``config``'s run as printable lines."""
+def plan_lines(config: EMConfig, devices: dict[str, float] | None = None) -> list[str]:
+    """The plan of ``config``'s run as printable lines, its times on ``devices`` (name: model FLOP/s;
+    default :data:`DEVICE_FLOPS`)."""
+    devices = devices or dict(DEVICE_FLOPS)
     from latent_thoughts.em.experiment import get_experiment
 
     sizes = get_experiment(config.experiment).plan_sizes(config)
@@ -84,7 +110,7 @@ def plan_lines(config: EMConfig) -> list[str]:
     totals = {"train": 0.0, "estep": 0.0, "teacher": 0.0}
 
     def row(stage: str, what: str, size: str, flops: float | None = None) -> None:
-        compute = f"{flops:.3g} FLOPs ({compute_hours(flops)})" if flops else "-"
+        compute = f"{flops:.3g} FLOPs ({compute_hours(flops, devices)})" if flops else "-"
         lines.append(f"| {stage} | {what} | {size} | {compute} |")
 
     split_sizes = "; ".join(
@@ -140,7 +166,7 @@ def plan_lines(config: EMConfig) -> list[str]:
         f"training: {count(warm + mstep * config.iterations)} tokens, {totals['train']:.3g} FLOPs; "
         f"E-steps: {esteps} x {count(samples)} samples, {totals['estep']:.3g} FLOPs "
         f"(forward {forward_per_token:.3g} FLOPs per token)",
-        f"total compute: {total:.3g} FLOPs ({compute_hours(total)}; E-step hours are a lower bound)",
+        f"total compute: {total:.3g} FLOPs ({compute_hours(total, devices)}; E-step hours are a lower bound)",
     ]
     lines += [f"  {line}" for line in sizes.get("teacher_lines", [])]
     return lines
