@@ -167,6 +167,42 @@ def test_finetune_eval_refuses_an_out_folder_holding_its_input_model(
     assert _snapshot(model) == before
 
 
+@pytest.mark.parametrize("verb", ["evaluate", "likelihood"])
+def test_a_model_named_through_an_engine_file_is_guarded_like_a_model_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], verb: str
+) -> None:
+    """MODEL as an engine file (kind transformers): the folder it names is an input model folder, so an
+    output inside it is refused before anything runs."""
+    model = _fake_model(tmp_path / "model")
+    engine = tmp_path / "engine.yaml"
+    engine.write_text(f"kind: transformers\ntransformers:\n  model: {model}\n")
+    before = _snapshot(model)
+    if verb == "evaluate":
+        argv = [
+            "evaluate",
+            str(engine),
+            "--tasks",
+            "gsm8k",
+            "--data-dir",
+            str(tmp_path),
+            "--out",
+            str(model / "eval"),
+        ]
+    else:
+        (tmp_path / "docs.jsonl").write_text('{"id": "a", "text": "One. Two."}\n')
+        argv = [
+            "likelihood",
+            str(engine),
+            "--documents",
+            str(tmp_path / "docs.jsonl"),
+            "--out",
+            str(model / "nll.json"),
+        ]
+    status, err = run_cli(argv, capsys)
+    assert_one_line_error(status, err, "--out", str(model))
+    assert _snapshot(model) == before
+
+
 # --- 4. evaluate: an earlier run's log survives a failed or concurrent rerun ------------------------
 
 

@@ -169,6 +169,31 @@ def _check_collisions(outputs: Sequence[Path], flag: str) -> None:
         seen[key] = output
 
 
+ENGINE_FILE_KEYS = (("transformers", "model"), ("transformers", "tokenizer"), ("tokenizer",))
+"""Where an engine file (``MODEL`` given as ``*.yaml``) names the folders it reads."""
+
+
+def engine_file_folders(path: Path) -> list[Path]:
+    """The model and tokenizer folders an engine file names (none for a folder, or a file that is not
+    a readable engine file: reading it properly is the engine's job, with its own one-line errors)."""
+    if path.suffix.lower() not in (".yaml", ".yml") or not path.is_file():
+        return []
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return []
+    found = []
+    for keys in ENGINE_FILE_KEYS:
+        value: object = data
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and value:
+            found.append(Path(value))
+    return found
+
+
 def check_outputs(
     *,
     inputs: Iterable[PathLike | None] = (),
@@ -187,7 +212,8 @@ def check_outputs(
     in messages. The rules are the module's.
     """
     input_paths = _present(inputs)
-    model_paths = _present(models)
+    named = _present(models)
+    model_paths = [*named, *(folder for path in named for folder in engine_file_folders(path))]
     file_paths = _present(files)
     folder_paths = _present(folders)
     replaced_paths = _present(replaced)
