@@ -100,3 +100,15 @@ def test_decontaminate_refuses_a_column_that_is_not_text(
     err = capsys.readouterr().err.strip()
     assert err.startswith("latent-thoughts: error:") and "\n" not in err
     assert str(chunks) in err and "chunk_index" in err and "not text" in err
+
+
+def test_decontaminate_finds_the_benchmarks_where_evaluate_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No --data-dir: $LATENT_THOUGHTS_DATA, as evaluate reads it, from any working directory."""
+    gsm8k = read_task("gsm8k", task_path("gsm8k", DATA))
+    _, thoughts = _write_files(tmp_path, [gsm8k[0].question])
+    monkeypatch.setenv("LATENT_THOUGHTS_DATA", str(DATA))
+    monkeypatch.chdir(tmp_path)
+    assert main(["decontaminate", str(thoughts), "--tasks", "gsm8k", "--out", str(tmp_path / "clean")]) == 0
+    assert "thoughts.parquet: 1 of 4 rows contaminated (gsm8k:gsm8k-0" in capsys.readouterr().out

@@ -51,7 +51,8 @@ def test_export_writes_one_yaml_per_task(tmp_path: Path, capsys: pytest.CaptureF
     gsm8k = yaml.safe_load((tmp_path / "lt_gsm8k_cot.yaml").read_text())
     assert gsm8k["dataset_kwargs"]["data_files"]["test"] == str((DATA / "gsm8k_test.jsonl").resolve())
     assert "lm_eval --model hf" in capsys.readouterr().out
-    assert main(["export-lm-eval", "--out", str(tmp_path), "--gsm8k-file", "/nowhere/g.jsonl"]) == 2
+    argv = ["export-lm-eval", "--out", str(tmp_path), "--tasks", "gsm8k", "--gsm8k-file", "/nowhere/g.jsonl"]
+    assert main(argv) == 2
     assert "/nowhere/g.jsonl" in capsys.readouterr().err
 
 

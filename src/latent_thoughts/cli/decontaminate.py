@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.cli.evaluate import DATA_DIR_HELP
 from latent_thoughts.cli.flags import add_options_file
 from latent_thoughts.cli.numbers import positive_int
 from latent_thoughts.errors import LatentThoughtsError
@@ -37,11 +36,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("files", nargs="+", metavar="FILE", help="training Parquet files")
     parser.add_argument("--tasks", default="gsm8k,math", help="evaluation sets (gsm8k, math, math500)")
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
-        help=f"folder of the evaluation files (default: $LATENT_THOUGHTS_DATA or {DEFAULT_DATA_DIR})",
-    )
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--ngram", type=positive_int, default=13, help="n-gram length in words (default 13)")
     parser.add_argument(
         "--columns", help="comma-separated text columns (default: text and thought, if present)"
@@ -77,20 +72,28 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from latent_thoughts.atomic import atomic_write
+    from latent_thoughts.evaluate.benchmark_data import benchmark_file, locate_data
     from latent_thoughts.evaluate.decontamination import (
         BenchmarkIndex,
         filter_table,
         scan_table,
         text_columns,
     )
-    from latent_thoughts.evaluate.tasks import read_task, task_path
+    from latent_thoughts.evaluate.tasks import DEFAULT_FILES, read_task, task_path
     from latent_thoughts.tables import read_parquet
 
     out = Path(args.out)
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     if not tasks:
         raise LatentThoughtsError(f"--tasks {args.tasks!r} names no task; choose from gsm8k, math, math500")
-    problems = [problem for task in tasks for problem in read_task(task, task_path(task, args.data_dir))]
+    location = locate_data(args.data_dir)
+    for task in tasks:
+        task_path(task, ".")  # an unknown task is a one-line error before anything is fetched
+    problems = [
+        problem
+        for task in tasks
+        for problem in read_task(task, benchmark_file(DEFAULT_FILES[task], location))
+    ]
     index = BenchmarkIndex(problems, args.ngram)
     columns = [name.strip() for name in args.columns.split(",")] if args.columns else None
     with atomic_write(out / REPORT) as partial, partial.open("w", encoding="utf-8") as report:

@@ -30,11 +30,6 @@ from latent_thoughts.cli.flags import MODEL_METAVAR, add_options_file, add_progr
 from latent_thoughts.cli.numbers import non_negative_float, non_negative_int, positive_float, positive_int
 from latent_thoughts.outputs import RunPaths
 
-DEFAULT_DATA_DIR = "../shared/data"
-"""The shared data folder of a development checkout: still the default of ``decontaminate`` and
-``export-lm-eval``; ``evaluate`` and ``finetune-eval`` never look there unless it is named
-(:func:`latent_thoughts.evaluate.benchmark_data.locate_data`)."""
-
 DATA_DIR_HELP = (
     "folder of gsm8k_test.jsonl, gsm8k_train.jsonl, math_test.jsonl, math500_test.jsonl (default: "
     "$LATENT_THOUGHTS_DATA, else the cache folder $LATENT_THOUGHTS_CACHE/data or "

@@ -7,10 +7,9 @@ Writes ``DIR/lt_gsm8k_cot.yaml``, ``DIR/lt_math.yaml`` and ``DIR/lt_math500.yaml
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from latent_thoughts.cli.evaluate import DEFAULT_DATA_DIR
+from latent_thoughts.cli.evaluate import DATA_DIR_HELP, task_file
 from latent_thoughts.cli.flags import add_options_file, deprecated_alias
 from latent_thoughts.cli.numbers import positive_int
 from latent_thoughts.outputs import RunPaths
@@ -34,11 +33,7 @@ def register(subparsers: Any) -> None:
         default="gsm8k,math,math500",
         help="comma-separated among gsm8k, math, math500 (default all)",
     )
-    parser.add_argument(
-        "--data-dir",
-        default=os.environ.get("LATENT_THOUGHTS_DATA", DEFAULT_DATA_DIR),
-        help=f"folder of the benchmark files (default: $LATENT_THOUGHTS_DATA or {DEFAULT_DATA_DIR})",
-    )
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     for task in ("gsm8k", "math", "math500"):
         parser.add_argument(f"--{task}-file", help=f"the {task} JSONL file (overrides --data-dir)")
     parser.add_argument(
@@ -57,13 +52,12 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
     from pathlib import Path
 
     from latent_thoughts.evaluate.lm_eval_export import TASK_NAMES
-    from latent_thoughts.evaluate.tasks import task_path
 
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip() in TASK_NAMES]
     out = Path(args.out)
     return RunPaths(
         inputs=[
-            *(task_path(task, args.data_dir, getattr(args, f"{task}_file")) for task in tasks),
+            *(task_file(args, task, fetch=False) for task in tasks),
             args.config,
         ],
         files=[out / f"{TASK_NAMES[task]}.yaml" for task in tasks],
@@ -75,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
     """Write the YAMLs and print how to run them."""
     from latent_thoughts.errors import LatentThoughtsError
     from latent_thoughts.evaluate.lm_eval_export import TASK_NAMES, export_tasks
-    from latent_thoughts.evaluate.tasks import task_path
 
     tasks = [task.strip() for task in args.tasks.split(",") if task.strip()]
     for task in tasks:
@@ -83,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
             raise LatentThoughtsError(f"--tasks: unknown task {task!r}; choose from gsm8k, math, math500")
     if args.max_answer_tokens <= 0:
         raise LatentThoughtsError(f"--max-answer-tokens must be positive, got {args.max_answer_tokens}")
-    paths = {task: task_path(task, args.data_dir, getattr(args, f"{task}_file")) for task in tasks}
+    paths = {task: task_file(args, task, fetch=True) for task in tasks}
     for path in export_tasks(paths, args.out, max_gen_toks=args.max_answer_tokens):
         print(f"wrote {path}")
     names = ",".join(TASK_NAMES[task] for task in tasks)
