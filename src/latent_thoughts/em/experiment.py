@@ -6,7 +6,7 @@ An :class:`Experiment` supplies what differs between a procedural testbed and a 
 
 - the stages before the warm start (``prepare_stages``: the data; a teacher's thoughts; a base model),
 - each training run's :class:`~latent_thoughts.train.TrainConfig` (``training_config``),
-- the E-step's request for iteration t (``estep_request``) and what to measure of its samples
+- what to measure of an E-step's samples
   (``sample_metrics``: a checker where the world has one),
 - how a model is evaluated (``evaluation_config`` and ``evaluate``),
 - the per-iteration summary and its table (``summarize`` and ``summary_table``),
@@ -31,7 +31,6 @@ from latent_thoughts.errors import LatentThoughtsError
 
 if TYPE_CHECKING:
     from latent_thoughts.em.config import EMConfig
-    from latent_thoughts.em.stage import EStepRequest
 
 PLUGIN_GROUP = "latent_thoughts.plugins"
 
@@ -125,10 +124,6 @@ class Experiment(Protocol):
 
     def training_upstream(self, config: Any, t: int) -> list[str]:
         """Stages of ``prepare_stages`` that iteration t's training reads besides ``data``."""
-        ...
-
-    def estep_request(self, config: Any, paths: RunPaths, t: int) -> EStepRequest:
-        """E-step t's request: the model of t-1 over the bootstrap split's chunks into ``paths.samples(t)``."""
         ...
 
     def rephrase_teacher(self, config: Any, paths: RunPaths) -> tuple[Path, list[str]]:

@@ -31,6 +31,7 @@ from typing import Any
 from latent_thoughts.em.config import EMConfig
 from latent_thoughts.em.experiment import Experiment, RunPaths, Stage, StageResult, get_experiment
 from latent_thoughts.em.manifest import Manifest, code_version, fingerprint, runtime_versions
+from latent_thoughts.em.stage import EStepRequest
 from latent_thoughts.errors import LatentThoughtsError
 
 logger = logging.getLogger(__name__)
@@ -140,11 +141,25 @@ def run_training(train_config: Any) -> StageResult:
     return {"model": str(result.model_dir), "train_dir": str(train_config.output_dir)}, metrics
 
 
+def estep_request(config: EMConfig, paths: RunPaths, t: int) -> EStepRequest:
+    """E-step t's request: the model of t-1 over the bootstrap split's chunks into ``paths.samples(t)``,
+    sampling with seed ``estep.seed + t``."""
+    return EStepRequest(
+        model=paths.model(t - 1),
+        chunks=paths.chunks("bootstrap"),
+        out=paths.samples(t),
+        config=config.estep.model_copy(update={"seed": config.estep.seed + t}),
+        device=config.device,
+        dtype=config.dtype,
+        progress=config.progress,
+    )
+
+
 def run_estep_stage(experiment: Experiment, config: EMConfig, paths: RunPaths, t: int) -> StageResult:
     """E-step t with the model of t-1 on the bootstrap split; the experiment's reading of its samples."""
     from latent_thoughts.em.estep_engine import run_estep_on
 
-    request = experiment.estep_request(config, paths, t)
+    request = estep_request(config, paths, t)
     summary = run_estep_on(config.estep_engine, request, config.device, config.dtype)
     metrics = {key: value for key, value in summary.items() if key not in ("result", "shard")}
     metrics.update(experiment.sample_metrics(config, request.out))
@@ -190,7 +205,7 @@ def plan_stages(experiment: Experiment, config: EMConfig, paths: RunPaths) -> li
         )
 
     def estep_stage(t: int) -> Stage:
-        request = experiment.estep_request(config, paths, t)
+        request = estep_request(config, paths, t)
         return Stage(
             f"estep_{t}",
             [model_stage(t - 1), "data"],

@@ -36,7 +36,6 @@ from latent_thoughts.corpus import ChunkConfig
 from latent_thoughts.em.config import EMConfig
 from latent_thoughts.em.experiment import RunPaths, Stage, StageResult, register_experiment
 from latent_thoughts.em.loop import apply_mstep, remove
-from latent_thoughts.em.stage import EStepRequest
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import FormatConfig
 from latent_thoughts.train.config import BudgetConfig, ModelConfig, OptimConfig, Precision, parse_token_count
@@ -832,17 +831,6 @@ class CorpusExperiment:
 
     def training_upstream(self, config: CorpusEMConfig, t: int) -> list[str]:
         return ["base", "teacher"] if t == 0 else ["base"]
-
-    def estep_request(self, config: CorpusEMConfig, paths: RunPaths, t: int) -> EStepRequest:
-        return EStepRequest(
-            model=paths.model(t - 1),
-            chunks=paths.chunks("bootstrap"),
-            out=paths.samples(t),
-            config=config.estep.model_copy(update={"seed": config.estep.seed + t}),
-            device=config.device,
-            dtype=config.dtype,
-            progress=config.progress,
-        )
 
     def rephrase_teacher(self, config: CorpusEMConfig, paths: RunPaths) -> tuple[Path, list[str]]:
         """The warm start's teacher (the base model's file is written by the teacher stage)."""

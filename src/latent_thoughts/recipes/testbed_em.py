@@ -25,7 +25,6 @@ from latent_thoughts.em.config import EMConfig
 from latent_thoughts.em.experiment import RunPaths, Stage, StageResult, register_experiment
 from latent_thoughts.em.loop import apply_mstep, remove, run_training, stage_config_of_training
 from latent_thoughts.em.selection import Candidates, register_policy
-from latent_thoughts.em.stage import EStepRequest
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.recipes.testbed import TestbedRecipe
 from latent_thoughts.testbed.world import TestbedConfig
@@ -382,17 +381,6 @@ class TestbedExperiment:
     def training_upstream(self, config: TestbedEMConfig, t: int) -> list[str]:
         pretrained = config.pretrain.tokens is not None
         return ["pretrain"] if pretrained and (t == 0 or config.mstep.init == "base") else []
-
-    def estep_request(self, config: TestbedEMConfig, paths: RunPaths, t: int) -> EStepRequest:
-        return EStepRequest(
-            model=paths.model(t - 1),
-            chunks=paths.chunks("bootstrap"),
-            out=paths.samples(t),
-            config=config.estep.model_copy(update={"seed": config.estep.seed + t}),
-            device=config.device,
-            dtype=config.dtype,
-            progress=config.progress,
-        )
 
     def rephrase_teacher(self, config: TestbedEMConfig, paths: RunPaths) -> tuple[Path, list[str]]:
         """The world's oracle (its noise settings and seed) as a teacher file."""
