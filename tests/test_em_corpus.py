@@ -372,3 +372,28 @@ def test_an_e_step_server_that_cannot_start_is_named(
     )  # fmt: skip
     with pytest.raises(LatentThoughtsError, match=message):
         run_em(broken, say=lambda line: None)
+
+
+def test_a_corpus_input_inside_the_runs_data_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The data stage clears RUN/data when it starts over: a corpus file kept there is refused at once."""
+    from latent_thoughts.cli import main
+
+    kept = tmp_path / "run" / "data" / "corpus.jsonl"
+    kept.parent.mkdir(parents=True)
+    kept.write_text('{"id": "a", "text": "One. Two."}\n')
+    before = kept.read_bytes()
+    argv = [
+        "em",
+        "--config",
+        str(TINY_CONFIG),
+        "--out",
+        str(tmp_path / "run"),
+        "--set",
+        f"data.documents=[{kept}]",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("latent-thoughts: error:") and "\n" not in err and str(kept) in err
+    assert kept.read_bytes() == before

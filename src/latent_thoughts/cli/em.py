@@ -71,9 +71,20 @@ def run_paths(args: argparse.Namespace) -> RunPaths:
     """The configuration and a warm start's run folder read; the run folder written."""
     config = _config(args)
     flag = "--out" if args.out else "out"
+    inputs = [args.config, config.warm_start_from, *corpus_inputs(config)]
     if args.plan:  # the plan writes nothing
-        return RunPaths(inputs=[args.config, config.warm_start_from])
-    return RunPaths(inputs=[args.config, config.warm_start_from], folders=[config.out], flag=flag)
+        return RunPaths(inputs=inputs)
+    # A run's own data folder is cleared when its data stage starts over: no input may lie in it.
+    data = None if config.warm_start_from else Path(config.out) / "data"
+    return RunPaths(inputs=inputs, folders=[config.out], replaced=[data], flag=flag)
+
+
+def corpus_inputs(config: Any) -> list[str | None]:
+    """The files a corpus run reads (documents, chunk files, teacher file); none for the testbed."""
+    data, teacher = getattr(config, "data", None), getattr(config, "teacher", None)
+    if data is None or teacher is None:
+        return []
+    return [*data.documents, data.chunks, data.warm_start_chunks, data.bootstrap_chunks, teacher.file]
 
 
 def run(args: argparse.Namespace) -> int:
