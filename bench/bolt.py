@@ -19,7 +19,9 @@ thoughts, validity on chunks that state a result, and the loop's dynamics: fidel
 its training thoughts' quality a model keeps in its own samples), selection gain g and growth g·f
 (quality rises only while g·f > 1; :func:`latent_thoughts.recipes.testbed_em.loop_dynamics`). Everything is
 written under ``--out`` (``results.json``); every run resumes, so a rerun computes only what is
-missing; ``--report OUT`` prints the tables again from ``results.json`` without running anything.
+missing; ``--report OUT`` prints the tables again from ``results.json`` without running anything
+(they are :mod:`latent_thoughts.report.bolt`'s: ``latent-thoughts report OUT`` shows them too, as an
+HTML page with plots).
 
 Scales: ``--scale cpu`` is ``configs/em/testbed-bolt-cpu.yaml`` (250 warm-start and 500 bootstrap
 documents; warm start 2 M tokens, every M-step 4 M); ``--scale full`` the recipe's size for a GPU
@@ -42,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -58,6 +59,8 @@ from latent_thoughts.em.loop import RunPaths, run_em
 from latent_thoughts.em.manifest import Manifest
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.recipes.testbed_em import TestbedEMConfig, problems_file
+from latent_thoughts.report.bolt import report
+from latent_thoughts.report.tables import fixed as cell
 
 CPU_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "em" / "testbed-bolt-cpu.yaml"
 """The design every scale starts from: the paper's budget ratios at a size a 2-core CPU runs."""
@@ -93,18 +96,6 @@ E-step token is worth a third of a training token (the FLOP-match's exchange rat
 
 
 # --- small helpers -----------------------------------------------------------------------------------
-
-
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` (sample standard deviation; 0 for one value)."""
-    if not values:
-        return "-"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.3f} ± {spread:.3f}"
-
-
-def cell(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def em_config(overrides: list[str]) -> TestbedEMConfig:
@@ -232,190 +223,6 @@ def run_baseline(
     print(f"[{name}] accuracy {evaluation.accuracy:.3f}", flush=True)
     write_json(result_file, payload)
     return payload
-
-
-# --- the tables -------------------------------------------------------------------------------------
-
-
-def bolt_runs(results: dict[str, Any], k: int) -> dict[int, dict[str, Any]]:
-    """The seed runs of ``k`` samples per chunk, by seed."""
-    return {
-        int(name.split("_")[0][4:]): run
-        for name, run in results["runs"].items()
-        if name.endswith(f"_k{k}") and run.get("role") == "seed"
-    }
-
-
-ITERATION_MEASURES = (
-    ("accuracy", "accuracy"),
-    ("sampled_true_claims", "true claims sampled"),
-    ("selected_true_claims", "true claims selected"),
-    ("sampled_result_valid", "result-chunk valid sampled"),
-    ("selected_result_valid", "result-chunk valid selected"),
-    ("eval_true_claims", "held-out true claims"),
-    ("closed_by_eol", "closed by EOL"),
-    ("fidelity", "f"),
-    ("selection_gain", "g"),
-    ("growth", "g·f"),
-)
-
-
-def mean_at(runs: dict[int, dict[str, Any]], t: int, key: str) -> float | None:
-    """The mean over seeds of ``key`` at iteration ``t`` (None where no seed has it)."""
-    values = [
-        run["iterations"][t][key]
-        for run in runs.values()
-        if len(run["iterations"]) > t and run["iterations"][t].get(key) is not None
-    ]
-    return statistics.fmean(values) if values else None
-
-
-def goals(results: dict[str, Any]) -> list[str]:
-    """The issue's goals, each answered yes or no with its figures (means over seeds)."""
-    bolt, control = bolt_runs(results, 4), bolt_runs(results, 1)
-    if not bolt:
-        return []
-    last = min(len(run["iterations"]) for run in bolt.values()) - 1
-    warm = results["warm_start"]["accuracy"]
-    baselines = results.get("baselines", {})
-    lines = ["", f"Goals (K = 4, mean over {len(bolt)} seeds):"]
-
-    def verdict(ok: bool) -> str:
-        return "yes" if ok else "no"
-
-    for key, label in (("selected_true_claims", "selected true claims"), ("accuracy", "held-out accuracy")):
-        first, final = mean_at(bolt, 1, key), mean_at(bolt, last, key)
-        if first is not None and final is not None:
-            lines.append(
-                f"- {label} rise from iteration 1 to {last}: {verdict(final > first)} ({first:.3f} -> {final:.3f})"
-            )
-    ours, theirs = mean_at(bolt, last, "accuracy"), mean_at(control, last, "accuracy")
-    if ours is not None and theirs is not None:
-        lines.append(
-            f"- K = 4 ends above the K = 1 control: {verdict(ours > theirs)} ({ours:.3f} against {theirs:.3f})"
-        )
-    flop = baselines.get("raw_flop_match", {}).get("accuracy")
-    if flop is not None:
-        accuracies = [mean_at(bolt, t, "accuracy") for t in range(1, last + 1)]
-        beaten = all(value is not None and value > flop for value in accuracies)
-        shown = ", ".join(f"{value:.3f}" for value in accuracies if value is not None)
-        lines.append(
-            f"- every iteration beats Raw FLOP-Match: {verdict(beaten)} ({shown} against {flop:.3f})"
-        )
-    oracle = baselines.get("oracle", {}).get("accuracy")
-    if oracle is not None and ours is not None and oracle > warm:
-        share = (ours - warm) / (oracle - warm)
-        lines.append(
-            f"- iteration {last} recovers half the gap from the warm start ({warm:.3f}) to the oracle ceiling "
-            f"({oracle:.3f}): {verdict(share >= 0.5)} ({share:.0%})"
-        )
-    return lines
-
-
-def projection(results: dict[str, Any], target: float = 0.9) -> list[str]:
-    """Where the training thoughts' quality is heading: per K, sigma (the selected thoughts' true
-    claims) of the last iteration and its growth g·f, mean over seeds, and how many more iterations
-    that growth, held constant, would take to reach ``target``: a rough reading of the measured
-    rate (the selection gain fell as quality rose here), not a prediction."""
-    import math
-
-    lines = []
-    for k in sorted({int(name.rsplit("_k", 1)[1]) for name in results["runs"]}, reverse=True):
-        finals = [run["iterations"][-1] for run in bolt_runs(results, k).values()]
-        sigmas = [
-            row["selected_true_claims"] for row in finals if row.get("selected_true_claims") is not None
-        ]
-        growths = [row["growth"] for row in finals if row.get("growth") is not None]
-        if not sigmas or not growths:
-            continue
-        sigma, growth = statistics.fmean(sigmas), statistics.fmean(growths)
-        if sigma >= target:
-            more = "reached already"
-        elif growth <= 1:
-            more = "never at that growth"
-        else:
-            more = f"{math.ceil(math.log(target / sigma) / math.log(growth))} more iterations at that growth"
-        lines.append(
-            f"K = {k}: training thoughts' true claims {sigma:.3f} after iteration {finals[0]['iteration']}, "
-            f"growth g·f {growth:.3f}; to {target}: {more}"
-        )
-    return ["", *lines] if lines else []
-
-
-def report(results: dict[str, Any]) -> list[str]:
-    """Every table of the bench as Markdown lines, from its ``results.json``."""
-    warm = results["warm_start"]
-    lines = [
-        f"BoLT on the testbed ({', '.join(results['overrides']) or 'configs/em/testbed-bolt-cpu.yaml'})",
-        f"warm start: accuracy {cell(warm['accuracy'])}, held-out true claims {cell(warm['eval_true_claims'])}",
-        "",
-        "| K | seed | iter | " + " | ".join(label for _, label in ITERATION_MEASURES) + " | mean ESS |",
-        "| --- " * (len(ITERATION_MEASURES) + 4) + "|",
-    ]
-    ks = sorted({int(name.rsplit("_k", 1)[1]) for name in results["runs"]}, reverse=True)
-    for k in ks:
-        for seed, run in sorted(bolt_runs(results, k).items()):
-            for row in run["iterations"][1:]:
-                values = " | ".join(cell(row.get(key)) for key, _ in ITERATION_MEASURES)
-                lines.append(
-                    f"| {k} | {seed} | {row['iteration']} | {values} | {cell(row.get('mean_ess'))} |"
-                )
-    lines += [
-        "",
-        "Mean ± std over seeds:",
-        "",
-        "| K | iter | " + " | ".join(label for _, label in ITERATION_MEASURES) + " |",
-        "| --- " * (len(ITERATION_MEASURES) + 2) + "|",
-        f"| - | 0 (warm start) | {cell(warm['accuracy'])} |" + " - |" * (len(ITERATION_MEASURES) - 1),
-    ]
-    for k in ks:
-        runs = bolt_runs(results, k)
-        if not runs:
-            continue
-        iterations = max(len(run["iterations"]) for run in runs.values())
-        for t in range(1, iterations):
-            rows = [run["iterations"][t] for run in runs.values() if len(run["iterations"]) > t]
-            values = " | ".join(
-                mean_std([row[key] for row in rows if row.get(key) is not None])
-                for key, _ in ITERATION_MEASURES
-            )
-            lines.append(f"| {k} | {t} | {values} |")
-    baselines = results.get("baselines", {})
-    if baselines:
-        lines += [
-            "",
-            "| baseline (bootstrap split) | training tokens | accuracy | seed |",
-            "| --- | --- | --- | --- |",
-        ]
-        for name, base in baselines.items():
-            lines.append(
-                f"| {name} | {base['train_tokens_budget']:,} | {cell(base['accuracy'])} | {base['seed']} |"
-            )
-        flop = results.get("flop_match")
-        if flop:
-            lines.append(
-                f"\nRaw FLOP-Match: {flop['mstep_tokens']:,} M-step tokens + one E-step's "
-                f"{flop['estep_forward_training_tokens']:,} training-token equivalents (K = {flop['k']})"
-            )
-    lines += goals(results)
-    lines += projection(results)
-    sweep = {name: run for name, run in results["runs"].items() if run.get("role") == "sweep"}
-    if sweep:
-        lines += [
-            "",
-            "| K (iter 1, seed 0) | accuracy | true claims sampled / selected | result-chunk valid selected | mean ESS |",
-            "| --- | --- | --- | --- | --- |",
-        ]
-        for name, run in sorted(sweep.items(), key=lambda item: int(item[0].rsplit("_k", 1)[1])):
-            row = run["iterations"][1]
-            lines.append(
-                f"| {name.rsplit('_k', 1)[1]} | {cell(row['accuracy'])} | {cell(row['sampled_true_claims'])} / "
-                f"{cell(row['selected_true_claims'])} | {cell(row.get('selected_result_valid'))} | "
-                f"{cell(row['mean_ess'])} |"
-            )
-    if "seconds" in results:
-        lines.append(f"\ntotal time {results['seconds']:.0f}s")
-    return lines
 
 
 # --- the bench ------------------------------------------------------------------------------------------

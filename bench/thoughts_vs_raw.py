@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -37,12 +36,9 @@ from latent_thoughts.recipes.testbed import (
     prepare_data,
     train_config,
 )
+from latent_thoughts.report.arms import accuracy_table, summary
+from latent_thoughts.report.tables import markdown_document
 from latent_thoughts.testbed import make_eval_problems
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def run_arm(
@@ -139,26 +135,10 @@ def main() -> None:
         f"{recipe.seq_len}, {recipe.world.bootstrap_documents} bootstrap documents), seeds {args.seeds}, "
         f"{args.parallel} run(s) at a time on {threads} thread(s) each"
     )
-    print("| arm | eval mode | accuracy mean ± std | per seed |")
-    print("| --- | --- | --- | --- |")
-    means = {}
-    for arm, mode in (("raw", "raw"), ("thoughts", "latent"), ("thoughts", "raw")):
-        values = [row["evaluations"][mode]["accuracy"] for row in rows if row["arm"] == arm]
-        mean, std = mean_std(values)
-        means[(arm, mode)] = mean
-        print(f"| {arm} | {mode} | {mean:.3f} ± {std:.3f} | {', '.join(f'{v:.3f}' for v in values)} |")
-    raw_mean, thought_mean = means[("raw", "raw")], means[("thoughts", "latent")]
-    ratio = f"{thought_mean / raw_mean:.2f}" if raw_mean > 0 else "undefined (raw mean is 0)"
-    print(f"ratio thoughts (latent) / raw: {ratio}")
-    latent = [row["evaluations"]["latent"] for row in rows if row["arm"] == "thoughts"]
-    claims, claims_std = mean_std([evaluation["true_claim_share"] for evaluation in latent])
-    copied, copied_std = mean_std([evaluation["copied_operand_share"] for evaluation in latent])
-    print(
-        f"thought model's thoughts: true arithmetic claims {claims:.2f} ± {claims_std:.2f}, "
-        f"start from the question's first factor {copied:.2f} ± {copied_std:.2f}"
-    )
-    print(f"total time {time.perf_counter() - started:.0f}s")
     payload = {"recipe": recipe.model_dump(mode="json"), "seeds": args.seeds, "runs": rows}
+    # the table, the ratio and the thoughts' arithmetic: latent-thoughts report OUT --table arms (and summary)
+    print(markdown_document([accuracy_table(payload), summary(payload)]))
+    print(f"total time {time.perf_counter() - started:.0f}s")
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
 
 

@@ -19,3 +19,11 @@ def test_demo_runs_every_stage_and_reports(tmp_path: Path) -> None:
     assert (out / "accuracy.png").stat().st_size > 0
     for arm in ("raw", "thoughts"):
         assert (out / arm / "model" / "config.json").exists()
+        assert (out / arm / "train.log").exists()  # the two arms trained side by side, each in a process
+        progress = json.loads((out / arm / "progress.json").read_text())
+        assert progress["step"] == progress["max_steps"]
+    # the miniature E-step: K samples per chunk, one selected, the checker on both
+    quality = json.loads((out / "estep" / "quality.json").read_text())
+    assert {"sampled_valid", "selected_valid"} <= set(quality)
+    report = (out / "report.html").read_text()
+    assert "estep: E-step samples" in report and f"{results['thought model, latent mode']:.3f}" in report

@@ -84,3 +84,13 @@ def test_nan_and_infinity_are_refused() -> None:
     for value in (".nan", ".inf"):
         with pytest.raises(ConfigError, match=r"chunking\.mean_sentences"):
             load_config(ChunkStageConfig, None, [f"chunking.mean_sentences={value}"])
+
+
+def test_a_partial_nested_section_keeps_what_the_fields_default_sets() -> None:
+    from latent_thoughts.recipes.testbed import TestbedRecipe
+
+    # the recipe's world has 2,000 bootstrap documents (the world's own default is 250)
+    recipe = load_config(TestbedRecipe, None, ["world.eval_problems=40"])
+    assert (recipe.world.bootstrap_documents, recipe.world.eval_problems) == (2000, 40)
+    recipe = load_config(TestbedRecipe, None, ["world.bootstrap_documents=10"])
+    assert recipe.world.bootstrap_documents == 10

@@ -18,10 +18,11 @@ import yaml
 
 from latent_thoughts.em.config import load_em_config
 from latent_thoughts.em.experiment import experiment_names, get_experiment
-from latent_thoughts.em.loop import run_em, summary_table
+from latent_thoughts.em.loop import run_em
 from latent_thoughts.em.plan import plan_lines
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.recipes.corpus_em import CorpusEMConfig, SplitRule, split_corpus
+from latent_thoughts.report.em_run import summary_table
 from latent_thoughts.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

@@ -84,6 +84,40 @@ def test_raw_mode_grades_the_continuation_and_bans_latent_tokens(tiny_tokenizer,
     assert engine.calls[0]["temperature"] == 0.0 and engine.calls[0]["stop"] == (".",)
 
 
+def test_raw_mode_with_reasoning_grades_the_first_answer_after_plain_text_reasoning(
+    tiny_tokenizer, problems
+) -> None:  # type: ignore[no-untyped-def]
+    class Reasoning(ScriptedEngine):
+        def sample(self, prompts: Sequence[Any], n: int = 1, **options: Any) -> list[list[Sample]]:
+            self.calls.append(options)
+            out = []
+            for prompt in prompts:
+                thought, answer = self.answers[tuple(prompt)]
+                new = self.tokenizer.encode(
+                    f" {thought} It equals {answer}. Consider 1 x 2.", add_special_tokens=False
+                )
+                out.append([Sample(new, self.tokenizer.decode(new), [0.0] * len(new), "length")])
+            return out
+
+    engine = Reasoning(tiny_tokenizer, scripted(tiny_tokenizer, problems).answers)
+    result = evaluate_testbed(engine, tiny_tokenizer, problems, "raw", reasoning_tokens=64, batch_size=4)
+    assert result.accuracy == 1.0
+    reasoning, _, answer = result.generations[0].partition(LATENT_TOKENS.eol)
+    assert reasoning == problems[0].thought and answer == f" It equals {problems[0].answer}."
+    special = SpecialIds.from_tokenizer(tiny_tokenizer)
+    assert set(engine.calls[0]["banned_ids"]) == {special.sol, special.eol, special.prior, special.post}
+    assert engine.calls[0]["max_new_tokens"] == 64 + 32 and engine.calls[0]["stop"] == []
+
+
+def test_reasoning_without_an_answer_sentence_is_wrong_and_latent_mode_takes_none() -> None:
+    from latent_thoughts.evaluate.testbed import split_reasoning
+
+    assert split_reasoning("12 x 3 = 36. 36 + 5 = 41.") == f"12 x 3 = 36. 36 + 5 = 41.{LATENT_TOKENS.eol}"
+    assert split_reasoning("It equals 41. It equals 7.") == f"{LATENT_TOKENS.eol} It equals 41."
+    with pytest.raises(LatentThoughtsError, match="raw mode only"):
+        evaluate_testbed(None, None, [], "latent", reasoning_tokens=8)  # type: ignore[arg-type]
+
+
 def test_latent_mode_thinks_until_eol_then_answers(tiny_tokenizer, problems) -> None:  # type: ignore[no-untyped-def]
     engine = scripted(tiny_tokenizer, problems)
     result = evaluate_testbed(engine, tiny_tokenizer, problems, "latent", batch_size=4)

@@ -600,6 +600,9 @@ def test_training_on_thoughts_lowers_held_out_loss_and_saves_a_loadable_model(
     logged = [log for log in metrics["log_history"] if "loss" in log]
     assert all({"tokens_seen", "tokens_per_second", "learning_rate"} <= set(log) for log in logged[1:])
     assert logged[-1]["tokens_seen"] == 24 * 4 * 64
+    # progress.json, which another process watches, ends at the last step
+    progress = json.loads((tmp_path / "run" / "progress.json").read_text())
+    assert progress == {"step": 24, "max_steps": 24, "tokens": 24 * 4 * 64}
 
     model_dir = tmp_path / "run" / "model"
     model = AutoModelForCausalLM.from_pretrained(model_dir)

@@ -153,7 +153,28 @@ def load_config(
         values = deep_merge(values, read_yaml(path))
         source = str(path)
     values = deep_merge(values, parse_overrides(overrides))
-    return validate_config(cls, values, source)
+    return validate_config(cls, with_default_submodels(cls, values), source)
+
+
+def with_default_submodels(cls: type[BaseModel], values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with each nested section that a field's default sets filled from that default.
+
+    A field such as ``world: TestbedConfig = Field(default_factory=lambda: TestbedConfig(documents=2000))``
+    keeps its ``documents=2000`` when a file or an override sets only ``world.seed``: without this,
+    the partial section would be validated alone and fall back to the nested class's own defaults.
+    """
+    out = dict(values)
+    for name, field in cls.model_fields.items():
+        given = out.get(name)
+        annotation = field.annotation
+        if not isinstance(given, Mapping) or not (
+            isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        ):
+            continue
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        base = default.model_dump(exclude_unset=True) if isinstance(default, BaseModel) else {}
+        out[name] = with_default_submodels(annotation, deep_merge(base, dict(given)))
+    return out
 
 
 def validate_config(cls: type[ConfigT], values: Mapping[str, Any], source: str = "config") -> ConfigT:

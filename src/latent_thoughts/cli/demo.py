@@ -8,12 +8,19 @@ reader can repeat any step by hand:
    sentence a chunk, so a question and the sentence that resolves it fall in separate chunks);
 3. ``synthesize``: the oracle teacher writes a thought for every chunk (cached, resumable);
 4. ``testbed check`` and ``thoughts``: the thoughts' validity, and one document with its thoughts;
-5. ``train`` twice: a small Llama from scratch on raw documents and on the same documents with
+5. ``train`` twice, side by side (one process each, on half the cores, as ``bench/thoughts_vs_raw.py``
+   trains them): a small Llama from scratch on raw documents and on the same documents with
    thoughts, at the same number of training tokens, with the testbed recipe
    (:mod:`latent_thoughts.recipes.testbed`; ``docs/testbed.md`` says how it was chosen);
 6. ``evaluate``: held-out problems, raw mode for the raw model, latent mode (and raw mode) for the
    thought model; a table (with the share of true arithmetic claims in the thought model's
-   thoughts), ``results.json`` and a bar chart ``accuracy.png``.
+   thoughts), ``results.json`` and a bar chart ``accuracy.png``;
+7. the E-step of a miniature EM iteration (``estep``): the thought model proposes K thoughts for
+   each chunk of the held-out documents and importance resampling keeps one; the checker compares
+   the sampled thoughts with the selected ones (the M-step, another training run, does not fit the
+   demo's minutes: ``latent-thoughts em`` runs whole iterations);
+8. ``report``: ``report.html``, one page with the results, the plots and every document with its
+   thoughts and the E-step's samples.
 
 Every step writes into the run folder and is skipped or resumed when its output is already there,
 so a second ``make demo`` is quick.
@@ -38,8 +45,17 @@ from latent_thoughts.outputs import RunPaths
 RECIPE_WORLD = ["bootstrap_documents=2000"]
 """The testbed recipe's world (``TestbedRecipe().world``): the default world with more documents."""
 
-DEFAULT_TOKENS = "2M"
-"""Training tokens per model: two models train in about 7 minutes on 2 cores (about 11k tokens/s)."""
+DEFAULT_TOKENS = "2.5M"
+"""Training tokens per model: the two models train side by side in about 7 minutes on 2 cores."""
+
+ESTEP_K = 4
+"""Thoughts the miniature E-step samples per chunk (the paper's K)."""
+
+ESTEP_MAX_THOUGHT_TOKENS = 64
+"""The miniature E-step's thought budget (the testbed EM runs' own)."""
+
+ESTEP_DOCUMENTS = 8
+"""Held-out documents the miniature E-step writes thoughts for (about 120 chunks: a minute here)."""
 
 
 def register(subparsers: Any) -> None:
@@ -109,7 +125,9 @@ def shared_tokenizer(out: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run every step of the demo and print a results table."""
+    from latent_thoughts.report.evaluations import demo_table
     from latent_thoughts.report.plots import plot_accuracy
+    from latent_thoughts.report.tables import markdown
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,12 +184,13 @@ def run(args: argparse.Namespace) -> int:
         ],
     )
     shared_tokenizer(out)
-    for arm in ("raw", "thoughts"):
-        config_path = write_train_config(out, arm, args.tokens, args.seed)
-        _step(
-            f"5. train a model from scratch on {arm} data",
-            ["train", "--config", str(config_path), "--resume", *quiet],
-        )
+    configs = {arm: write_train_config(out, arm, args.tokens, args.seed) for arm in ("raw", "thoughts")}
+    train_side_by_side(
+        "5. train two models from scratch, side by side: on raw data and on data with thoughts",
+        out,
+        configs,
+        progress=not args.no_progress,
+    )
 
     problems = str(out / "testbed" / "eval.jsonl")
     runs = {"raw model, raw mode": ("raw", "raw"), "thought model, latent mode": ("thoughts", "latent")}
@@ -205,16 +224,137 @@ def run(args: argparse.Namespace) -> int:
     title = f"Testbed: {problem_count} held-out problems, {args.tokens} training tokens per model, seed {args.seed}"
     plot_accuracy(accuracies, out / "accuracy.png", title)
     print(f"\n== results: {title} (one seed; bench/thoughts_vs_raw.py runs three)")
-    print("| model and prompting | accuracy |\n| --- | --- |")
-    for label, value in accuracies.items():
-        print(f"| {label} | {value:.3f} |")
+    print(markdown(demo_table(accuracies)))
     print(f"thought model: {true_claims} (testbed checker)")
     print(
         "At 4M tokens per model (bench/thoughts_vs_raw.py, 3 seeds, 35 minutes here) the thought model "
         "answers 0.922 ± 0.030 against 0.033 ± 0.023 for the raw model; docs/testbed.md records how the "
         "recipe (Muon, a warm-up-stable-decay schedule) was found."
     )
-    print(
-        f"wrote {out / 'results.json'} and {out / 'accuracy.png'}; total time {time.perf_counter() - started:.0f} s"
+    miniature_estep(out, args.seed, quiet)
+    report = out / "report.html"
+    _step(
+        "8. the report: results, plots, documents with their thoughts",
+        ["report", str(out), "--out", str(report)],
     )
+    print(f"\nwrote {out / 'results.json'}, {out / 'accuracy.png'} and {report}")
+    print(f"open the report: {report.resolve().as_uri()} (or: latent-thoughts view {out})")
+    print(f"total time {time.perf_counter() - started:.0f} s")
     return 0
+
+
+def miniature_estep(out: Path, seed: int, quiet: list[str]) -> None:
+    """The E-step of one EM iteration over the held-out documents' chunks: K thoughts sampled per
+    chunk by the thought model, one kept by importance resampling; prints the checker's verdict on
+    the sampled against the selected thoughts (``estep/quality.json``)."""
+    from latent_thoughts.report.thought_checks import sample_quality
+
+    folder = out / "estep"
+    chunks, samples = folder / "chunks.parquet", folder / "samples.parquet"
+    documents = folder / "documents.jsonl"
+    held_out = (out / "testbed" / "validation.jsonl").read_text(encoding="utf-8").splitlines()
+    write_text(documents, "".join(f"{line}\n" for line in held_out[:ESTEP_DOCUMENTS]))
+    _step(
+        f"7a. a miniature EM iteration's E-step: cut {ESTEP_DOCUMENTS} held-out documents into chunks",
+        [
+            "chunk",
+            str(documents),
+            "--out",
+            str(chunks),
+            "--config",
+            str(out / "testbed" / "chunk.yaml"),
+            *quiet,
+        ],
+    )
+    _step(
+        f"7b. the thought model proposes {ESTEP_K} thoughts per chunk; importance resampling keeps one",
+        [
+            "estep",
+            str(out / "thoughts" / "model"),
+            "--chunks",
+            str(chunks),
+            "--k",
+            str(ESTEP_K),
+            "--max-thought-tokens",
+            str(ESTEP_MAX_THOUGHT_TOKENS),
+            "--seed",
+            str(seed),
+            "--out",
+            str(samples),
+            *quiet,
+        ],
+    )
+    quality = sample_quality(samples)
+    write_json(folder / "quality.json", quality)
+    print("| thoughts (testbed checker) | true claims | valid | valid on chunks that state a result |")
+    print("| --- | --- | --- | --- |")
+    for which in ("sampled", "selected"):
+        cells = [quality[f"{which}_{key}"] for key in ("true_claims", "valid", "result_valid")]
+        print(
+            f"| {which} | " + " | ".join("-" if value is None else f"{value:.3f}" for value in cells) + " |"
+        )
+    print(
+        "selection at work when the selected thoughts beat the sampled ones; an M-step would retrain on them"
+    )
+
+
+def train_side_by_side(title: str, out: Path, configs: dict[str, Path], progress: bool) -> None:
+    """Train each config in a process of its own, all at once, each on an equal share of the cores
+    (two small models train more tokens per second side by side than one after the other on both
+    cores); one bar over all of them, from each run's ``progress.json``; each run's log in
+    ``ARM/train.log``. A failed run stops the demo with the end of its log."""
+    import os
+    import subprocess
+    import sys
+
+    from tqdm import tqdm
+
+    from latent_thoughts.errors import LatentThoughtsError
+    from latent_thoughts.train.config import parse_token_count
+
+    threads = max(1, (os.cpu_count() or 1) // len(configs))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    print(f"\n== {title}", flush=True)
+    runs: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+    budgets: dict[str, int] = {}
+    try:
+        for arm, config in configs.items():
+            argv = ["train", "--config", str(config), "--resume", "--no-progress"]
+            log = out / arm / "train.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            print(f"$ OMP_NUM_THREADS={threads} latent-thoughts {shlex.join(argv)} > {log} 2>&1", flush=True)
+            budgets[arm] = parse_token_count(yaml.safe_load(config.read_text())["budget"]["tokens"])
+            with log.open("wb") as handle:
+                command = [sys.executable, "-m", "latent_thoughts", *argv]
+                runs[arm] = (subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env), log)
+        bar = tqdm(
+            total=sum(budgets.values()), unit="tok", unit_scale=True, desc="training", disable=not progress
+        )
+        with bar:
+            while any(process.poll() is None for process, _ in runs.values()):
+                time.sleep(1.0)
+                bar.update(sum(_trained_tokens(out / arm, budgets[arm]) for arm in runs) - bar.n)
+            bar.update(sum(_trained_tokens(out / arm, budgets[arm]) for arm in runs) - bar.n)
+    finally:
+        for process, _ in runs.values():
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
+    for arm, (process, log) in runs.items():
+        if process.returncode != 0:
+            tail = log.read_text(errors="replace").splitlines()[-5:]
+            print("\n".join(tail))
+            raise LatentThoughtsError(
+                f"demo step failed (train {arm}, exit status {process.returncode}): see {log}"
+            )
+        print(f"{arm}: trained, log {log}")
+
+
+def _trained_tokens(folder: Path, budget: int) -> int:
+    """Tokens a training run in ``folder`` has trained so far (its budget once it finished)."""
+    if (folder / "model" / "config.json").exists():
+        return budget
+    try:
+        return min(budget, int(json.loads((folder / "progress.json").read_text())["tokens"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

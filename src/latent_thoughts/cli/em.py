@@ -89,7 +89,8 @@ def corpus_inputs(config: Any) -> list[str | None]:
 
 def run(args: argparse.Namespace) -> int:
     """Run or resume the EM loop; print the per-iteration table."""
-    from latent_thoughts.em.loop import run_em, summary_table
+    from latent_thoughts.em.loop import run_em
+    from latent_thoughts.report.em_run import summary_table
 
     config = _config(args)
     if args.plan:

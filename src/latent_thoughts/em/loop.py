@@ -468,26 +468,6 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     write_json(path, summary)
 
 
-def summary_table(config: EMConfig, summary: dict[str, Any]) -> list[str]:
-    """The run's per-iteration table as Markdown lines, as its experiment writes it, and its baselines."""
-    lines = get_experiment(config.experiment).summary_table(summary)
-    baselines = summary.get("baselines") or {}
-    figures = sorted(
-        {key for row in baselines.values() for key, value in row.items() if isinstance(value, float)}
-    )
-    if baselines:
-        lines += [
-            "",
-            "| baseline | train tokens | " + " | ".join(figures) + " |",
-            "|" + " --- |" * (len(figures) + 2),
-        ]
-        for name, row in baselines.items():
-            cells = [f"{row[key]:.4f}" if isinstance(row.get(key), float) else "-" for key in figures]
-            tokens = f"{row['train_tokens']:,}" if row.get("train_tokens") else "-"
-            lines.append(f"| {name} | {tokens} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def with_baselines(
     config: EMConfig, summary: dict[str, Any], stages: dict[str, dict[str, Any]]
 ) -> dict[str, Any]:

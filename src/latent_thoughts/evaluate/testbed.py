@@ -20,6 +20,7 @@ code; where the model runs follows the engine's ``device`` option. The answer is
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from latent_thoughts.engines.base import Engine, Sample
 from latent_thoughts.errors import LatentThoughtsError
 from latent_thoughts.format import LATENT_TOKENS, SpecialIds
-from latent_thoughts.testbed.task import Problem, grade, prompt_ids
+from latent_thoughts.testbed.task import Problem, extract_answer, grade, prompt_ids
 
 EvalMode = Literal["raw", "latent"]
 
@@ -61,6 +62,7 @@ def evaluate_testbed(
     max_thought_tokens: int = 96,
     max_answer_tokens: int = 32,
     answer_stop: Sequence[str] = (".",),
+    reasoning_tokens: int = 0,
     batch_size: int = 64,
     progress: bool = True,
 ) -> TestbedEvalResult:
@@ -71,9 +73,19 @@ def evaluate_testbed(
     ends them) or after ``max_answer_tokens``; the thought phase at EOL (never at EOS) or after
     ``max_thought_tokens`` (EOL is then appended, so the answer always follows a closed thought).
     ``batch_size`` problems go to the engine per call (the progress bar's step).
+
+    ``reasoning_tokens`` (raw mode only) lets a model trained on text that spells its reasoning out
+    (WRAP-CoT rephrasings) reason in plain text first: it writes up to that many tokens more, latent
+    tokens banned, and the first sentence shaped as an answer is graded. The sentences before it
+    stand where a latent-mode thought stands (``reasoning EOL answer``), so the grader and the
+    arithmetic checker read both modes alike. A generation with no answer-shaped sentence is wrong.
     """
     if mode not in ("raw", "latent"):
         raise LatentThoughtsError(f"evaluation mode must be 'raw' or 'latent', got {mode!r}")
+    if reasoning_tokens and mode != "raw":
+        raise LatentThoughtsError(
+            "reasoning_tokens applies to raw mode only (latent mode thinks in a thought)"
+        )
     if not problems:
         raise LatentThoughtsError("no problems to evaluate")
     special = SpecialIds.from_tokenizer(tokenizer)
@@ -104,7 +116,17 @@ def evaluate_testbed(
         )
 
     prompts = [prompt_ids(problem, tokenizer, thinking=mode == "latent") for problem in problems]
-    if mode == "raw":
+    if mode == "raw" and reasoning_tokens:
+        written = generate(
+            prompts,
+            "reasoning",
+            reasoning_tokens + max_answer_tokens,
+            [],
+            banned_ids=latent_ids,
+            stop_on_eos=True,
+        )
+        texts = [split_reasoning(_decode(tokenizer, ids, latent_ids)) for ids in written]
+    elif mode == "raw":
         texts = [_decode(tokenizer, ids, latent_ids) for ids in answer(prompts)]
     else:
         # A thought is text that ends at EOL: it must not open a latent span of its own (the benchmark
@@ -129,6 +151,17 @@ def evaluate_testbed(
         ]
     correct = sum(grade(problem, text) for problem, text in zip(problems, texts, strict=True))
     return TestbedEvalResult(mode, correct, len(problems), texts)
+
+
+def split_reasoning(text: str) -> str:
+    """Plain-text reasoning and its answer as ``reasoning EOL answer``: the answer is the first
+    sentence :func:`~latent_thoughts.testbed.task.extract_answer` reads a number from; with none,
+    the whole text stands as reasoning and the answer is empty (graded wrong)."""
+    sentences = [sentence for sentence in re.split(r"(?<=\.)\s+", text.strip()) if sentence]
+    for index, sentence in enumerate(sentences):
+        if extract_answer(sentence) is not None:
+            return " ".join(sentences[:index]) + LATENT_TOKENS.eol + " " + sentence
+    return text.strip() + LATENT_TOKENS.eol
 
 
 def thought_banned_ids(special: SpecialIds) -> list[int]:

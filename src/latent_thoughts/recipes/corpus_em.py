@@ -624,30 +624,12 @@ def summarize(config: CorpusEMConfig, stages: dict[str, dict[str, Any]]) -> dict
 
 
 def summary_table(summary: dict[str, Any]) -> list[str]:
-    """The per-iteration table as Markdown lines: the fixed columns, then one per evaluation figure."""
-    from latent_thoughts.recipes.testbed_em import cell
+    """The per-iteration table as Markdown lines: the fixed columns, then one per evaluation figure
+    (:func:`latent_thoughts.report.em_run.corpus_summary_tables`)."""
+    from latent_thoughts.report.em_run import corpus_summary_tables
+    from latent_thoughts.report.tables import markdown_lines
 
-    fixed = [
-        ("train tokens", "train_tokens", 0),
-        ("train loss", "train_loss", 3),
-        ("mean bound", "mean_bound", 2),
-        ("mean ESS", "mean_ess", 2),
-        ("thought tokens", "mean_thought_tokens", 1),
-        ("closed by EOL", "closed_by_eol", 3),
-    ]
-    rows = summary["iterations"]
-    known = {key for _, key, _ in fixed} | {"iteration", "k"}
-    figures = sorted(
-        {key for row in rows for key, value in row.items() if key not in known and isinstance(value, float)}
-    )
-    header = ["iter", *(name for name, _, _ in fixed), *(key.replace("_", " ") for key in figures)]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for row in rows:
-        cells = [str(row["iteration"])]
-        cells += [cell(row.get(key), digits) for _, key, digits in fixed]
-        cells += [cell(row.get(key), 4) for key in figures]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return markdown_lines(corpus_summary_tables(summary))
 
 
 # --- the plan --------------------------------------------------------------------------------------

@@ -309,7 +309,7 @@ def evaluate_arm(
         **options,
     )
     claims = true_claims = copied = 0
-    if mode == "latent":
+    if mode == "latent" or options.get("reasoning_tokens"):  # a thought, or plain-text reasoning
         claims, true_claims, copied = thought_arithmetic(problems, result.generations)
     example = result.generations[0] if result.generations else ""
     return ArmEvaluation(mode, result.accuracy, result.total, claims, true_claims, copied, example)

@@ -270,42 +270,14 @@ def loop_dynamics(rows: list[dict[str, Any]], teacher_true_claims: float | None)
     return out
 
 
-def cell(value: Any, digits: int = 3) -> str:
-    """A table cell: ``-`` where a figure does not exist, thousands separators for counts."""
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return f"{value:.{digits}f}"
-
-
 def summary_table(summary: dict[str, Any]) -> list[str]:
-    """The per-iteration table as Markdown lines (``-`` where a figure does not exist)."""
-    lines = [
-        "| iter | train tokens | mean bound | mean ESS | thought tokens | accuracy | eval true claims "
-        "| true claims sampled / selected | valid sampled / selected |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in summary["iterations"]:
-        lines.append(
-            f"| {row['iteration']} | {cell(row['train_tokens'])} | {cell(row['mean_bound'], 2)} | "
-            f"{cell(row['mean_ess'], 2)} | {cell(row['mean_thought_tokens'], 1)} | {cell(row['accuracy'])} | "
-            f"{cell(row['eval_true_claims'])} | {cell(row['sampled_true_claims'])} / "
-            f"{cell(row['selected_true_claims'])} | {cell(row['sampled_valid'])} / {cell(row['selected_valid'])} |"
-        )
-    lines += [
-        "",
-        "| iter | result-chunk valid sampled / selected | closed by EOL | fidelity f | selection gain g "
-        "| growth g·f |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for row in summary["iterations"][1:]:
-        lines.append(
-            f"| {row['iteration']} | {cell(row.get('sampled_result_valid'))} / "
-            f"{cell(row.get('selected_result_valid'))} | {cell(row.get('closed_by_eol'))} | "
-            f"{cell(row.get('fidelity'))} | {cell(row.get('selection_gain'))} | {cell(row.get('growth'))} |"
-        )
-    return lines
+    """The per-iteration tables as Markdown lines (``-`` where a figure does not exist;
+    :func:`latent_thoughts.report.em_run.testbed_summary_tables`, which ``latent-thoughts report``
+    shows too)."""
+    from latent_thoughts.report.em_run import testbed_summary_tables
+    from latent_thoughts.report.tables import markdown_lines
+
+    return markdown_lines(testbed_summary_tables(summary))
 
 
 # --- the experiment --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,46 @@ from latent_thoughts.generation.shards import chunks_fingerprint
 from latent_thoughts.synthesis.stage import read_output_tables
 
 LEFT_RAW = "left raw, its answer was cut at the token limit (the teacher's on_cut)"
+
+
+@dataclass(frozen=True)
+class ChunkThought:
+    """What a thoughts file says of one chunk: its thought, or why it has none.
+
+    ``thought`` is None when the chunk has none: ``note`` then says why (:data:`LEFT_RAW`, or the
+    failure reason when ``failed``). ``tokens`` is the answer's length where the file records it, and
+    ``cut`` whether the answer was cut at the token limit and kept.
+    """
+
+    thought: str | None
+    note: str | None = None
+    failed: bool = False
+    tokens: int | None = None
+    cut: bool = False
+
+
+def chunk_thoughts(
+    results: Any, failures: Any, doc_id: str | None = None
+) -> dict[tuple[str, int], ChunkThought]:
+    """The thought of every chunk a thoughts file answers (of document ``doc_id`` only, when given),
+    keyed by ``(doc_id, chunk_index)``, from the tables :func:`read_output_tables` gives. A chunk with a
+    row in the results is described by it (a null thought was left raw); one with a failure row only
+    by its reason. Files written by hand (``doc_id, chunk_index, thought``) read the same."""
+    rows = _rows(results, doc_id)
+    failed = _rows(failures, doc_id)
+    found = {
+        (row["doc_id"], row["chunk_index"]): ChunkThought(None, str(row["reason"]), failed=True)
+        for row in failed
+    }
+    for row in rows:
+        key = (row["doc_id"], row["chunk_index"])
+        if row["thought"] is None:
+            found[key] = ChunkThought(None, LEFT_RAW)
+        else:
+            found[key] = ChunkThought(
+                row["thought"], tokens=row.get("completion_tokens"), cut=row.get("finish_reason") == "length"
+            )
+    return found
 
 
 def document_chunks(chunks_path: Path, doc_id: str | None) -> tuple[str, list[Chunk]]:
@@ -45,8 +86,10 @@ def check_same_chunks(chunks_path: Path, thoughts_path: Path) -> None:
         )
 
 
-def _rows(table: Any, doc_id: str) -> list[dict[str, Any]]:
-    return table.filter(pc.equal(table["doc_id"], doc_id)).to_pylist() if table is not None else []
+def _rows(table: Any, doc_id: str | None) -> list[dict[str, Any]]:
+    if table is None:
+        return []
+    return (table if doc_id is None else table.filter(pc.equal(table["doc_id"], doc_id))).to_pylist()
 
 
 def _box(title: str, body: str, width: int) -> list[str]:
@@ -87,20 +130,17 @@ def render_document(
         for row in failed:
             out.append(f"  ✗ no rephrasing: {row['reason']}")
         return "\n".join(out)
-    thoughts = {row["chunk_index"]: row for row in rows}
-    reasons = {row["chunk_index"]: row["reason"] for row in failed}
+    entries = chunk_thoughts(results, failures, doc_id)
     for chunk in chunks:
         out.append(f"── chunk {chunk.chunk_index} · characters {chunk.start}-{chunk.end} ──")
         out.append(chunk.text.strip("\n"))
-        thought = thoughts.get(chunk.chunk_index)
-        if thought is not None and thought["thought"] is None:
-            out.append(f"  · no thought: {LEFT_RAW}")
-        elif thought is not None:
-            cut = " (cut at the token limit)" if thought["finish_reason"] == "length" else ""
-            title = f"thought · {thought['completion_tokens']} tokens{cut}"
-            out.extend(_box(title, thought["thought"], width))
-        elif chunk.chunk_index in reasons:
-            out.append(f"  ✗ no thought: {reasons[chunk.chunk_index]}")
-        else:
+        entry = entries.get((doc_id, chunk.chunk_index))
+        if entry is None:
             out.append("  · no thought yet")
+        elif entry.thought is None:
+            out.append(f"  {'✗' if entry.failed else '·'} no thought: {entry.note}")
+        else:
+            cut = " (cut at the token limit)" if entry.cut else ""
+            title = f"thought · {entry.tokens} tokens{cut}"
+            out.extend(_box(title, entry.thought, width))
     return "\n".join(out)

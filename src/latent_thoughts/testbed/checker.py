@@ -33,11 +33,14 @@ _TOKEN_RE = re.compile(r"\s*([-+x*×/])\s*(\d+)")
 @dataclass(frozen=True)
 class Claim:
     """One arithmetic claim found in a thought: its text, the stated value and the true value
-    (None when the expression has no integer value, e.g. an inexact division)."""
+    (None when the expression has no integer value, e.g. an inexact division), and where the text
+    lies in the thought (``thought[start:end] == text``; the HTML viewer marks it there)."""
 
     text: str
     stated: int
     actual: int | None
+    start: int = 0
+    end: int = 0
 
     @property
     def true(self) -> bool:
@@ -103,9 +106,10 @@ def find_claims(text: str) -> list[Claim]:
     claims = []
     for match in _CLAIM_RE.finditer(text):
         if _LONG_NUMBER_RE.search(match.group(0)):
-            claims.append(Claim(match.group(0), 0, None))
+            claims.append(Claim(match.group(0), 0, None, match.start(), match.end()))
         else:
-            claims.append(Claim(match.group(0), int(match.group("rhs")), evaluate(match.group("lhs"))))
+            stated, actual = int(match.group("rhs")), evaluate(match.group("lhs"))
+            claims.append(Claim(match.group(0), stated, actual, match.start(), match.end()))
     return claims
 
 

@@ -19,6 +19,8 @@ Layout of ``output_dir``::
     model/                        the final model and tokenizer (from_pretrained, engines), and
                                   fingerprint.json: the weights' hash (latent_thoughts.fingerprint)
     train_config.yaml, metrics.json
+    progress.json                 steps done of max_steps, rewritten every few seconds while training
+                                  (what another process watches: ``latent-thoughts demo``'s bar)
 """
 
 from __future__ import annotations
@@ -254,12 +256,20 @@ class _LatentTrainer(Trainer):
         return loss
 
 
-class _RunCallback(TrainerCallback):
-    """Starts the throughput clock and ends the process early after ``stop_after_steps``."""
+PROGRESS_FILE = "progress.json"
+PROGRESS_EVERY_S = 2.0
+"""How often ``progress.json`` is rewritten: often enough for a bar, rarely enough to cost nothing."""
 
-    def __init__(self, trainer: _LatentTrainer, stop_after_steps: int | None) -> None:
+
+class _RunCallback(TrainerCallback):
+    """Starts the throughput clock, writes ``progress.json`` (main process) and ends the process
+    early after ``stop_after_steps``."""
+
+    def __init__(self, trainer: _LatentTrainer, stop_after_steps: int | None, progress: Path) -> None:
         self.trainer = trainer
         self.stop_after_steps = stop_after_steps
+        self.progress = progress
+        self.written = 0.0
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -274,6 +284,15 @@ class _RunCallback(TrainerCallback):
         if stop is not None and stop <= state.global_step < state.max_steps:
             control.should_save = True
             control.should_training_stop = True
+        now = time.monotonic()
+        if state.is_world_process_zero and (
+            now - self.written >= PROGRESS_EVERY_S or state.global_step >= state.max_steps
+        ):
+            self.written = now
+            tokens = state.global_step * self.trainer.tokens_per_step
+            write_json(
+                self.progress, {"step": state.global_step, "max_steps": state.max_steps, "tokens": tokens}
+            )
 
 
 def _world_size() -> int:
@@ -533,7 +552,7 @@ def train(
     )
     trainer.tokens_per_step = tokens_per_step
     trainer.optim_config = config.optim
-    trainer.add_callback(_RunCallback(trainer, config.stop_after_steps))
+    trainer.add_callback(_RunCallback(trainer, config.stop_after_steps, output_dir / PROGRESS_FILE))
     logger.info(
         "training %s parameters for %d steps of %d x %d tokens (%s tokens), precision %s",
         f"{count_parameters(model):,}",
