@@ -132,9 +132,9 @@ def test_the_raw_baselines_match_the_first_m_step_in_tokens_and_in_flops(
     assert raw["model"] == str(out / "data" / "base_model")
     assert (out / "baselines" / "raw_token_match" / "eval" / "gsm8k_raw.json").is_file()
     assert set(summary["baselines"]) == {"raw_token_match", "raw_flop_match", "wrap"}
-    # WRAP: the raw documents and the teacher's rephrasings of them, at the M-step's tokens
+    # WRAP: the teacher's rephrasings of the documents (the rephrased text only), at the M-step's tokens
     wrap = stages["baseline_wrap"]["metrics"]
-    assert [source["name"].split(":")[0] for source in wrap["sources"]] == ["raw", "rephrased"]
+    assert [source["name"].split(":")[0] for source in wrap["sources"]] == ["rephrased"]
     assert mstep <= wrap["tokens"] < mstep + window
     rephrased = pq.read_table(out / "baselines" / "wrap" / "rephrased.parquet")
     assert rephrased.num_rows == stages["data"]["metrics"]["bootstrap_documents"]

@@ -241,7 +241,7 @@ def test_the_testbed_wrap_baseline_rephrases_with_the_worlds_oracle_and_trains_w
     rephrased = pq.read_table(tmp_path / "run" / "baselines" / "wrap" / "rephrased.parquet")
     assert rephrased.num_rows == TINY["testbed"]["world"]["bootstrap_documents"]  # type: ignore[index]
     sources = [source["name"].split(":")[0] for source in stages["baseline_wrap"]["metrics"]["sources"]]
-    assert sources == ["raw", "rephrased"]
+    assert sources == ["rephrased"]  # the rephrased text only (METHOD section 2)
     evaluation = json.loads((tmp_path / "run" / "baselines" / "wrap" / "eval.json").read_text())
     assert evaluation["mode"] == "raw"
     assert summary["baselines"]["wrap"]["accuracy"] == evaluation["accuracy"]

@@ -49,7 +49,7 @@ def test_every_arm_trains_the_recipes_run_on_its_own_data(prepared) -> None:  # 
         ]
         assert config["budget"] == raw["budget"] and config["optim"] == raw["optim"]
         assert config["model"] == raw["model"]
-    assert [source["kind"] for source in sources["wrap_cot"]] == ["raw", "rephrased"]
+    assert [source["kind"] for source in sources["wrap_cot"]] == ["rephrased"]  # the rephrased text only
     assert [source["kind"] for source in sources["thoughts"]] == ["thoughts"]
 
 
@@ -77,7 +77,7 @@ def test_wrap_arms_rephrase_every_document_with_the_oracles_modes(prepared) -> N
     for chunk in read_chunks(data.chunks):
         documents.setdefault(chunk.doc_id, []).append(chunk.text)
     for arm, styles in (("wrap_orig", {"easy", "hard", "wiki", "qa"}), ("wrap_cot", {"cot"})):
-        rows = pq.read_table(sources[arm][1]["rephrased"]).to_pylist()
+        rows = pq.read_table(sources[arm][0]["rephrased"]).to_pylist()
         assert {row["doc_id"] for row in rows} == set(documents)
         assert {row["style"] for row in rows} <= styles
         for row in rows[:3]:

@@ -254,9 +254,9 @@ def baseline_stages(experiment: Experiment, config: EMConfig, paths: RunPaths, n
     template["data"]["sources"] = [{"kind": "raw", "chunks": str(paths.chunks(split))} for split in splits]
     template["output_dir"] = str(folder / "train")
     stages: list[Stage] = []
-    if name == "wrap":  # the rephrasings first, then raw and rephrased text by size (WRAP's mixture)
+    if name == "wrap":  # the rephrasings first; the rephrased text only (METHOD section 2)
         rephrased = folder / "rephrased.parquet"
-        template["data"]["sources"].append({"kind": "rephrased", "rephrased": str(rephrased)})
+        template["data"]["sources"] = [{"kind": "rephrased", "rephrased": str(rephrased)}]
         stages.append(
             Stage(
                 "rephrase_wrap",

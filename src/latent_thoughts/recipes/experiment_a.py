@@ -5,8 +5,8 @@ the same scratch Llama, tokenizer, optimiser and number of training tokens) on o
 
 - ``raw`` (Raw-Repeat): the bootstrap split's documents, repeated as often as the budget needs;
 - ``raw_fresh`` (Raw-Fresh): as many unique documents of the same world as the budget reads once;
-- ``wrap_orig`` (WRAP-Orig): the bootstrap documents and their WRAP rephrasings (one of the four
-  WRAP styles drawn per document), mixed by size as WRAP does;
+- ``wrap_orig`` (WRAP-Orig): the bootstrap documents' WRAP rephrasings (one of the four WRAP styles
+  drawn per document), the rephrased text only (METHOD section 2);
 - ``wrap_cot`` (WRAP-CoT): the same with the rephrasing that writes each claim's reasoning out;
 - ``thoughts`` (latent thoughts): the bootstrap documents with the oracle's thoughts.
 
@@ -85,7 +85,7 @@ def prepare_arm_sources(
     if arm in WRAP_STYLES:
         path = out / f"{arm}.parquet"
         rephrase_documents(recipe, data, WRAP_STYLES[arm], path, progress)
-        return [raw, {"kind": "rephrased", "rephrased": str(path)}]
+        return [{"kind": "rephrased", "rephrased": str(path)}]
     raise ValueError(f"unknown arm {arm!r} (valid: {', '.join(ARM_LABELS)})")
 
 
