@@ -247,6 +247,8 @@ def miniature_estep(out: Path, seed: int, quiet: list[str]) -> None:
     """The E-step of one EM iteration over the held-out documents' chunks: K thoughts sampled per
     chunk by the thought model, one kept by importance resampling; prints the checker's verdict on
     the sampled against the selected thoughts (``estep/quality.json``)."""
+    from latent_thoughts.report.evaluations import sample_quality_table
+    from latent_thoughts.report.tables import markdown
     from latent_thoughts.report.thought_checks import sample_quality
 
     folder = out / "estep"
@@ -286,13 +288,7 @@ def miniature_estep(out: Path, seed: int, quiet: list[str]) -> None:
     )
     quality = sample_quality(samples)
     write_json(folder / "quality.json", quality)
-    print("| thoughts (testbed checker) | true claims | valid | valid on chunks that state a result |")
-    print("| --- | --- | --- | --- |")
-    for which in ("sampled", "selected"):
-        cells = [quality[f"{which}_{key}"] for key in ("true_claims", "valid", "result_valid")]
-        print(
-            f"| {which} | " + " | ".join("-" if value is None else f"{value:.3f}" for value in cells) + " |"
-        )
+    print(markdown(sample_quality_table(quality)))
     print(
         "selection at work when the selected thoughts beat the sampled ones; an M-step would retrain on them"
     )

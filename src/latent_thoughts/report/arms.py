@@ -107,7 +107,7 @@ def runs_table(results: dict[str, Any]) -> Table:
             arm_label(results, row["arm"]),
             str(row["seed"]),
             number(row.get("tokens")),
-            number(row.get("epochs"), 1),
+            _epochs(row.get("epochs")),
             number(row.get("train_s"), 0),
             number(row.get("tokens_per_second"), 0),
         ]
@@ -117,6 +117,13 @@ def runs_table(results: dict[str, Any]) -> Table:
     ]
     note = f"total time {results['seconds']:.0f}s" if "seconds" in results else ""
     return Table("runs", ["arm", "seed", "training tokens", "epochs", "train s", "tokens/s"], rows, note=note)
+
+
+def _epochs(value: Any) -> str:
+    """Passes over the data: one figure, or one per source (Experiment A records a list)."""
+    if isinstance(value, list):
+        return " + ".join(number(part, 1) for part in value) or "-"
+    return number(value, 1)
 
 
 def arm_blocks(results: dict[str, Any]) -> list[Block]:
