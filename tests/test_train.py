@@ -615,8 +615,10 @@ def test_training_on_thoughts_lowers_held_out_loss_and_saves_a_loadable_model(
     engine = TransformersEngine(TransformersEngineConfig(model=str(model_dir), device="cpu", dtype="fp32"))
     scores = engine.score(["So 12 x 34 + 100 ="], [" 508."])
     assert len(scores[0].token_logprobs) > 0 and np.isfinite(scores[0].logprob)
-    # A finished run asked to resume returns at once.
-    assert train(config, resume=True).model_dir == model_dir
+    # A finished run asked to resume returns at once; asked with another budget or seed, it says so.
+    assert train(config.model_copy(update={"progress_bar": False}), resume=True).model_dir == model_dir
+    with pytest.raises(LatentThoughtsError, match=r"another configuration \(seed differ"):
+        train(config.model_copy(update={"seed": 1}), resume=True)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ read from the run's files:
 
 - every **source of thoughts** of the run (:func:`find_sources`): an ``em`` run's warm-start
   teacher thoughts and each iteration's E-step samples, found through ``manifest.json``; a demo or
-  ``synthesize`` folder's ``thoughts/*.parquet`` over its ``chunks.parquet``;
+  ``synthesize`` folder's ``thoughts/*.parquet`` over its ``chunks.parquet``, and the E-step samples
+  of its subfolders (the demo's ``estep/samples.parquet``);
 - each chunk with its thought in the place the training format puts it (METHOD section 2, module
   :mod:`latent_thoughts.format`): before the chunk in the prior layout, after it in the posterior
   layout. The layout is a seeded draw per chunk (:func:`~latent_thoughts.format.choose_layout`)

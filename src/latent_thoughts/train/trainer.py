@@ -256,6 +256,50 @@ class _LatentTrainer(Trainer):
         return loss
 
 
+RUN_ONLY_KEYS = frozenset(
+    {
+        "output_dir",
+        "logging_steps",
+        "save_steps",
+        "save_total_limit",
+        "eval_steps",
+        "report_to",
+        "progress_bar",
+        "stop_after_steps",
+        "dataloader_workers",
+    }
+)
+"""Top-level options that change how a run is watched or saved, not the model it trains."""
+
+
+def check_same_run(config: TrainConfig, output_dir: Path) -> None:
+    """A finished run asked to resume must be the run ``config`` describes: an error naming the
+    options that differ from its ``train_config.yaml`` (a changed budget, say), rather than its old
+    model handed back as the new one. Options in :data:`RUN_ONLY_KEYS` may differ."""
+    import yaml
+
+    saved_path = output_dir / "train_config.yaml"
+    if not saved_path.exists():
+        return
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return  # not ours to judge: the finished marker and the model decide, as before
+    if not isinstance(saved, dict):
+        return
+    current = config.model_dump(mode="json")
+    differing = sorted(
+        key
+        for key in set(saved) | set(current)
+        if key not in RUN_ONLY_KEYS and saved.get(key) != current.get(key)
+    )
+    if differing:
+        raise LatentThoughtsError(
+            f"{output_dir}: finished training with another configuration ({', '.join(differing)} differ from "
+            "its train_config.yaml); choose a new output_dir, or remove this one to train anew"
+        )
+
+
 PROGRESS_FILE = "progress.json"
 PROGRESS_EVERY_S = 2.0
 """How often ``progress.json`` is rewritten: often enough for a bar, rarely enough to cost nothing."""
@@ -493,6 +537,7 @@ def train(
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     finished = output_dir / FINISHED_MARKER
     if resume and finished.exists() and (output_dir / MODEL_DIR / "config.json").exists():
+        check_same_run(config, output_dir)
         done = json.loads(finished.read_text())
         logger.info("%s already finished; nothing to do", output_dir)
         return TrainResult(
