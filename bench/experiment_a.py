@@ -60,15 +60,13 @@ def run_arm(
     problems = make_eval_problems(recipe.world)
     output_dir = Path(out) / f"seed{seed}" / arm
     config = arm_config(recipe, arm, seed, data, sources, output_dir, progress_bar=False, logging_steps=100)
-    clock = time.perf_counter()
     result = train(config, resume=True)
     assert result.model_dir is not None
-    train_s = time.perf_counter() - clock
     return {
         "arm": arm,
         "seed": seed,
         "tokens": result.tokens,
-        "train_s": round(train_s, 1),
+        "train_s": round(result.metrics["runtime_s"], 1),  # the trainer's, also for a run finished before
         "tokens_per_second": result.metrics.get("tokens_per_second"),
         "epochs": [source.get("epochs") for source in result.metrics.get("data", {}).get("sources", [])],
         "evaluations": evaluate_arm_modes(result.model_dir, problems, arm),
@@ -140,10 +138,9 @@ def main() -> None:
 
 def print_table(out: Path) -> None:
     """The bench's tables, from ``OUT/results.json``."""
-    from latent_thoughts.report.tables import markdown, results_tables
+    from latent_thoughts.report.tables import markdown_document, results_tables
 
-    for table in results_tables(out / "results.json"):
-        print(markdown(table))
+    print(markdown_document(results_tables(out / "results.json")))
 
 
 if __name__ == "__main__":

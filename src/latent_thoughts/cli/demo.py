@@ -46,7 +46,9 @@ RECIPE_WORLD = ["bootstrap_documents=2000"]
 """The testbed recipe's world (``TestbedRecipe().world``): the default world with more documents."""
 
 DEFAULT_TOKENS = "2.5M"
-"""Training tokens per model: the two models train side by side in about 7 minutes on 2 cores."""
+"""Training tokens per model: side by side, the two models train in 4.6 minutes on 2 cores with
+native bf16 (9 k tokens/s each) and in about 7 on 2 cores that train in fp32 (5.8 k tokens/s each,
+``docs/testbed.md``), so the whole demo stays within 10 minutes on either; 3 M would not on the second."""
 
 ESTEP_K = 4
 """Thoughts the miniature E-step samples per chunk (the paper's K)."""
@@ -227,9 +229,8 @@ def run(args: argparse.Namespace) -> int:
     print(markdown(demo_table(accuracies)))
     print(f"thought model: {true_claims} (testbed checker)")
     print(
-        "At 4M tokens per model (bench/thoughts_vs_raw.py, 3 seeds, 35 minutes here) the thought model "
-        "answers 0.922 ± 0.030 against 0.033 ± 0.023 for the raw model; docs/testbed.md records how the "
-        "recipe (Muon, a warm-up-stable-decay schedule) was found."
+        "Three seeds at this budget, with every arm of the paper's comparison (Raw-Repeat, Raw-Fresh, WRAP-Orig, "
+        "WRAP-CoT): bench/experiment_a.py; at 4 M tokens: bench/thoughts_vs_raw.py (docs/testbed.md has both)."
     )
     miniature_estep(out, args.seed, quiet)
     report = out / "report.html"
