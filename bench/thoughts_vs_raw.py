@@ -138,7 +138,8 @@ def main() -> None:
     payload = {"recipe": recipe.model_dump(mode="json"), "seeds": args.seeds, "runs": rows}
     # the table, the ratio and the thoughts' arithmetic: latent-thoughts report OUT --table arms (and summary)
     print(markdown_document([accuracy_table(payload), summary(payload)]))
-    print(f"total time {time.perf_counter() - started:.0f}s")
+    payload["seconds"] = round(time.perf_counter() - started)
+    print(f"total time {payload['seconds']}s")
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
 
 
