@@ -79,7 +79,13 @@ def test_checker_policy_keeps_only_thoughts_the_testbed_checker_passes() -> None
         )
 
 
-def test_policies_are_pluggable_and_unknown_names_are_one_line_errors() -> None:
+def test_policies_are_pluggable_and_unknown_names_are_one_line_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from latent_thoughts.em import selection
+
+    # the registry is process-wide: the policy registered here is gone after the test
+    monkeypatch.setattr(selection, "_POLICIES", dict(selection._POLICIES))
     assert {"importance", "highest", "uniform", "checker"} <= set(policy_names())
     with pytest.raises(LatentThoughtsError, match=r"unknown selection policy 'best'.*importance"):
         get_policy("best")
