@@ -25,25 +25,16 @@ from latent_thoughts.em.selection import Candidates, policy_names, select, softm
 from latent_thoughts.format import FormatConfig, Layout, choose_layout
 from latent_thoughts.report.viewer import VIEWER_ID, embed_json, section_html, viewer_data, viewer_section
 from latent_thoughts.testbed.checker import check_thought, find_claims
+from tests.test_em_loop import TINY
 
 TINY_EM = {
+    **TINY,
     "iterations": 1,
-    "seed": 3,
     "testbed": {
+        **TINY["testbed"],
         "world": {"warm_start_documents": 2, "bootstrap_documents": 4, "eval_problems": 2},
-        "vocab_size": 300,
-        "width": 32,
-        "layers": 2,
-        "heads": 2,
-        "seq_len": 128,
-        "tokens": "2k",
-        "batch": 4,
     },
     "estep": {"k": 3, "max_thought_tokens": 16},
-    "evaluation": {"max_thought_tokens": 16},
-    "device": "cpu",
-    "dtype": "fp32",
-    "progress": False,
 }
 """An ``em`` run of one iteration on the testbed at the smallest size (seconds on a CPU)."""
 

@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     from latent_thoughts.report.evaluations import demo_table
     from latent_thoughts.report.plots import plot_accuracy
     from latent_thoughts.report.tables import markdown
+    from latent_thoughts.synthesis.teachers import write_oracle_teacher
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -152,8 +153,7 @@ def run(args: argparse.Namespace) -> int:
             *quiet,
         ],
     )
-    teacher = out / "teacher.yaml"
-    write_text(teacher, yaml.safe_dump({"kind": "oracle", "oracle": {"noise": 0.0, "seed": args.seed}}))
+    teacher = write_oracle_teacher(out / "teacher.yaml", noise=0.0, seed=args.seed)
     thoughts = out / "thoughts" / "oracle.parquet"
     _step(
         "3. the oracle teacher writes one thought per chunk",

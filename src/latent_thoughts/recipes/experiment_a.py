@@ -94,15 +94,13 @@ def rephrase_documents(
 ) -> None:
     """The bootstrap documents rephrased in ``style`` by the oracle teacher (the ``synthesize``
     stage in rephrase mode; cached, so a finished file costs nothing)."""
-    import yaml
-
-    from latent_thoughts.atomic import write_text
     from latent_thoughts.synthesis.stage import SynthesisRequest, run_synthesis
+    from latent_thoughts.synthesis.teachers import write_oracle_teacher
 
     world = recipe.world
-    teacher = out.with_suffix(".teacher.yaml")
-    oracle = {"noise": 0.0, "seed": world.seed, "plan_numbers": world.oracle_plan_numbers}
-    write_text(teacher, yaml.safe_dump({"kind": "oracle", "oracle": oracle}, sort_keys=False))
+    teacher = write_oracle_teacher(
+        out.with_suffix(".teacher.yaml"), noise=0.0, seed=world.seed, plan_numbers=world.oracle_plan_numbers
+    )
     request = SynthesisRequest(
         chunks=data.chunks, teacher=teacher, out=out, mode="rephrase", style=style, progress=progress
     )

@@ -356,22 +356,16 @@ class TestbedExperiment:
 
     def rephrase_teacher(self, config: TestbedEMConfig, paths: RunPaths) -> tuple[Path, list[str]]:
         """The world's oracle (its noise settings and seed) as a teacher file."""
-        import yaml
-
-        from latent_thoughts.atomic import write_text
+        from latent_thoughts.synthesis.teachers import write_oracle_teacher
 
         world = config.testbed.world
-        teacher = {
-            "kind": "oracle",
-            "oracle": {
-                "noise": world.oracle_noise,
-                "irrelevant_share": world.oracle_irrelevant_share,
-                "seed": world.seed,
-                "plan_numbers": world.oracle_plan_numbers,
-            },
-        }
-        path = paths.baseline("wrap") / "oracle_teacher.yaml"  # this run's folder, never a base run's
-        write_text(path, yaml.safe_dump(teacher, sort_keys=False))
+        path = write_oracle_teacher(
+            paths.baseline("wrap") / "oracle_teacher.yaml",  # this run's folder, never a base run's
+            noise=world.oracle_noise,
+            irrelevant_share=world.oracle_irrelevant_share,
+            seed=world.seed,
+            plan_numbers=world.oracle_plan_numbers,
+        )
         return path, []
 
     def sample_metrics(self, config: TestbedEMConfig, samples: Path) -> dict[str, Any]:

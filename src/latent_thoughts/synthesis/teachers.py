@@ -133,6 +133,17 @@ class TeacherConfig(StageConfig):
         return CutPolicy(self.on_cut, retry_budgets(first, cap))
 
 
+def write_oracle_teacher(path: str | Path, **oracle: Any) -> Path:
+    """Write a teacher file of the testbed oracle with the options ``oracle`` (``noise``, ``seed``,
+    ``irrelevant_share``, ``plan_numbers``) to ``path``; returns the path."""
+    import yaml
+
+    from latent_thoughts.atomic import write_text
+
+    write_text(path, yaml.safe_dump({"kind": "oracle", "oracle": oracle}, sort_keys=False))
+    return Path(path)
+
+
 def load_teacher(path: str | Path, overrides: Sequence[str] = ()) -> TeacherConfig:
     """Read a TEACHER.yaml with ``key=value`` overrides; the chosen engine's section is validated too."""
     config = load_config(TeacherConfig, path, overrides)
